@@ -1,0 +1,243 @@
+"""Load and validate a teacher model: it exists, parses, passes the checker, has static shapes.
+
+Dynamic input dimensions are fixed with ``--input-shape``; without it a dynamic model is
+refused with a message that names the input and shows the flag to pass. After shapes are fixed,
+ONNX shape inference runs in strict mode so later passes and the cost model see every shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from edgec.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output.
+
+    Attributes:
+        name: Tensor name.
+        shape: Dimensions; ``None`` entries are dynamic (only possible for outputs).
+        dtype: NumPy dtype name (``float32``).
+        layout: ``NCHW``/``NHWC`` for 4-D image-like tensors, else ``None``.
+    """
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+    layout: str | None = None
+
+    def to_json(self) -> dict:
+        """The manifest form."""
+        data = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.layout:
+            data["layout"] = self.layout
+        return data
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A validated model with static input shapes.
+
+    Attributes:
+        path: Where it was loaded from.
+        sha256: Hash of the file's bytes.
+        proto: The model, shapes fixed and inferred.
+        inputs: Real inputs (initializers listed as inputs are excluded).
+        outputs: Graph outputs.
+    """
+
+    path: Path
+    sha256: str
+    proto: onnx.ModelProto
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def opset(self) -> int:
+        """The default-domain opset version."""
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _dims(type_proto: onnx.TypeProto) -> tuple[int | str | None, ...] | None:
+    if not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in type_proto.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(d.dim_value)
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _dtype_name(type_proto: onnx.TypeProto) -> str:
+    elem = type_proto.tensor_type.elem_type
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem)).name
+    except (KeyError, TypeError):
+        return onnx.TensorProto.DataType.Name(elem).lower()
+
+
+def guess_layout(shape: tuple[int | None, ...]) -> str | None:
+    """``NCHW`` or ``NHWC`` for 4-D tensors whose channel axis looks like 1, 3 or 4 channels."""
+    if len(shape) != 4:
+        return None
+    if shape[1] in (1, 3, 4):
+        return "NCHW"
+    if shape[3] in (1, 3, 4):
+        return "NHWC"
+    return None
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    if not path.exists():
+        raise BadInputError(f"Model file {path} does not exist.")
+    if not path.is_file():
+        raise BadInputError(f"Model path {path} is not a file.")
+    data = path.read_bytes()
+    if not data:
+        raise BadInputError(f"Model file {path} is empty.")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError):
+        raise BadInputError(
+            f"Model file {path} is not a valid ONNX model: it does not parse "
+            "(is it truncated or another format?)."
+        ) from None
+    # A random or truncated byte string can parse as an (almost) empty protobuf.
+    if model.ir_version <= 0 or not model.HasField("graph") or not model.graph.node:
+        raise BadInputError(
+            f"Model file {path} is not a valid ONNX model: it has no graph "
+            "(is it truncated or another format?)."
+        )
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except (FileNotFoundError, OSError) as err:
+        raise BadInputError(
+            f"Model {path} refers to external weights that cannot be read: {err}."
+        ) from None
+    return model
+
+
+def _check(model: onnx.ModelProto, path: Path) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0]
+        raise BadInputError(f"Model {path} fails the ONNX checker: {first}") from None
+    except ValueError as err:  # e.g. models above the 2 GB protobuf limit
+        raise BadInputError(f"Model {path} cannot be checked: {err}") from None
+
+
+def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _fix_shapes(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], path: Path
+) -> onnx.ModelProto:
+    inputs = {i.name: i for i in _real_inputs(model)}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise BadInputError(
+            f"--input-shape names '{unknown[0]}', which is not an input of {path.name} "
+            f"(inputs: {', '.join(inputs)})."
+        )
+    for name, dims in shapes.items():
+        current = _dims(inputs[name].type)
+        if current is not None and len(current) != len(dims):
+            raise BadInputError(
+                f"--input-shape gives {name} {len(dims)} dimensions but the model's input has "
+                f"{len(current)} ({_show(current)})."
+            )
+        for have, want in zip(current or (), dims, strict=False):
+            if isinstance(have, int) and have != want:
+                raise BadInputError(
+                    f"--input-shape {name}={'x'.join(map(str, dims))} conflicts with the "
+                    f"model's fixed shape {_show(current)}."
+                )
+        shape_proto = inputs[name].type.tensor_type.shape
+        shape_proto.ClearField("dim")
+        for d in dims:
+            shape_proto.dim.add().dim_value = d
+    for name, spec in inputs.items():
+        dims = _dims(spec.type)
+        if dims is None or any(not isinstance(d, int) for d in dims):
+            example = "x".join(str(d) if isinstance(d, int) else "1" for d in dims or (1,))
+            raise BadInputError(
+                f"Input '{name}' of {path.name} has a dynamic shape {_show(dims)}; fix it with "
+                f"--input-shape {name}={example} (the sizes you will deploy with)."
+            )
+    if shapes:
+        # Stale intermediate shapes computed with the symbolic dims would conflict.
+        del model.graph.value_info[:]
+        for output in model.graph.output:
+            output.type.tensor_type.ClearField("shape")
+    return model
+
+
+def _show(dims: tuple | None) -> str:
+    if dims is None:
+        return "[unknown rank]"
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(
+            model, check_type=True, strict_mode=True, data_prop=True
+        )
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise BadInputError(
+            f"Shape inference fails on {path.name} with the given input shapes: {first}"
+        ) from None
+
+
+def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> LoadedModel:
+    """Load, check, fix input shapes and infer shapes.
+
+    Args:
+        path: The ONNX file (external data is read from its folder).
+        input_shapes: Static shapes for inputs, by name (``--input-shape``).
+
+    Raises:
+        BadInputError: Missing, unparsable or truncated file, checker failure, dynamic input
+            without a shape, or a shape that conflicts with the model.
+    """
+    path = Path(path)
+    model = _parse(path)
+    _check(model, path)
+    model = _fix_shapes(model, dict(input_shapes or {}), path)
+    model = _infer(model, path)
+    inputs = tuple(
+        TensorSpec(i.name, _dims(i.type), _dtype_name(i.type), guess_layout(_dims(i.type)))
+        for i in _real_inputs(model)
+    )
+    outputs = tuple(
+        TensorSpec(
+            o.name,
+            tuple(d if isinstance(d, int) else None for d in (_dims(o.type) or ())),
+            _dtype_name(o.type),
+        )
+        for o in model.graph.output
+    )
+    return LoadedModel(
+        path=path,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        proto=model,
+        inputs=inputs,
+        outputs=outputs,
+    )

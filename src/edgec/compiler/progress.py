@@ -1,0 +1,43 @@
+"""Progress reporting for long steps: a rich status line per step, on stderr.
+
+Steps print ``✓ name (1.2 s)`` when done. ``quiet`` silences everything (``--json`` keeps
+stdout clean regardless, because progress goes to stderr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+
+
+class Reporter:
+    """Reports steps of a long operation.
+
+    Attributes:
+        console: Where progress goes (stderr).
+        quiet: Print nothing.
+    """
+
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Show a spinner while the block runs, then a check mark and its duration."""
+        started = time.perf_counter()
+        if self.quiet:
+            yield
+            return
+        with self.console.status(f"{name}…", spinner="dots"):
+            yield
+        elapsed = time.perf_counter() - started
+        self.console.print(f"[green]✓[/green] {name} [dim]({elapsed:.1f} s)[/dim]")
+
+    def note(self, text: str) -> None:
+        """Print an informational line."""
+        if not self.quiet:
+            self.console.print(f"  [dim]{text}[/dim]")

@@ -1,0 +1,59 @@
+"""The bundle's human-readable report (``report/report.md``), rendered from the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt_ms(latency: dict) -> str:
+    return f"{latency['p50']:.3f} / {latency['p99']:.3f} ({latency['source']})"
+
+
+def _fmt_share(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def render_report(manifest: dict) -> str:
+    """Markdown summary: target, stages, policy."""
+    target = manifest["target"]
+    lines = [
+        f"# edgec bundle: {manifest['source']['path']} for {target['name']}",
+        "",
+        f"- target: `{target['name']}` (gateway: `{target.get('gateway') or 'none'}`)",
+        f"- source sha256: `{manifest['source']['sha256']}`",
+        f"- edgec {manifest['edgec_version']}",
+        "",
+        "## Stages (cascade order)",
+        "",
+        "| stage | role | tier | backend | precision | MACs | latency p50 / p99 ms | accuracy |",
+        "|---|---|---|---|---|---:|---|---:|",
+    ]
+    for stage in manifest["stages"]:
+        lines.append(
+            f"| {stage['name']} | {stage['role']} | {stage['tier']} | {stage['backend']} | "
+            f"{stage['precision']} | {stage['macs']:,} | {_fmt_ms(stage['latency_ms'])} | "
+            f"{_fmt_share(stage.get('accuracy'))} |"
+        )
+    policy = manifest["policy"]
+    lines += ["", "## Policy", ""]
+    if policy.get("budget_ms") is not None:
+        lines.append(f"- budget: {policy['budget_ms']:g} ms at p{policy['percentile']}")
+    lines.append(f"- pipeline latency p50 / p99 ms: {_fmt_ms(policy['latency_ms'])}")
+    if policy.get("expected_accuracy") is not None:
+        lines.append(f"- expected accuracy: {_fmt_share(policy['expected_accuracy'])}")
+    lines += [
+        "",
+        "Latency sources: `measured-host` was timed on the compiling machine, "
+        "`measured-device` on the device itself, `estimated` comes from the roofline cost "
+        "model and the target descriptor's published peaks.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(root: Path, manifest: dict) -> Path:
+    """Write ``report/report.md`` under the bundle root."""
+    path = root / "report" / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(manifest))
+    return path

@@ -1,0 +1,214 @@
+"""The backend protocol and the plain data that crosses it.
+
+A backend turns a stage's ONNX model into an :class:`Artifact` for a target, loads an artifact
+into a :class:`Runner`, and measures latency. Latency always says where it came from
+(:data:`LatencySource`). Backends import their heavy dependencies lazily, inside their
+functions, so ``available()`` can report a missing one instead of failing at import.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgec.targets.descriptor import Target
+
+LatencySource = Literal["measured-host", "measured-device", "estimated"]
+# Weakest first: a combination of latencies is only as trustworthy as its weakest part.
+_SOURCE_STRENGTH = {"estimated": 0, "measured-host": 1, "measured-device": 2}
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """A latency distribution in milliseconds and where it came from.
+
+    Attributes:
+        p50: Median.
+        p90: 90th percentile.
+        p99: 99th percentile.
+        mean: Mean.
+        source: ``measured-host``, ``measured-device`` or ``estimated``.
+        runs: How many timed runs (0 for estimates).
+    """
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    source: LatencySource
+    runs: int = 0
+
+    def at(self, percentile: int) -> float:
+        """The latency at percentile 50, 90 or 99."""
+        return {50: self.p50, 90: self.p90, 99: self.p99}[percentile]
+
+    def to_json(self) -> dict:
+        """The manifest form."""
+        return {
+            "p50": round(self.p50, 4),
+            "p90": round(self.p90, 4),
+            "p99": round(self.p99, 4),
+            "mean": round(self.mean, 4),
+            "source": self.source,
+            "runs": self.runs,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> LatencyStats:
+        """Read the manifest form back."""
+        return cls(
+            p50=float(data["p50"]),
+            p90=float(data["p90"]),
+            p99=float(data["p99"]),
+            mean=float(data.get("mean", data["p50"])),
+            source=data["source"],
+            runs=int(data.get("runs", 0)),
+        )
+
+    @classmethod
+    def from_samples(cls, samples_ms: np.ndarray, source: LatencySource) -> LatencyStats:
+        """Summarise timed runs."""
+        p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
+        return cls(
+            float(p50), float(p90), float(p99), float(np.mean(samples_ms)), source, len(samples_ms)
+        )
+
+    @classmethod
+    def fixed(cls, ms: float, source: LatencySource = "estimated") -> LatencyStats:
+        """A single estimate used at every percentile."""
+        return cls(ms, ms, ms, ms, source, 0)
+
+
+def weakest_source(sources: list[LatencySource]) -> LatencySource:
+    """The least trustworthy of several latency sources."""
+    return min(sources, key=_SOURCE_STRENGTH.__getitem__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a backend build may be asked for.
+
+    Attributes:
+        precision: ``fp32``, ``fp16`` or ``int8`` (the model is already quantized for int8).
+        threads: Inference threads; ``None`` means the target's core count.
+        tune_trials: Autotuning trials for backends that tune (0: no tuning).
+    """
+
+    precision: str = "fp32"
+    threads: int | None = None
+    tune_trials: int = 0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a backend built for one stage.
+
+    Attributes:
+        backend: The backend's registry name.
+        path: The main artifact file, inside the stage's directory.
+        target: The target name it was built for.
+        files: Every file the build wrote (including ``path``).
+        metadata: Backend facts for the manifest (optimisation level, threads, ...).
+    """
+
+    backend: str
+    path: Path
+    target: str
+    files: tuple[Path, ...]
+    metadata: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A loaded artifact that maps named inputs to the model's outputs."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; outputs in the model's output order."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One compiler/runtime behind the same fixed phases."""
+
+    name: str
+
+    def available(self) -> tuple[bool, str]:
+        """Whether the backend can build here, and why not when it cannot."""
+        ...
+
+    def build(self, model_path: Path, target: Target, out_dir: Path, options: BuildOptions):
+        """Build ``model_path`` for ``target`` into ``out_dir``; return an :class:`Artifact`."""
+        ...
+
+    def load(self, artifact: Artifact) -> Runner:
+        """Load an artifact on this machine."""
+        ...
+
+    def measure(self, artifact: Artifact, where: str = "host") -> LatencyStats:
+        """Time the artifact ``where`` (``host`` here, or a device URL where supported)."""
+        ...
+
+
+@dataclass(frozen=True)
+class MeasurePolicy:
+    """How long to time a runner: warm up, then run until the percentiles settle.
+
+    Attributes:
+        warmup_runs: Untimed runs first (caches, lazy allocations, thread pools).
+        min_runs: Never fewer timed runs than this.
+        max_runs: Never more.
+        min_seconds: Keep running at least this long, so short models get many samples.
+        max_seconds: Stop after this long even if not settled.
+        tolerance: Stop once p50 and p99 moved less than this share between two checks.
+    """
+
+    warmup_runs: int = 10
+    min_runs: int = 50
+    max_runs: int = 5000
+    min_seconds: float = 0.5
+    max_seconds: float = 10.0
+    tolerance: float = 0.05
+
+
+DEFAULT_MEASURE_POLICY = MeasurePolicy()
+
+
+def time_runner(
+    runner: Runner, inputs: dict[str, np.ndarray], policy: MeasurePolicy = DEFAULT_MEASURE_POLICY
+) -> LatencyStats:
+    """Time ``runner`` adaptively on this machine (source ``measured-host``).
+
+    After warm-up, runs in rounds; once both the minimum count and duration are reached it
+    stops when p50 and p99 moved less than ``policy.tolerance`` since the previous round (a
+    p99 needs ~100 samples to mean anything, so the floor is generous).
+    """
+    for _ in range(policy.warmup_runs):
+        runner.run(inputs)
+    samples: list[float] = []
+    started = time.perf_counter()
+    previous: tuple[float, float] | None = None
+    while True:
+        for _ in range(max(policy.min_runs // 2, 10)):
+            t0 = time.perf_counter()
+            runner.run(inputs)
+            samples.append((time.perf_counter() - t0) * 1000.0)
+        elapsed = time.perf_counter() - started
+        current = tuple(np.percentile(samples, [50, 99]))
+        if len(samples) >= policy.max_runs or elapsed >= policy.max_seconds:
+            break
+        settled = previous is not None and all(
+            abs(c - p) <= policy.tolerance * max(p, 1e-9)
+            for c, p in zip(current, previous, strict=True)
+        )
+        if settled and len(samples) >= policy.min_runs and elapsed >= policy.min_seconds:
+            break
+        previous = current
+    return LatencyStats.from_samples(np.asarray(samples), "measured-host")

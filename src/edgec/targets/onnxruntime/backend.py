@@ -1,0 +1,167 @@
+"""ONNX Runtime behind the :class:`~edgec.targets.base.Backend` protocol.
+
+``build`` writes the offline-optimised model (``model.ort.onnx``). Offline optimisation must
+match the hardware that runs it (ORT's docs), so layout-specific optimisations (level ``all``,
+which emits x86 NCHWc kernels) are only used when the target is this machine; other targets get
+the portable ``extended`` level. Sessions use as many intra-op threads as the target has cores.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+
+from edgec.errors import BadInputError
+from edgec.targets.base import (
+    DEFAULT_MEASURE_POLICY,
+    Artifact,
+    BuildOptions,
+    LatencyStats,
+    MeasurePolicy,
+    time_runner,
+)
+from edgec.targets.descriptor import Target
+
+ARTIFACT_NAME = "model.ort.onnx"
+
+
+class OrtRunner:
+    """An ``InferenceSession`` with the :class:`~edgec.targets.base.Runner` interface."""
+
+    def __init__(self, model_path: Path, threads: int | None = None, level: str = "all"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _ort_level(level)
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # ORT raises several unrelated exception types
+            raise BadInputError(
+                f"ONNX Runtime cannot load {model_path.name}: {_first_line(err)}"
+            ) from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; outputs in the model's output order."""
+        return self.session.run(None, inputs)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def _ort_level(level: str):
+    import onnxruntime as ort
+
+    return {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+
+
+def random_inputs(runner: OrtRunner, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs matching the session's (static) input shapes and types."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in runner.session.get_inputs():
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        dtype = _ORT_TYPES.get(spec.type, np.float32)
+        if np.issubdtype(dtype, np.integer):
+            feeds[spec.name] = rng.integers(0, 8, size=shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxRuntimeBackend:
+    """Builds, loads and measures ONNX models with ONNX Runtime's CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def available(self) -> tuple[bool, str]:
+        """ONNX Runtime is a core dependency, so it is available unless the install is broken."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False, "onnxruntime is not installed: pip install onnxruntime"
+        return True, f"onnxruntime {importlib.metadata.version('onnxruntime')}"
+
+    def build(
+        self, model_path: Path, target: Target, out_dir: Path, options: BuildOptions
+    ) -> Artifact:
+        """Write the offline-optimised model for ``target`` into ``out_dir``."""
+        import onnxruntime as ort
+
+        level = "all" if target.is_host else "extended"
+        threads = options.threads or target.cpu.cores
+        out_dir.mkdir(parents=True, exist_ok=True)
+        artifact_path = out_dir / ARTIFACT_NAME
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = _ort_level(level)
+        session_options.optimized_model_filepath = str(artifact_path)
+        session_options.log_severity_level = 3
+        try:
+            ort.InferenceSession(
+                str(model_path), session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:
+            raise BadInputError(
+                f"ONNX Runtime cannot build the model: {_first_line(err)}"
+            ) from None
+        return Artifact(
+            backend=self.name,
+            path=artifact_path,
+            target=target.name,
+            files=(artifact_path,),
+            metadata={
+                "optimization_level": level,
+                "intra_op_threads": threads,
+                "onnxruntime": importlib.metadata.version("onnxruntime"),
+            },
+        )
+
+    def load(self, artifact: Artifact) -> OrtRunner:
+        """Open a session on the optimised model (already optimised: no second pass)."""
+        return OrtRunner(
+            artifact.path, threads=artifact.metadata.get("intra_op_threads"), level="disabled"
+        )
+
+    def measure(
+        self,
+        artifact: Artifact,
+        where: str = "host",
+        policy: MeasurePolicy = DEFAULT_MEASURE_POLICY,
+    ) -> LatencyStats:
+        """Time the artifact on this machine with random inputs of the model's shapes."""
+        if where != "host":
+            raise BadInputError(
+                f"The onnxruntime backend measures only on this machine, not '{where}'."
+            )
+        runner = self.load(artifact)
+        return time_runner(runner, random_inputs(runner), policy)

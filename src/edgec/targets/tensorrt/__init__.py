@@ -1,0 +1,31 @@
+"""The TensorRT backend: declared so targets can prefer it, but it cannot build here.
+
+TensorRT needs an NVIDIA GPU and NVIDIA's libraries at build time; neither exists on the
+machines edgec is developed and tested on, so this backend reports itself unavailable and
+edgec falls back to the target's next preferred backend. Nothing here pretends to build.
+"""
+
+from __future__ import annotations
+
+from edgec.errors import MissingDependencyError
+
+
+class TensorRTBackend:
+    """Reports why TensorRT cannot be used on this machine."""
+
+    name = "tensorrt"
+
+    def available(self) -> tuple[bool, str]:
+        """TensorRT is importable only with NVIDIA's wheel and a GPU driver."""
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError:
+            return False, "TensorRT is not installed (needs an NVIDIA GPU and NVIDIA's wheel)"
+        return False, "TensorRT engine building is not implemented in edgec yet"
+
+    def _unavailable(self, *_args, **_kwargs):
+        raise MissingDependencyError(
+            f"The tensorrt backend cannot run here: {self.available()[1]}."
+        )
+
+    build = load = measure = _unavailable

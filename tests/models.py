@@ -1,0 +1,60 @@
+"""Real models for tests: the light architectures shipped in the onnx wheel, with random weights.
+
+The light models' weights are ``ConstantOfShape`` nodes filled with 0.02, so their outputs are
+degenerate; :func:`randomized_light_model` replaces every such weight with a random initializer
+of the same shape (scaled like He initialisation so activations neither vanish nor explode).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
+
+
+def randomized_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """The light model ``name`` with its ConstantOfShape weights replaced by random values."""
+    model = onnx.load(LIGHT_DIR / f"light_{name}.onnx")
+    rng = np.random.default_rng(seed)
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input and _shape_of(graph, node.input[0]):
+            shape = _shape_of(graph, node.input[0])
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
+            scale = float(np.sqrt(2.0 / max(fan_in, 1)))
+            values = (rng.standard_normal(shape) * scale).astype(np.float32)
+            if len(shape) == 1:  # biases, BN parameters: small positive values keep BN sane
+                values = np.abs(values) + 0.5 if "var" in node.output[0] else values * 0.1
+                values = values.astype(np.float32)
+            graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    # The weights' shape tensors are now unused: drop them (and their graph-input entries).
+    used = {name for node in graph.node for name in node.input}
+    keep_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+    inits = {i.name for i in graph.initializer}
+    keep_inputs = [i for i in graph.input if i.name in used or i.name not in inits]
+    keep_inputs = [i for i in keep_inputs if i.name in used]
+    del graph.input[:]
+    graph.input.extend(keep_inputs)
+    return model
+
+
+def _shape_of(graph: onnx.GraphProto, name: str) -> list[int] | None:
+    for init in graph.initializer:
+        if init.name == name:
+            return [int(v) for v in numpy_helper.to_array(init)]
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return [int(v) for v in numpy_helper.to_array(node.attribute[0].t)]
+    return None

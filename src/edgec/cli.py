@@ -166,6 +166,13 @@ def targets_show(name: str, as_json: bool) -> None:
 )
 @click.option("--data", help="Data for accuracy: 'digits' or an .npz with x (and y).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")
+@click.option(
+    "--measure-seconds",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Longest time spent timing one stage on this machine.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar.gz.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -181,6 +188,7 @@ def compile(  # noqa: A001 - the command is called compile
     backend: str,
     data: str | None,
     seed: int,
+    measure_seconds: float,
     force: bool,
     archive: bool,
     as_json: bool,
@@ -208,6 +216,7 @@ def compile(  # noqa: A001 - the command is called compile
         force=force,
         archive=archive,
         seed=seed,
+        measure_seconds=measure_seconds,
     )
     result = compile_model(config, Reporter(quiet=as_json))
     if as_json:

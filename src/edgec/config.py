@@ -66,6 +66,7 @@ class CompileConfig:
         force: Replace an existing bundle.
         archive: Also write ``<output>.tar.gz``.
         seed: Seed for everything random (splits, inputs, training).
+        measure_seconds: Longest time to spend timing one stage on this machine.
     """
 
     model: Path
@@ -80,12 +81,15 @@ class CompileConfig:
     force: bool = False
     archive: bool = False
     seed: int = 0
+    measure_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise BadInputError(f"--budget-ms must be positive, got {self.budget_ms}.")
         if self.percentile not in PERCENTILES:
             raise BadInputError(f"--percentile must be 50, 90 or 99, got {self.percentile}.")
+        if self.measure_seconds <= 0:
+            raise BadInputError(f"--measure-seconds must be positive, got {self.measure_seconds}.")
         if self.precision not in PRECISIONS:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."

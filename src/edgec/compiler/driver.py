@@ -28,7 +28,7 @@ from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
 from edgec.errors import BadInputError
 from edgec.targets import BuildOptions, LatencyStats, Target, choose_backend, load_target
-from edgec.targets.base import Backend
+from edgec.targets.base import Backend, MeasurePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +148,10 @@ def plan_stages(model: onnx.ModelProto, precision: str) -> list[StagePlan]:
 
 
 def _measure_or_estimate(
-    backend: Backend, artifact, stage: StagePlan, target: Target
+    backend: Backend, artifact, stage: StagePlan, target: Target, seconds: float
 ) -> LatencyStats:
     if target.is_host:
-        return backend.measure(artifact, "host")
+        return backend.measure(artifact, "host", MeasurePolicy(max_seconds=seconds))
     return estimate_latency(stage.model, target, backend.name, stage.precision)
 
 
@@ -163,6 +163,7 @@ def _build_stage(
     data: Dataset | None,
     teacher_logits: np.ndarray | None,
     reporter: Reporter,
+    measure_seconds: float,
 ) -> tuple[dict, np.ndarray | None]:
     stage_dir = root / "stages" / stage.name
     stage_dir.mkdir(parents=True)
@@ -172,7 +173,7 @@ def _build_stage(
         artifact = backend.build(model_path, target, stage_dir, BuildOptions(stage.precision))
     where = "on this machine" if target.is_host else f"for {target.name} (cost model)"
     with reporter.step(f"Latency of '{stage.name}' {where}"):
-        latency = _measure_or_estimate(backend, artifact, stage, target)
+        latency = _measure_or_estimate(backend, artifact, stage, target, measure_seconds)
     entry = {
         "name": stage.name,
         "tier": stage.tier,
@@ -222,7 +223,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         # The teacher is evaluated first so students can report agreement with it.
         for stage in sorted(stages, key=lambda s: s.role != "teacher"):
             entry, logits = _build_stage(
-                stage, root, target, backend, data, teacher_logits, reporter
+                stage, root, target, backend, data, teacher_logits, reporter, config.measure_seconds
             )
             if stage.role == "teacher":
                 teacher_logits = logits

@@ -152,7 +152,9 @@ class Backend(Protocol):
         """Load an artifact on this machine."""
         ...
 
-    def measure(self, artifact: Artifact, where: str = "host") -> LatencyStats:
+    def measure(
+        self, artifact: Artifact, where: str = "host", policy: MeasurePolicy | None = None
+    ) -> LatencyStats:
         """Time the artifact ``where`` (``host`` here, or a device URL where supported)."""
         ...
 
@@ -170,7 +172,7 @@ class MeasurePolicy:
         tolerance: Stop once p50 and p99 moved less than this share between two checks.
     """
 
-    warmup_runs: int = 10
+    warmup_runs: int = 5
     min_runs: int = 50
     max_runs: int = 5000
     min_seconds: float = 0.5
@@ -190,8 +192,11 @@ def time_runner(
     stops when p50 and p99 moved less than ``policy.tolerance`` since the previous round (a
     p99 needs ~100 samples to mean anything, so the floor is generous).
     """
+    started = time.perf_counter()
     for _ in range(policy.warmup_runs):
         runner.run(inputs)
+        if time.perf_counter() - started > policy.max_seconds / 4:
+            break  # a slow model is warm after one or two runs
     samples: list[float] = []
     started = time.perf_counter()
     previous: tuple[float, float] | None = None
@@ -200,6 +205,8 @@ def time_runner(
             t0 = time.perf_counter()
             runner.run(inputs)
             samples.append((time.perf_counter() - t0) * 1000.0)
+            if time.perf_counter() - started >= policy.max_seconds:
+                break
         elapsed = time.perf_counter() - started
         current = tuple(np.percentile(samples, [50, 99]))
         if len(samples) >= policy.max_runs or elapsed >= policy.max_seconds:

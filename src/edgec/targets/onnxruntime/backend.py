@@ -156,7 +156,7 @@ class OnnxRuntimeBackend:
         self,
         artifact: Artifact,
         where: str = "host",
-        policy: MeasurePolicy = DEFAULT_MEASURE_POLICY,
+        policy: MeasurePolicy | None = None,
     ) -> LatencyStats:
         """Time the artifact on this machine with random inputs of the model's shapes."""
         if where != "host":
@@ -164,4 +164,4 @@ class OnnxRuntimeBackend:
                 f"The onnxruntime backend measures only on this machine, not '{where}'."
             )
         runner = self.load(artifact)
-        return time_runner(runner, random_inputs(runner), policy)
+        return time_runner(runner, random_inputs(runner), policy or DEFAULT_MEASURE_POLICY)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
@@ -22,6 +22,10 @@ def randomized_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
     model = onnx.load(LIGHT_DIR / f"light_{name}.onnx")
     rng = np.random.default_rng(seed)
     graph = model.graph
+    # BatchNormalization inputs 1 (scale) and 4 (variance) must be positive to stay sane.
+    bn_positive = {
+        n.input[i] for n in graph.node if n.op_type == "BatchNormalization" for i in (1, 4)
+    }
     kept = []
     for node in graph.node:
         if node.op_type == "ConstantOfShape" and node.input and _shape_of(graph, node.input[0]):
@@ -29,10 +33,15 @@ def randomized_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])
             scale = float(np.sqrt(2.0 / max(fan_in, 1)))
             values = (rng.standard_normal(shape) * scale).astype(np.float32)
-            if len(shape) == 1:  # biases, BN parameters: small positive values keep BN sane
-                values = np.abs(values) + 0.5 if "var" in node.output[0] else values * 0.1
+            if len(shape) == 1:  # biases and BN parameters
+                positive = node.output[0] in bn_positive  # BN scale and variance
+                values = np.abs(values) + 0.5 if positive else values * 0.1
                 values = values.astype(np.float32)
             graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+            if model.ir_version < 4:  # IR 3 requires every initializer to be a graph input
+                graph.input.append(
+                    helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, list(shape))
+                )
         else:
             kept.append(node)
     del graph.node[:]

@@ -130,12 +130,19 @@ def _parse(path: Path) -> onnx.ModelProto:
     return model
 
 
+def _one_sentence(err: Exception, limit: int = 240) -> str:
+    """A tool's multi-line error as one line ending in a full stop."""
+    text = " ".join(str(err).split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text.rstrip(" :") + ("" if text.endswith(".") else ".")
+
+
 def _check(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
-        first = str(err).strip().splitlines()[0]
-        raise BadInputError(f"Model {path} fails the ONNX checker: {first}") from None
+        raise BadInputError(f"Model {path} fails the ONNX checker: {_one_sentence(err)}") from None
     except ValueError as err:  # e.g. models above the 2 GB protobuf limit
         raise BadInputError(f"Model {path} cannot be checked: {err}") from None
 
@@ -200,9 +207,9 @@ def _infer(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
             model, check_type=True, strict_mode=True, data_prop=True
         )
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
-        first = str(err).strip().splitlines()[0]
         raise BadInputError(
-            f"Shape inference fails on {path.name} with the given input shapes: {first}"
+            f"Shape inference fails on {path.name} with the given input shapes: "
+            f"{_one_sentence(err)}"
         ) from None
 
 

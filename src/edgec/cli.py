@@ -19,8 +19,9 @@ from rich.table import Table
 
 from edgec.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EdgecError
 
-_out = Console()
-_err = Console(stderr=True)
+# Piped output (CI logs) gets a wide table instead of rich's 80-column default.
+_out = Console(width=None if sys.stdout.isatty() else 120)
+_err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _print_json(data) -> None:

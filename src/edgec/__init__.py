@@ -6,10 +6,33 @@ The Python API mirrors the CLI: :func:`compile_model` (``edgec compile``),
 
 from __future__ import annotations
 
-from edgec.compiler import CompileResult, GateResult, check_bundle, compile_model
-from edgec.config import CompileConfig
+import importlib
+from typing import TYPE_CHECKING
+
 from edgec.errors import BadInputError, EdgecError, GateFailedError
-from edgec.targets import load_target
+
+if TYPE_CHECKING:
+    from edgec.compiler import CompileResult, GateResult, check_bundle, compile_model
+    from edgec.config import CompileConfig
+    from edgec.targets import load_target
+
+# Imported on first use, so light commands (`edgec install`, `verify`, `--help`) do not pay
+# for onnx and onnxruntime at start.
+_LAZY = {
+    "CompileConfig": "edgec.config",
+    "CompileResult": "edgec.compiler",
+    "GateResult": "edgec.compiler",
+    "check_bundle": "edgec.compiler",
+    "compile_model": "edgec.compiler",
+    "load_target": "edgec.targets",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edgec' has no attribute {name!r}")
+
 
 __all__ = [
     "BadInputError",

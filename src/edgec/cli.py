@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgec.errors import EXIT_GATE_FAILED, EXIT_INTERNAL, EdgecError
@@ -36,7 +37,9 @@ def _handle_errors(func):
         try:
             return func(*args, **kwargs)
         except EdgecError as err:
-            _err.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
+            # escape: messages quote user text, which may contain [brackets]
+            message = escape(str(err))
+            _err.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             _err.print("interrupted")
@@ -63,7 +66,8 @@ def main(verbose: int) -> None:
     latency budget, and gates CI on that budget.
 
     \b
-    Exit codes: 0 success, 1 budget (gate) failed, 2 bad input or usage, 3 internal error.
+    Exit codes: 0 success, 1 budget (gate) failed or bundle does not verify, 2 bad input or
+    usage, 3 internal error.
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -155,24 +159,144 @@ def targets_show(name: str, as_json: bool) -> None:
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "int8", "auto"]),
-    default="fp32",
+    default="auto",
     show_default=True,
-    help="Numeric precision of the stages.",
+    help="Precision of the stages: auto picks, per stage, the faster of FP32 and INT8 that "
+    "passes the accuracy guard (INT8 needs --data); int8 forces it.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="INT8 calibration method (ONNX Runtime's calibrators).",
+)
+@click.option(
+    "--calib-samples",
+    type=int,
+    default=300,
+    show_default=True,
+    help="Most calibration inputs, drawn from the training split of --data.",
+)
+@click.option(
+    "--max-accuracy-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Largest accuracy drop INT8 may cause, in points (without labels: disagreement with "
+    "FP32 where FP32 is confident); worse layers are kept in FP32.",
+)
+@click.option(
+    "--min-sqnr-db",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Without labels, the SQNR of INT8 logits against FP32 that INT8 must reach.",
 )
 @click.option(
     "--backend",
     default="auto",
     show_default=True,
-    help="auto (the target's preference) or a backend name.",
+    help="auto, onnxruntime, tvm (or another registered backend). auto: on this machine, "
+    "build with each usable backend and keep the fastest (TVM only when tuned); with "
+    "--device, TVM measured on the device; elsewhere the target's preference.",
+)
+@click.option(
+    "--tune-trials",
+    type=int,
+    default=0,
+    show_default=True,
+    help="MetaSchedule autotuning trials per stage for the tvm backend (0: untuned).",
+)
+@click.option(
+    "--tuning-cache",
+    type=click.Path(path_type=Path),
+    help="Directory of TVM tuning records: reused by later compiles of the same model.",
+)
+@click.option(
+    "--device",
+    metavar="URL",
+    help="Measure (and tune) on the real device through TVM RPC: rpc://HOST:PORT or "
+    "tracker://HOST:PORT/KEY.",
 )
 @click.option("--data", help="Data for accuracy: 'digits' or an .npz with x (and y).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")
+@click.option(
+    "--students",
+    default="auto",
+    show_default=True,
+    help="Students to derive (needs --data and the train extra): auto (sized from the target), "
+    "none, or MAC ratios of the teacher such as 0.1,0.3.",
+)
+@click.option(
+    "--distill-epochs",
+    type=int,
+    default=40,
+    show_default=True,
+    help="Most epochs each student trains for (early stopping may end sooner).",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Distillation temperature T.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Weight of the label loss; the distillation loss gets 1 - alpha (labels optional).",
+)
 @click.option(
     "--measure-seconds",
     type=float,
     default=10.0,
     show_default=True,
     help="Longest time spent timing one stage on this machine.",
+)
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path),
+    help="Sign the bundle with this private key (from `edgec keygen`).",
+)
+@click.option(
+    "--preprocess",
+    metavar="SPEC",
+    help="Fuse camera-frame pre-processing into the model, e.g. "
+    "'uint8,nhwc,bgr,size=480x640,resize=bilinear,mean=127.5,scale=0.0078125'; "
+    "the bundle's input becomes the frame (see the README).",
+)
+@click.option(
+    "--time-passes", is_flag=True, help="Print each graph pass's time and node-count change."
+)
+@click.option(
+    "--dump-ir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Write the model after every graph pass into DIR.",
+)
+@click.option(
+    "--confidence",
+    type=click.Choice(["max-prob", "margin", "entropy"]),
+    default="max-prob",
+    show_default=True,
+    help="Confidence measure a cascade stage answers on (vs its threshold).",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["replace", "weighted"]),
+    default="replace",
+    show_default=True,
+    help="Combine a gateway answer with the device's: replace it, or weight both.",
+)
+@click.option(
+    "--accuracy-tolerance",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Points of validation accuracy the cascade may give up for a cheaper policy.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar.gz.")
@@ -186,10 +310,28 @@ def compile(  # noqa: A001 - the command is called compile
     percentile: str,
     input_shapes: tuple[str, ...],
     precision: str,
+    calibration: str,
+    calib_samples: int,
+    max_accuracy_drop: float,
+    min_sqnr_db: float,
     backend: str,
     data: str | None,
     seed: int,
+    students: str,
+    distill_epochs: int,
+    temperature: float,
+    alpha: float,
     measure_seconds: float,
+    sign_key: Path | None,
+    preprocess: str | None,
+    time_passes: bool,
+    dump_ir: Path | None,
+    confidence: str,
+    fusion: str,
+    accuracy_tolerance: float,
+    tune_trials: int,
+    tuning_cache: Path | None,
+    device: str | None,
     force: bool,
     archive: bool,
     as_json: bool,
@@ -202,7 +344,9 @@ def compile(  # noqa: A001 - the command is called compile
     """
     from edgec.compiler import compile_model
     from edgec.compiler.progress import Reporter
-    from edgec.config import CompileConfig, parse_input_shapes
+    from edgec.config import CompileConfig, parse_input_shapes, parse_students
+    from edgec.kernels.preprocess import parse_preprocess
+    from edgec.passes.instrument import format_pass_table
 
     config = CompileConfig(
         model=model,
@@ -212,14 +356,34 @@ def compile(  # noqa: A001 - the command is called compile
         percentile=int(percentile),
         input_shapes=parse_input_shapes(input_shapes),
         precision=precision,
+        calibration=calibration,
+        calib_samples=calib_samples,
+        max_accuracy_drop=max_accuracy_drop,
+        min_sqnr_db=min_sqnr_db,
         backend=backend,
         data=data,
         force=force,
         archive=archive,
         seed=seed,
+        students=parse_students(students),
+        distill_epochs=distill_epochs,
+        temperature=temperature,
+        alpha=alpha,
         measure_seconds=measure_seconds,
+        sign_key=sign_key,
+        preprocess=parse_preprocess(preprocess) if preprocess is not None else None,
+        time_passes=time_passes,
+        dump_ir=dump_ir,
+        confidence=confidence,
+        fusion=fusion,
+        accuracy_tolerance=accuracy_tolerance,
+        tune_trials=tune_trials,
+        tuning_cache=tuning_cache,
+        device=device,
     )
     result = compile_model(config, Reporter(quiet=as_json))
+    if time_passes and not as_json:
+        click.echo(format_pass_table(result.passes), err=True)
     if as_json:
         _print_json(result.to_json())
     else:
@@ -262,9 +426,125 @@ def _print_summary(result) -> None:
     _out.print(table)
     if result.archive:
         _out.print(f"archive: {result.archive}")
+    if result.signed_by:
+        _out.print(f"signed with key {result.signed_by}")
     if result.gate is not None:
         colour = "green" if result.gate.passed else "red"
         _out.print(f"[{colour}]{result.gate.summary}[/{colour}]", highlight=False)
+
+
+# ---------------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-t", "--target", default="host", show_default=True, help="Target name or YAML.")
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=DIMS",
+    help="Fix a dynamic input's shape, e.g. input=1x3x224x224 (repeatable).",
+)
+@click.option("--raw", is_flag=True, help="Inspect the model as given, not its canonical form.")
+@click.option("--top", type=int, default=10, show_default=True, help="How many costliest layers.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="Estimate at this precision; int8 also explains what would make INT8 slow here.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_handle_errors
+def inspect(
+    model: Path,
+    target: str,
+    input_shapes: tuple[str, ...],
+    raw: bool,
+    top: int,
+    precision: str,
+    as_json: bool,
+) -> None:
+    """Per-layer table of MODEL on a target: shapes, MACs, parameters, activation bytes,
+    estimated latency and which backends support each op; then totals and the top layers.
+
+    \b
+    Example:
+      edgec inspect examples/digits/teacher.onnx --target jetson-nano
+    """
+    from edgec.compiler.inspection import inspect_model
+    from edgec.config import parse_input_shapes
+
+    shapes = parse_input_shapes(input_shapes)
+    report = inspect_model(model, target, shapes, canonical=not raw, precision=precision, top=top)
+    explanation = None
+    if precision == "int8":
+        from edgec.compiler.int8_inspect import explain_model_int8
+
+        explanation = explain_model_int8(model, target, shapes)
+    if as_json:
+        data = report.to_json()
+        if explanation is not None:
+            data["int8_explanation"] = explanation
+        _print_json(data)
+        return
+    _print_inspect(report)
+    if explanation is not None:
+        _out.print(f"[bold]INT8 on {report.target}[/bold]")
+        for line in explanation:
+            _out.print(f"  - {line}", highlight=False)
+
+
+def _print_inspect(report) -> None:
+    form = "as given" if not report.canonical else "canonical form"
+    table = Table(
+        title=f"{escape(report.model)} ({form}) on {report.target}, "
+        f"latency estimated for {report.backend} {report.precision}"
+    )
+    columns = ("#", "name", "op", "output", "MACs", "params", "act. bytes", "est. ms")
+    for column in (*columns, "ort/tvm/trt"):
+        table.add_column(column, justify="right" if column in ("#", "MACs", "params") else "left")
+
+    def marks(backends: dict[str, bool]) -> str:
+        return " ".join(
+            "[green]y[/green]" if backends[b] else "[red]n[/red]"
+            for b in ("onnxruntime", "tvm", "tensorrt")
+        )
+
+    for index, layer in enumerate(report.layers):
+        op = f"{layer.op} [{layer.fusion}]" if layer.fusion else layer.op
+        table.add_row(
+            str(index),
+            layer.name,
+            op,
+            "x".join(str(d) for d in layer.output_shape),
+            f"{layer.macs:,}",
+            f"{layer.params:,}",
+            f"{layer.activation_bytes:,}",
+            f"{layer.latency_ms:.4f}",
+            marks(layer.backends),
+        )
+    _out.print(table)
+    totals = report.totals()
+    _out.print(
+        f"total: {totals['nodes']} nodes, {totals['macs']:,} MACs, {totals['params']:,} "
+        f"parameters, {totals['activation_bytes']:,} activation bytes, "
+        f"{totals['latency_ms']:.3f} ms (estimated)",
+        highlight=False,
+    )
+    top = Table(title=f"top {len(report.top_layers())} layers by estimated latency")
+    for column in ("name", "op", "MACs", "est. ms", "share"):
+        top.add_column(column)
+    for layer in report.top_layers():
+        share = layer.latency_ms / totals["latency_ms"] if totals["latency_ms"] else 0.0
+        top.add_row(
+            layer.name, layer.op, f"{layer.macs:,}", f"{layer.latency_ms:.4f}", f"{share:.1%}"
+        )
+    _out.print(top)
+    for backend, ops in report.unsupported().items():
+        _out.print(
+            f"[red]{backend}[/red] lacks: {', '.join(ops)} (source: {report.sources[backend]})",
+            highlight=False,
+        )
 
 
 # ---------------------------------------------------------------------------------- check
@@ -307,6 +587,192 @@ def check(
             _out.print(f"{mark} {style}{item.message}", highlight=False)
     if not result.passed:
         sys.exit(EXIT_GATE_FAILED)
+
+
+# ---------------------------------------------------------------------------------- trust
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+@_handle_errors
+def keygen(directory: Path, force: bool) -> None:
+    """Create an ed25519 key pair: DIRECTORY/edgec.key (private, 0600) and edgec.pub."""
+    from edgec.compiler import trust
+
+    private, public = trust.generate_keys(directory, force)
+    kid = trust.key_id(trust.load_public_key(public))
+    _out.print(f"private key: {private} (keep it secret)\npublic key:  {public}\nkey id: {kid}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--key", type=click.Path(path_type=Path), required=True, help="Private key (edgec.key)."
+)
+@_handle_errors
+def sign(bundle: Path, key: Path) -> None:
+    """Sign BUNDLE's manifest (its files must match it) into BUNDLE/manifest.sig."""
+    from edgec.compiler import trust
+
+    path = trust.sign_bundle(bundle, key)
+    _out.print(f"signed: {path}", highlight=False)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    help="Public key (edgec.pub); without it only file integrity is checked.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_handle_errors
+def verify(bundle: Path, key: Path | None, as_json: bool) -> None:
+    """Exit 0 when BUNDLE verifies (signature, every file, no extra file), else 1 with why."""
+    from edgec.compiler import trust
+
+    result = trust.verify_bundle(bundle, key)
+    if as_json:
+        _print_json(result.to_json())
+        if not result.valid:
+            sys.exit(EXIT_GATE_FAILED)
+        return
+    trust.require_valid(result)
+    _out.print(f"[green]OK[/green] {result.summary}", highlight=False)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--into",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Install directory (holds current, previous and versions/).",
+)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    help="Public key (edgec.pub); when given, only bundles it signed are installed.",
+)
+@click.option("--rollback", is_flag=True, help="Make the previous version current again.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_handle_errors
+def install(
+    bundle: Path | None, into: Path, key: Path | None, rollback: bool, as_json: bool
+) -> None:
+    """Verify BUNDLE, copy it into INTO/versions/<hash> and switch INTO/current atomically.
+
+    \b
+    Examples:
+      edgec install out/rpi4 --into /opt/models --key edgec.pub
+      edgec install --rollback --into /opt/models
+    """
+    from edgec.compiler import install as installer
+    from edgec.errors import BadInputError
+
+    if rollback == (bundle is not None):
+        raise BadInputError("Give either a BUNDLE to install or --rollback, not both or neither.")
+    if rollback:
+        result = installer.rollback(into, key)
+    else:
+        result = installer.install_bundle(bundle, into, key)
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _out.print(result.summary, highlight=False)
+
+
+# ---------------------------------------------------------------------------------- runtime
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--gateway", metavar="URL", help="Gateway to offload to, e.g. http://gw:8080.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    help="Public key (edgec.pub): refuse a bundle that does not verify against it.",
+)
+@click.option("--device-id", help="This device's name in logs and requests.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input, one a line.")
+@_handle_errors
+def run(
+    bundle: Path,
+    inputs: tuple[Path, ...],
+    gateway: str | None,
+    key: Path | None,
+    device_id: str | None,
+    as_json: bool,
+) -> None:
+    """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
+
+    \b
+    Examples:
+      edgec run out/rpi4 frames.npy --json
+      edgec run out/rpi4 photo.png --gateway http://gateway:8080
+    """
+    from edgec.runtime_stubs.launch import run_bundle
+
+    try:
+        for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
+            if as_json:
+                click.echo(json.dumps({k: v for k, v in item.items() if k != "route"}))
+            else:
+                click.echo(
+                    f"{item['input']}: class {item['prediction']} "
+                    f"(p={item['confidence']:.3f}) from {item['stage']} "
+                    f"in {item['latency_ms']:.3f} ms [{item['route']}]"
+                )
+    except BrokenPipeError:  # the reader (e.g. `| head`) has gone: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--tier",
+    type=click.Choice(["gateway"]),
+    default="gateway",
+    show_default=True,
+    help="The tier to serve (devices run `edgec run`).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free).")
+@click.option("--queue-size", type=int, help="Requests that may wait; beyond that, 429.")
+@click.option("--workers", type=int, help="Inference threads.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    help="Public key (edgec.pub): refuse a bundle that does not verify against it.",
+)
+@_handle_errors
+def serve(
+    bundle: Path,
+    tier: str,
+    host: str,
+    port: int,
+    queue_size: int | None,
+    workers: int | None,
+    key: Path | None,
+) -> None:
+    """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
+
+    \b
+    Example:
+      edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
+    """
+    from edgec.runtime_stubs.launch import serve_bundle
+
+    del tier  # only the gateway tier is served
+    serve_bundle(
+        bundle,
+        host,
+        port,
+        queue_size,
+        workers,
+        key,
+        announce=lambda line: click.echo(line),
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 from edgec.errors import BadInputError
+from edgec.kernels.preprocess.spec import PreprocessSpec
 
 Percentile = Literal[50, 90, 99]
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
+CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
+FUSIONS: tuple[str, ...] = ("replace", "weighted")
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 
 _SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
 
@@ -49,6 +53,35 @@ def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[in
     return shapes
 
 
+def parse_students(spec: str) -> str | tuple[float, ...]:
+    """Parse ``--students``: ``auto``, ``none`` or comma-separated MAC ratios (``0.1,0.3``).
+
+    Raises:
+        BadInputError: A ratio is not a number in (0, 1) or appears twice.
+    """
+    text = spec.strip().lower()
+    if text in ("auto", "none"):
+        return text
+    try:
+        ratios = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise BadInputError(
+            f"--students '{spec}' is not 'auto', 'none' or MAC ratios such as 0.1,0.3."
+        ) from None
+    _check_student_ratios(ratios)
+    return tuple(sorted(ratios))
+
+
+def _check_student_ratios(ratios: tuple[float, ...]) -> None:
+    if not ratios or any(not 0 < r < 1 for r in ratios):
+        raise BadInputError(
+            f"--students ratios must be shares of the teacher's MACs between 0 and 1 "
+            f"(exclusive), got {', '.join(f'{r:g}' for r in ratios) or 'none'}."
+        )
+    if len(set(ratios)) != len(ratios):
+        raise BadInputError("--students gives the same MAC ratio twice.")
+
+
 @dataclass(frozen=True)
 class CompileConfig:
     """Everything ``edgec compile`` needs, validated.
@@ -60,13 +93,37 @@ class CompileConfig:
         budget_ms: Latency budget; when set, the gate runs after building.
         percentile: Which latency percentile the budget applies to.
         input_shapes: Static shapes for inputs with dynamic dimensions.
-        precision: ``fp32`` (default), ``fp16``, ``int8`` or ``auto``.
+        precision: ``auto`` (default: per stage, the faster of FP32 and INT8 that passes the
+            accuracy guard), ``fp32``, ``fp16`` or ``int8``.
         backend: ``auto`` (the target's preference) or a backend name.
         data: ``--data`` source (``digits`` or an ``.npz`` path) for accuracy.
         force: Replace an existing bundle.
         archive: Also write ``<output>.tar.gz``.
         seed: Seed for everything random (splits, inputs, training).
+        students: ``auto`` (a ladder sized from the target), ``none``, or MAC ratios.
+        distill_epochs: Most epochs each student trains for (early stopping may end sooner).
+        temperature: Distillation softmax temperature.
+        alpha: Weight of the label loss against the distillation loss (0..1).
         measure_seconds: Longest time to spend timing one stage on this machine.
+        calibration: INT8 calibration method: ``minmax``, ``entropy`` or ``percentile``.
+        calib_samples: Most calibration inputs, drawn from the training split of ``data``.
+        max_accuracy_drop: Largest accuracy drop INT8 may cause, in points (without labels:
+            disagreement with FP32 on inputs where FP32 is confident).
+        min_sqnr_db: Without labels, the SQNR of INT8 logits against FP32 that INT8 must reach.
+        sign_key: Private key (``edgec keygen``) to sign the bundle with, or ``None``.
+        preprocess: The camera frame (``--preprocess``): its kernel is fused in front of every
+            stage and the bundle's input becomes the frame; ``None`` keeps the tensor input.
+        time_passes: Record each graph pass's time and node-count change (``--time-passes``).
+        dump_ir: Write the model after every graph pass into this directory (``--dump-ir``).
+        confidence: The cascade's confidence measure: ``max-prob``, ``margin`` or ``entropy``.
+        fusion: How a gateway answer is combined with the device's: ``replace`` or
+            ``weighted``.
+        accuracy_tolerance: Points of validation accuracy the cascade planner may give up
+            for a cheaper policy (the cheapest within this of the best wins).
+        tune_trials: MetaSchedule trial budget per stage for the tvm backend (0: untuned).
+        tuning_cache: Directory whose tuning records later compiles reuse (``--tuning-cache``).
+        device: ``rpc://HOST:PORT`` or ``tracker://HOST:PORT/KEY``: measure (and tune) device
+            stages on the real device through TVM RPC; ``None`` estimates non-host targets.
     """
 
     model: Path
@@ -75,22 +132,106 @@ class CompileConfig:
     budget_ms: float | None = None
     percentile: int = 99
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    precision: str = "fp32"
+    precision: str = "auto"
     backend: str = "auto"
     data: str | None = None
     force: bool = False
     archive: bool = False
     seed: int = 0
+    students: str | tuple[float, ...] = "auto"
+    distill_epochs: int = 40
+    temperature: float = 4.0
+    alpha: float = 0.5
     measure_seconds: float = 10.0
+    calibration: str = "minmax"
+    calib_samples: int = 300
+    max_accuracy_drop: float = 1.0
+    min_sqnr_db: float = 10.0
+    sign_key: Path | None = None
+    preprocess: PreprocessSpec | None = None
+    time_passes: bool = False
+    dump_ir: Path | None = None
+    confidence: str = "max-prob"
+    fusion: str = "replace"
+    accuracy_tolerance: float = 0.5
+    tune_trials: int = 0
+    tuning_cache: Path | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_cascade()
+        self._check_tvm()
+        if self.dump_ir is not None and self.dump_ir.exists() and not self.dump_ir.is_dir():
+            raise BadInputError(
+                f"--dump-ir {self.dump_ir} is a file; give a directory (it is created if missing)."
+            )
         if self.budget_ms is not None and self.budget_ms <= 0:
             raise BadInputError(f"--budget-ms must be positive, got {self.budget_ms}.")
         if self.percentile not in PERCENTILES:
             raise BadInputError(f"--percentile must be 50, 90 or 99, got {self.percentile}.")
         if self.measure_seconds <= 0:
             raise BadInputError(f"--measure-seconds must be positive, got {self.measure_seconds}.")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise BadInputError(
+                f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
+                f"got '{self.calibration}'."
+            )
+        if self.calib_samples < 1:
+            raise BadInputError(f"--calib-samples must be at least 1, got {self.calib_samples}.")
+        if not 0 <= self.max_accuracy_drop <= 100:
+            raise BadInputError(
+                f"--max-accuracy-drop is in points between 0 and 100, got {self.max_accuracy_drop}."
+            )
+        if isinstance(self.students, str):
+            if self.students not in ("auto", "none"):
+                raise BadInputError(
+                    f"--students must be auto, none or ratios, not '{self.students}'."
+                )
+        else:
+            _check_student_ratios(tuple(self.students))
+        if self.distill_epochs < 1:
+            raise BadInputError(f"--distill-epochs must be at least 1, got {self.distill_epochs}.")
+        if self.temperature <= 0:
+            raise BadInputError(f"--temperature must be positive, got {self.temperature}.")
+        if not 0 <= self.alpha <= 1:
+            raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}.")
         if self.precision not in PRECISIONS:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."
+            )
+
+    def _check_tvm(self) -> None:
+        if self.tune_trials < 0:
+            raise BadInputError(f"--tune-trials must be 0 or more, got {self.tune_trials}.")
+        cache = self.tuning_cache
+        if cache is not None and cache.exists() and not cache.is_dir():
+            raise BadInputError(
+                f"--tuning-cache {cache} is a file; give a directory (it is created if missing)."
+            )
+        if self.device is not None:
+            from edgec.targets.tvm.rpc import parse_device_url  # no TVM import: parsing only
+
+            parse_device_url(self.device)
+        measured_by_tvm = self.tune_trials > 0 or self.device is not None
+        if measured_by_tvm and self.backend not in ("auto", "tvm"):
+            flag = "--device" if self.device is not None else "--tune-trials"
+            raise BadInputError(
+                f"{flag} works through the tvm backend (MetaSchedule, TVM RPC), not "
+                f"'{self.backend}'; use --backend tvm or auto."
+            )
+
+    def _check_cascade(self) -> None:
+        if self.confidence not in CONFIDENCE_MEASURES:
+            raise BadInputError(
+                f"--confidence must be one of {', '.join(CONFIDENCE_MEASURES)}, "
+                f"got '{self.confidence}'."
+            )
+        if self.fusion not in FUSIONS:
+            raise BadInputError(
+                f"--fusion must be one of {', '.join(FUSIONS)}, got '{self.fusion}'."
+            )
+        if not 0 <= self.accuracy_tolerance <= 100:
+            raise BadInputError(
+                "--accuracy-tolerance is in points between 0 and 100, "
+                f"got {self.accuracy_tolerance}."
             )

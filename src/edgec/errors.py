@@ -34,3 +34,12 @@ class GateFailedError(EdgecError):
     """A latency or accuracy requirement the user set is not met."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class VerificationError(EdgecError):
+    """A bundle does not verify: a bad signature, a changed, missing or unlisted file.
+
+    Like a failed gate, the check ran and said no, so it exits with 1, not 2.
+    """
+
+    exit_code = EXIT_GATE_FAILED

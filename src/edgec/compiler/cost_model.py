@@ -3,8 +3,8 @@
 For each node, the estimate is ``max(compute time, memory time) + launch overhead`` where
 
 * compute time = ``2 * MACs / (peak * compute_efficiency)`` — peak is the compute unit the
-  backend uses (the accelerator for TensorRT/TVM-CUDA builds, else the CPU) at the stage's
-  precision;
+  backend uses (the accelerator for TensorRT, and for ``tvm`` when the target's ``tvm_target``
+  is CUDA, as the TVM backend then builds CUDA kernels; else the CPU) at the stage's precision;
 * memory time = ``bytes moved / (bandwidth * memory_efficiency)`` — inputs, outputs and
   weights each read or written once (no cache reuse across layers is assumed);
 * overhead = ``op_overhead_us`` per node (dispatch, synchronisation).
@@ -144,10 +144,17 @@ def layer_costs(
     return costs
 
 
+def _uses_accelerator(target: Target, backend: str) -> bool:
+    """TensorRT always runs on the accelerator; TVM when the target's TVM build is CUDA."""
+    if backend in _ACCELERATOR_BACKENDS:
+        return True
+    return backend == "tvm" and (target.tvm_target or {}).get("kind") == "cuda"
+
+
 def _peaks(target: Target, backend: str, precision: str) -> tuple[float, float]:
     """Peak ops/s and bytes/s of the unit that runs ``backend`` at ``precision``."""
     acc = target.accelerator
-    if acc is not None and backend in _ACCELERATOR_BACKENDS:
+    if acc is not None and _uses_accelerator(target, backend):
         tera = {
             "int8": acc.peak_tops_int8,
             "fp16": acc.peak_tflops_fp16,

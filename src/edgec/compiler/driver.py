@@ -17,18 +17,37 @@ import numpy as np
 import onnx
 
 from edgec.compiler import bundle as bundle_io
+from edgec.compiler import trust
+from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.cost_model import estimate_latency, total_macs
+from edgec.compiler.cost_model import total_macs
 from edgec.compiler.evaluate import accuracy, agreement, predict
-from edgec.compiler.gate import GateResult, check_bundle, pipeline_latency
+from edgec.compiler.gate import GateResult, check_bundle
 from edgec.compiler.loading import LoadedModel, load_model
+from edgec.compiler.policy import policy_for_bundle
+from edgec.compiler.precision import (
+    PrecisionOptions,
+    check_request,
+    decide_precision,
+    write_calibration,
+)
+from edgec.compiler.preprocess import (
+    attach_preprocess,
+    frames_dataset,
+    plan_for_model,
+    tensors_dataset,
+)
 from edgec.compiler.progress import Reporter
 from edgec.compiler.report import write_report
+from edgec.compiler.students import Student, derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
 from edgec.errors import BadInputError
-from edgec.targets import BuildOptions, LatencyStats, Target, choose_backend, load_target
-from edgec.targets.base import Backend, MeasurePolicy
+from edgec.kernels.preprocess import PreprocessPlan
+from edgec.passes.instrument import PassInstrument, PassRecord
+from edgec.runtime_stubs.render import render_runtime
+from edgec.targets import Target, load_target
+from edgec.targets.base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -63,18 +82,23 @@ class CompileResult:
         manifest: Its manifest.
         gate: The budget verdict when a budget was given.
         archive: The ``.tar.gz`` when requested.
+        signed_by: Id of the key that signed the bundle (``--sign-key``), else ``None``.
+        passes: One record per pass run (``--time-passes`` / ``--dump-ir``), else empty.
     """
 
     bundle: Path
     manifest: dict
     gate: GateResult | None = None
     archive: Path | None = None
+    signed_by: str | None = None
+    passes: tuple[PassRecord, ...] = ()
 
     def to_json(self) -> dict:
         """Machine-readable summary for ``--json``."""
         return {
             "bundle": str(self.bundle),
             "archive": str(self.archive) if self.archive else None,
+            "signed_by": self.signed_by,
             "target": self.manifest["target"],
             "stages": [
                 {
@@ -95,13 +119,15 @@ class CompileResult:
             ],
             "policy": self.manifest["policy"],
             "gate": self.gate.to_json() if self.gate else None,
+            **({"passes": [r.to_json() for r in self.passes]} if self.passes else {}),
         }
 
 
 def versions() -> dict[str, str]:
     """Versions of the tools that shaped a bundle (only those installed)."""
     found = {}
-    for dist in ("onnx", "onnxruntime", "onnx-ir", "onnxscript", "numpy", "apache-tvm", "torch"):
+    dists = ("onnx", "onnxruntime", "onnx-ir", "onnxscript", "numpy", "apache-tvm")
+    for dist in (*dists, "torch", "torch-pruning"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -118,15 +144,48 @@ def edgec_version() -> str:
 
 
 def _check_precision(config: CompileConfig, target: Target) -> str:
+    """The precision stages are planned at; ``auto`` plans FP32 and decides per stage later."""
     precision = "fp32" if config.precision == "auto" else config.precision
-    if precision != "fp32":
-        raise BadInputError(
-            f"--precision {precision} is not supported by this edgec yet; use fp32."
-        )
+    if precision == "fp16":
+        raise BadInputError("--precision fp16 is not supported by this edgec yet; use fp32.")
+    check_request(config.precision, target, config.data is not None)
     return precision
 
 
-def _load_data(config: CompileConfig, loaded: LoadedModel) -> Dataset | None:
+def _apply_precision(
+    stage: StagePlan,
+    root: Path,
+    target: Target,
+    backend: Backend,
+    data: Dataset | None,
+    config: CompileConfig,
+    reporter: Reporter,
+) -> None:
+    """Decide the stage's precision (INT8 or FP32) and write its calibration files."""
+    options = PrecisionOptions(
+        requested=config.precision,
+        calibration=config.calibration,
+        calib_samples=config.calib_samples,
+        max_accuracy_drop=config.max_accuracy_drop,
+        min_sqnr_db=config.min_sqnr_db,
+        compare_seconds=min(config.measure_seconds, 2.0),
+        seed=config.seed,
+    )
+    decision = decide_precision(
+        stage.model, target, backend.name, data, options, reporter, stage.name
+    )
+    if decision.precision == "int8" or decision.decided_by != "requested":
+        reporter.note(f"'{stage.name}': {decision.describe()}")
+    stage.model, stage.precision = decision.model, decision.precision
+    stage.extra.update(decision.manifest_fields())
+    stage_dir = root / "stages" / stage.name
+    stage.extra["calibration"] = write_calibration(decision, stage_dir, root, target)
+
+
+def _load_data(
+    config: CompileConfig, loaded: LoadedModel, frames: PreprocessPlan | None = None
+) -> Dataset | None:
+    """The ``--data`` set; with ``--preprocess`` (``frames``) it must hold camera frames."""
     if config.data is None:
         return None
     if len(loaded.inputs) != 1:
@@ -136,23 +195,36 @@ def _load_data(config: CompileConfig, loaded: LoadedModel) -> Dataset | None:
     dataset = load_dataset(config.data, seed=config.seed)
     out_shape = loaded.outputs[0].shape
     classes = out_shape[-1] if len(out_shape) == 2 and out_shape[-1] else None
-    check_matches_model(dataset, loaded.inputs[0].shape, classes)
+    if frames is not None:
+        dataset = frames_dataset(dataset, frames)
+    check_matches_model(dataset, frames.frame_shape if frames else loaded.inputs[0].shape, classes)
     return dataset
 
 
-def plan_stages(model: onnx.ModelProto, precision: str) -> list[StagePlan]:
-    """The cascade's stages in order; today the canonical teacher alone, on the device."""
-    return [
-        StagePlan(name="teacher", role="teacher", tier="device", model=model, precision=precision)
+def plan_stages(
+    model: onnx.ModelProto,
+    precision: str,
+    students: tuple[Student, ...] = (),
+    has_gateway: bool = False,
+) -> list[StagePlan]:
+    """The cascade's stages in order: the students (smallest first, on the device), then the
+    canonical teacher — on the gateway when the target has one and there are students."""
+    stages = [
+        StagePlan(student.name, "student", "device", student.model, precision, student.details)
+        for student in students
     ]
+    tier = "gateway" if students and has_gateway else "device"
+    stages.append(
+        StagePlan(name="teacher", role="teacher", tier=tier, model=model, precision=precision)
+    )
+    return stages
 
 
-def _measure_or_estimate(
-    backend: Backend, artifact, stage: StagePlan, target: Target, seconds: float
-) -> LatencyStats:
-    if target.is_host:
-        return backend.measure(artifact, "host", MeasurePolicy(max_seconds=seconds))
-    return estimate_latency(stage.model, target, backend.name, stage.precision)
+def _tier_target(stage: StagePlan, target: Target) -> Target:
+    """The target a stage runs on: the gateway's for gateway stages, else the device's."""
+    if stage.tier == "gateway" and target.gateway is not None:
+        return load_target(target.gateway.target)
+    return target
 
 
 def _build_stage(
@@ -163,17 +235,27 @@ def _build_stage(
     data: Dataset | None,
     teacher_logits: np.ndarray | None,
     reporter: Reporter,
-    measure_seconds: float,
+    device_target: Target,
+    config: CompileConfig,
 ) -> tuple[dict, np.ndarray | None]:
     stage_dir = root / "stages" / stage.name
-    stage_dir.mkdir(parents=True)
+    stage_dir.mkdir(parents=True, exist_ok=True)  # the precision step may have written to it
     model_path = stage_dir / "model.onnx"
     onnx.save_model(stage.model, model_path)
-    with reporter.step(f"Building stage '{stage.name}' with {backend.name}"):
-        artifact = backend.build(model_path, target, stage_dir, BuildOptions(stage.precision))
-    where = "on this machine" if target.is_host else f"for {target.name} (cost model)"
-    with reporter.step(f"Latency of '{stage.name}' {where}"):
-        latency = _measure_or_estimate(backend, artifact, stage, target, measure_seconds)
+    # The backend (per stage with --backend auto), its artifact and latency (backend_choice).
+    built = build_stage(
+        stage.name,
+        stage.model,
+        stage.precision,
+        stage_dir,
+        model_path,
+        target,
+        device_target,
+        backend,
+        config,
+        reporter,
+    )
+    backend, artifact, latency = built.backend, built.artifact, built.latency
     entry = {
         "name": stage.name,
         "tier": stage.tier,
@@ -186,12 +268,16 @@ def _build_stage(
         "precision": stage.precision,
         "latency_ms": latency.to_json(),
         "accuracy": None,
+        **built.manifest_fields(),
         **stage.extra,
     }
     logits = None
     if data is not None:
         with reporter.step(f"Evaluating '{stage.name}' on {len(data.x_val)} validation samples"):
-            logits = predict(backend.load(artifact), data.x_val)
+            runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
+            logits = predict(runner, data.x_val)
+        if evaluated_with:
+            entry["accuracy_measured_with"] = evaluated_with
         if data.has_labels:
             entry["accuracy"] = round(accuracy(logits, data.y_val), 6)
         if teacher_logits is not None and stage.role == "student":
@@ -209,25 +295,49 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     reporter = reporter or Reporter(quiet=True)
     target = load_target(config.target)
     bundle_io.check_output(config.output, config.force)
+    signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
     precision = _check_precision(config, target)
-    backend = choose_backend(target, config.backend)
+    backend = primary_backend(target, config)
     with reporter.step(f"Loading {config.model}"):
         loaded = load_model(config.model, config.input_shapes)
-    data = _load_data(config, loaded)
+    frames = plan_for_model(config.preprocess, loaded) if config.preprocess else None
+    data = _load_data(config, loaded, frames)
+    instrument = None
+    if config.time_passes or config.dump_ir is not None:
+        instrument = PassInstrument(dump_dir=config.dump_ir)
     with reporter.step("Canonicalising the graph"):
-        canonical = canonicalize(loaded.proto)
-    stages = plan_stages(canonical, precision)
+        canonical = canonicalize(loaded.proto, instrument)
+    # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
+    tensors = tensors_dataset(data, frames) if frames and data else data
+    students = derive_students(
+        canonical, tensors, target, backend.name, precision, config, reporter
+    )
+    stages = plan_stages(canonical, precision, students.students, target.gateway is not None)
+    if frames is not None:
+        with reporter.step(f"Fusing pre-processing ({frames.spec.text()}) into every stage"):
+            for stage in stages:
+                stage.model = attach_preprocess(stage.model, frames)
 
     with bundle_io.staging_dir(config.output, force=config.force) as root:
-        entries, teacher_logits = [], None
+        entries, teacher_logits, outputs = [], None, {}
         # The teacher is evaluated first so students can report agreement with it.
         for stage in sorted(stages, key=lambda s: s.role != "teacher"):
+            _apply_precision(stage, root, target, backend, data, config, reporter)
             entry, logits = _build_stage(
-                stage, root, target, backend, data, teacher_logits, reporter, config.measure_seconds
+                stage,
+                root,
+                _tier_target(stage, target),
+                backend,
+                data,
+                teacher_logits,
+                reporter,
+                target,
+                config,
             )
             if stage.role == "teacher":
                 teacher_logits = logits
             entries.append(entry)
+            outputs[stage.name] = logits  # validation outputs, for the cascade planner
         order = [s.name for s in stages]
         entries.sort(key=lambda e: order.index(e["name"]))
         manifest = {
@@ -239,22 +349,34 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 **target.summary(),
                 "link": target.gateway.link.model_dump() if target.gateway else None,
             },
-            "inputs": [spec.to_json() for spec in loaded.inputs],
+            "inputs": (
+                [frames.frame_json()] if frames else [spec.to_json() for spec in loaded.inputs]
+            ),
             "outputs": [spec.to_json() for spec in loaded.outputs],
             "data": data.summary() if data else None,
+            "students": students.record,
             "stages": entries,
         }
-        manifest["policy"] = {
-            "budget_ms": config.budget_ms,
-            "percentile": config.percentile,
-            "latency_ms": pipeline_latency({**manifest, "policy": {}}).to_json(),
-            "expected_accuracy": entries[-1].get("accuracy"),
-        }
+        labels = data.y_val if data is not None and data.has_labels else None
+        link = target.gateway.link if target.gateway else None
+        with reporter.step("Planning the cascade and rendering the runtime"):
+            manifest["policy"] = policy_for_bundle(manifest, outputs, labels, link, config)
+            render_runtime(root, manifest)  # before the manifest: its files are hashed
         write_report(root, manifest)
         manifest = bundle_io.write_manifest(root, manifest)
+        if signing_key is not None:  # inside the staging dir: never visible unsigned
+            trust.sign_bundle(root, signing_key)
 
     archive = bundle_io.write_archive(config.output) if config.archive else None
     gate = None
     if config.budget_ms is not None:
         gate = check_bundle(config.output, config.budget_ms, config.percentile)
-    return CompileResult(bundle=config.output, manifest=manifest, gate=gate, archive=archive)
+    signed_by = trust.key_id(signing_key.public_key()) if signing_key else None
+    return CompileResult(
+        bundle=config.output,
+        manifest=manifest,
+        gate=gate,
+        archive=archive,
+        signed_by=signed_by,
+        passes=tuple(instrument.records) if instrument else (),
+    )

@@ -41,6 +41,8 @@ def render_report(manifest: dict) -> str:
     lines.append(f"- pipeline latency p50 / p99 ms: {_fmt_ms(policy['latency_ms'])}")
     if policy.get("expected_accuracy") is not None:
         lines.append(f"- expected accuracy: {_fmt_share(policy['expected_accuracy'])}")
+    if len(manifest["stages"]) > 1 and policy.get("pareto"):
+        lines += cascade_section(policy)
     lines += [
         "",
         "Latency sources: `measured-host` was timed on the compiling machine, "
@@ -51,9 +53,32 @@ def render_report(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def cascade_section(policy: dict) -> list[str]:
+    """Markdown lines: the cascade's thresholds, exits and its accuracy–latency front."""
+    from edgec.compiler.plots import pareto_table
+
+    shown = ", ".join(f"{n} ≥ {t:.4g}" for n, t in policy["thresholds"].items())
+    exits = ", ".join(f"{n} {100 * s:.1f}%" for n, s in policy["exit_shares"].items())
+    lines = [
+        f"- confidence `{policy['confidence']}`, thresholds: {shown}; fusion `{policy['fusion']}`",
+        f"- answered by: {exits}; offload rate {100 * policy['offload_rate']:.1f}%",
+        f"- feasible: {'yes' if policy['feasible'] else 'NO (no policy meets the budget)'}",
+        "",
+        "### Accuracy–latency Pareto front (validation split)",
+        "",
+        "![Pareto front](pareto.png)",
+        "",
+    ]
+    return lines + pareto_table(policy)
+
+
 def write_report(root: Path, manifest: dict) -> Path:
-    """Write ``report/report.md`` under the bundle root."""
+    """Write ``report/report.md`` (and, for a cascade, ``report/pareto.png``)."""
     path = root / "report" / "report.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(manifest))
+    if len(manifest["stages"]) > 1 and manifest["policy"].get("pareto"):
+        from edgec.compiler.plots import write_pareto_plot
+
+        write_pareto_plot(path.parent / "pareto.png", manifest["policy"])
     return path

@@ -1,7 +1,13 @@
 """Graph passes on ``onnx_ir`` and the named pipelines that compose them.
 
 Public API: :func:`get_pipeline`, :func:`run_pipeline`, :func:`pipeline_names`,
-:func:`register_pipeline`.
+:func:`register_pipeline`. The canonical pipeline's passes live in their own modules:
+``fold_constants.FoldConstantsPass``, ``eliminate.EliminateDropoutPass`` /
+``EliminateNoOpsPass``, ``sum_to_add.ReplaceSumWithAddPass``,
+``fold_batchnorm.FoldBatchNormPass``, ``fold_affine.FoldAffinePass``,
+``fold_pad.FoldPadIntoConvPass``, ``annotate_fusions.AnnotateFusionsPass``; the pre-processing
+kernel is prepended by ``fuse_preprocess.FusePreprocessPass``; ``instrument.PassInstrument``
+times passes and dumps the IR.
 """
 
 from __future__ import annotations

@@ -13,15 +13,21 @@ from collections.abc import Callable, Sequence
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript import rewriter
-from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter.rules.common import _fuse_batchnorm, _fuse_pad_into_conv, _no_op
+
+from edgec.passes.annotate_fusions import AnnotateFusionsPass
+from edgec.passes.eliminate import EliminateDropoutPass, EliminateNoOpsPass
+from edgec.passes.fold_affine import FoldAffinePass
+from edgec.passes.fold_batchnorm import FoldBatchNormPass
+from edgec.passes.fold_constants import INPUT_LIMIT, OUTPUT_LIMIT, FoldConstantsPass
+from edgec.passes.fold_pad import FoldPadIntoConvPass
+from edgec.passes.instrument import PassInstrument, count_nodes
+from edgec.passes.sum_to_add import ReplaceSumWithAddPass
 
 logger = logging.getLogger(__name__)
 
-# Constant folding limits (elements): folding never materialises a tensor bigger than
-# OUTPUT_LIMIT, so a ConstantOfShape that expands to a 100 MB weight stays a one-node
-# recipe instead of bloating the file.
-INPUT_LIMIT = 8192
-OUTPUT_LIMIT = 1 << 20
+# Constant folding limits (elements) live in edgec.passes.fold_constants; re-exported here.
+__all__ = ["INPUT_LIMIT", "OUTPUT_LIMIT", "get_pipeline", "pipeline_names", "run_pipeline"]
 
 PipelineFactory = Callable[[], Sequence[ir.passes.PassBase]]
 _REGISTRY: dict[str, PipelineFactory] = {}
@@ -49,18 +55,37 @@ def get_pipeline(name: str) -> Sequence[ir.passes.PassBase]:
     return _REGISTRY[name]()
 
 
+# onnxscript's default rules minus those our own passes own (they add refusals, logging and
+# opset < 11 support): BatchNormalization folding, Pad folding and the no-op/Dropout rules.
+_OWNED_RULES = {*_fuse_batchnorm.rules, *_fuse_pad_into_conv.rules, *_no_op.rules}
+
+
+def _general_rules() -> list:
+    return [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule not in _OWNED_RULES]
+
+
 @register_pipeline("canonical")
 def canonical_pipeline() -> Sequence[ir.passes.PassBase]:
-    """Fold constants, apply onnxscript's default rewrite rules, remove dead code."""
+    """The model every backend sees: constants folded, no-ops gone, BN and Pad folded.
+
+    Order matters only for speed (the pipeline runs to a fixed point): constants first so
+    later passes see constant weights and static shapes; eliminations before the folds so
+    patterns are adjacent; general onnxscript rules; dead-code removal; annotations last.
+    """
     return [
-        _constant_folding.FoldConstantsPass(
-            shape_inference=True, input_size_limit=INPUT_LIMIT, output_size_limit=OUTPUT_LIMIT
-        ),
-        rewriter.RewritePass(rewriter._DEFAULT_REWRITE_RULES),
+        FoldConstantsPass(),
+        EliminateDropoutPass(),
+        EliminateNoOpsPass(),
+        ReplaceSumWithAddPass(),
+        FoldBatchNormPass(),
+        FoldAffinePass(),
+        FoldPadIntoConvPass(),
+        rewriter.RewritePass(_general_rules()),
         common.IdentityEliminationPass(),
         common.RemoveUnusedNodesPass(),
         common.RemoveUnusedFunctionsPass(),
         common.RemoveUnusedOpsetsPass(),
+        AnnotateFusionsPass(),
     ]
 
 
@@ -77,11 +102,23 @@ def finalize_pipeline() -> Sequence[ir.passes.PassBase]:
     ]
 
 
-def run_pipeline(model: ir.Model, name: str, max_steps: int = 4) -> bool:
-    """Run pipeline ``name`` on ``model`` in place until nothing changes; return ``modified``."""
-    manager = ir.passes.PassManager(get_pipeline(name), steps=max_steps, early_stop=True)
-    before = len(list(model.graph.all_nodes()))
+def run_pipeline(
+    model: ir.Model, name: str, max_steps: int = 4, instrument: PassInstrument | None = None
+) -> bool:
+    """Run pipeline ``name`` on ``model`` in place until nothing changes; return ``modified``.
+
+    Args:
+        model: The model, changed in place.
+        name: A registered pipeline.
+        max_steps: Most repetitions of the whole pipeline (it stops at the first repetition
+            in which no pass reports a change).
+        instrument: Records each pass's time and node counts (and dumps the IR) when given.
+    """
+    passes = get_pipeline(name)
+    if instrument is not None:
+        passes = instrument.wrap(name, passes)
+    manager = ir.passes.PassManager(passes, steps=max_steps, early_stop=True)
+    before = count_nodes(model)
     result = manager(model)
-    after = len(list(result.model.graph.all_nodes()))
-    logger.info("pipeline %s: %d -> %d nodes", name, before, after)
+    logger.info("pipeline %s: %d -> %d nodes", name, before, count_nodes(result.model))
     return result.modified

@@ -9,6 +9,7 @@ functions, so ``available()`` can report a missing one instead of failing at imp
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -96,11 +97,19 @@ class BuildOptions:
         precision: ``fp32``, ``fp16`` or ``int8`` (the model is already quantized for int8).
         threads: Inference threads; ``None`` means the target's core count.
         tune_trials: Autotuning trials for backends that tune (0: no tuning).
+        tuning_cache: Directory of tuning records reused across compiles (``None``: none).
+        device: Device URL (``rpc://HOST:PORT``) where tuning measures candidates.
+        seed: Seed for searches that sample (tuning).
+        progress: Called with one-line progress updates during long builds (tuning).
     """
 
     precision: str = "fp32"
     threads: int | None = None
     tune_trials: int = 0
+    tuning_cache: Path | None = None
+    device: str | None = None
+    seed: int = 0
+    progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

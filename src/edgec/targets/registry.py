@@ -18,6 +18,7 @@ from edgec.targets.descriptor import Target
 _BUILTIN = {
     "onnxruntime": "edgec.targets.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "edgec.targets.tensorrt:TensorRTBackend",
+    "tvm": "edgec.targets.tvm:TvmBackend",
 }
 ENTRY_POINT_GROUP = "edgec.backends"
 

@@ -4,11 +4,17 @@
 match the hardware that runs it (ORT's docs), so layout-specific optimisations (level ``all``,
 which emits x86 NCHWc kernels) are only used when the target is this machine; other targets get
 the portable ``extended`` level. Sessions use as many intra-op threads as the target has cores.
+
+ORT names the nodes its optimisers create from a counter whose order varies from run to run
+(``ReorderOutput``, ``ReorderOutput_token_141``), so ``build`` renames every node whose name is
+not in the source model after its position: the same model and options give a byte-identical
+artifact (reproducible bundles).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +105,40 @@ _ORT_TYPES = {
 }
 
 
+def _stabilise_node_names(path: Path, source: Path) -> None:
+    """Rename the nodes ORT created (names not in ``source``) after their graph position."""
+    import onnx
+
+    known = _node_names(onnx.load(source, load_external_data=False).graph)
+    model = onnx.load(path)
+    if _rename_created(model.graph, known, prefix=""):
+        onnx.save_model(model, path)
+
+
+def _subgraphs(node) -> list:
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else attr.graphs)]
+
+
+def _node_names(graph) -> set[str]:
+    names = {node.name for node in graph.node}
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            names |= _node_names(sub)
+    return names
+
+
+def _rename_created(graph, known: set[str], prefix: str) -> bool:
+    changed = False
+    for index, node in enumerate(graph.node):
+        if node.name not in known or not node.name:
+            stem = re.sub(r"_token_\d+$", "", node.name) or node.op_type
+            node.name = f"{stem}_ort{prefix}{index}"
+            changed = True
+        for number, sub in enumerate(_subgraphs(node)):
+            changed |= _rename_created(sub, known, f"{prefix}{index}.{number}.")
+    return changed
+
+
 class OnnxRuntimeBackend:
     """Builds, loads and measures ONNX models with ONNX Runtime's CPU execution provider."""
 
@@ -134,6 +174,7 @@ class OnnxRuntimeBackend:
             raise BadInputError(
                 f"ONNX Runtime cannot build the model: {_first_line(err)}"
             ) from None
+        _stabilise_node_names(artifact_path, model_path)
         return Artifact(
             backend=self.name,
             path=artifact_path,

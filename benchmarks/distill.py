@@ -1,0 +1,294 @@
+"""Does distillation recover the teacher's accuracy? Pruned+distilled students vs scratch.
+
+On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
+pixel noise, so a teacher does not saturate at ~99%), for each seed:
+
+1. train a CNN teacher from labels, export it to ONNX and canonicalise it as ``edgec compile``
+   would, then convert it back with edgec's converter;
+2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
+   four students of that same architecture for the same epochs:
+
+   * ``scratch``: random initialisation, labels only (cross-entropy) — the baseline;
+   * ``scratch+KD``: random initialisation, distilled (Hinton et al.'s setting);
+   * ``pruned``: the pruned teacher's weights, fine-tuned from labels only;
+   * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does.
+
+The teacher's logits come from ONNX Runtime on the exported teacher, as in edgec. Accuracy is
+top-1 on a stratified validation split the students never train on (early stopping uses a
+holdout carved from the training part). The gap recovered by a student is
+``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~90% on MNIST.
+
+Usage::
+
+    python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 15]
+        [--copies 2] [--no-write]
+
+Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
+``<!-- distill:end -->``) unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import io
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgec.compiler.canonicalize import canonicalize
+from edgec.compiler.loading import load_model
+from edgec.compiler.students.convert import onnx_to_torch
+from edgec.compiler.students.derive import teacher_logits
+from edgec.compiler.students.distill import (
+    DistillSettings,
+    batchnorm_for_training,
+    deterministic,
+    train_student,
+)
+from edgec.compiler.students.prune import prune_to_mac_ratio
+from edgec.data import Dataset, digits_arrays, split
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
+ARMS = ("scratch", "scratch+KD", "pruned", "pruned+KD")
+
+
+def hard_digits(copies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Digits upsampled to 32x32, ``copies`` random affine views each, plus Gaussian noise.
+
+    Each view is rotated by up to 20 degrees, scaled by 0.8-1.2, sheared by up to 0.2 and
+    shifted by up to 4 pixels; noise has a standard deviation of 0.15 (pixels are in [0, 1]).
+    """
+    x8, y = digits_arrays()
+    gen = torch.Generator().manual_seed(seed)
+    big = F.interpolate(torch.from_numpy(x8), size=(32, 32), mode="bilinear", align_corners=False)
+    views, labels = [], []
+    for _ in range(copies):
+        n = len(big)
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * np.deg2rad(20)
+        scale = 0.8 + 0.4 * torch.rand(n, generator=gen)
+        shear = (torch.rand(n, generator=gen) * 2 - 1) * 0.2
+        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (4 / 16)  # grid units: 16 px = 1
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack(
+            [
+                torch.stack([cos, -sin + shear, shift[:, 0]], dim=1),
+                torch.stack([sin, cos, shift[:, 1]], dim=1),
+            ],
+            dim=1,
+        )
+        grid = F.affine_grid(theta, list(big.shape), align_corners=False)
+        warped = F.grid_sample(big, grid, align_corners=False, padding_mode="zeros")
+        noisy = warped + 0.15 * torch.randn(warped.shape, generator=gen)
+        views.append(noisy.clamp(0, 1).numpy().astype(np.float32))
+        labels.append(y)
+    return np.concatenate(views), np.concatenate(labels)
+
+
+class Teacher(nn.Module):
+    """Four conv-BN-ReLU layers (16-32-64-64 channels; the first with stride 2, then two 2x2
+    max-pools), global average pooling, Linear: about 3 M MACs."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        shape = [(1, 16, 2, False), (16, 32, 1, True), (32, 64, 1, True), (64, 64, 1, False)]
+        for cin, cout, stride, pool in shape:
+            layers += [nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False)]
+            layers += [nn.BatchNorm2d(cout), nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def export_teacher(model: nn.Module, path: Path) -> Path:
+    """The trained teacher as ONNX (batch 1, like a user's teacher), BatchNorm kept."""
+    model.eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 32, 32),),
+            buffer,
+            input_names=["x"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset) -> float:
+    """Top-1 accuracy on the validation split."""
+    model.eval()
+    batches = [data.x_val[i : i + 256] for i in range(0, len(data.x_val), 256)]
+    logits = torch.cat([model(torch.from_numpy(batch)) for batch in batches])
+    return float((logits.argmax(1).numpy() == data.y_val).mean())
+
+
+def _reinitialise(module: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    for layer in module.modules():
+        if layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    return module
+
+
+def run_seed(seed: int, data: Dataset, ratios: list[float], epochs: int, work: Path) -> dict:
+    """Teacher and the four arms at each ratio for one seed; accuracies and wall times."""
+    started = time.perf_counter()
+    settings = DistillSettings(epochs=epochs, lr=2e-3, seed=seed)
+    with deterministic(seed):
+        teacher = Teacher()
+    report = train_student(teacher, data.x_train, None, data.y_train, settings)
+    row: dict = {"teacher": accuracy(teacher, data), "teacher_s": report.seconds}
+    canonical = canonicalize(load_model(export_teacher(teacher, work / f"t{seed}.onnx"), {}).proto)
+    converted = onnx_to_torch(canonical)
+    logits = teacher_logits(canonical, data.x_train)
+    for ratio in ratios:
+        with deterministic(seed):
+            pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
+        row[ratio] = {"mac_ratio": pruned.mac_ratio, "params": pruned.params_after}
+        for arm in ARMS:
+            student = copy.deepcopy(pruned.module)
+            if arm.startswith("scratch"):
+                _reinitialise(student, seed + 1)
+            kd = arm.endswith("KD")
+            with batchnorm_for_training(student):
+                result = train_student(
+                    student, data.x_train, logits if kd else None, data.y_train, settings
+                )
+            row[ratio][arm] = accuracy(student, data)
+            row[ratio][f"{arm}_s"] = result.seconds
+            print(
+                f"seed {seed} ratio {ratio}: {arm:10s} {100 * row[ratio][arm]:.2f}% "
+                f"({result.epochs_run} epochs, {result.seconds:.0f} s)",
+                flush=True,
+            )
+    row["seconds"] = time.perf_counter() - started
+    print(f"seed {seed}: teacher {100 * row['teacher']:.2f}%, {row['seconds']:.0f} s", flush=True)
+    return row
+
+
+def _pct(values: list[float]) -> str:
+    mean = 100 * statistics.fmean(values)
+    spread = 100 * (max(values) - min(values)) / 2
+    return f"{mean:.2f} ± {spread:.2f}"
+
+
+def _recovered(row: dict, ratio: float, arm: str) -> float | None:
+    gap = row["teacher"] - row[ratio]["scratch"]
+    if abs(gap) < 1e-9:
+        return None
+    return (row[ratio][arm] - row[ratio]["scratch"]) / gap
+
+
+def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float) -> str:
+    """The RESULTS.md section."""
+    command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
+    lines = [
+        BEGIN,
+        "## Distillation: pruned+distilled students vs students trained from labels",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads available, training fixed to "
+        f"{DistillSettings().threads} thread (edgec's reproducible setting); torch "
+        f"{torch.__version__}; shared and noisy, so wall times are indicative.",
+        f"- Command: `{command.strip()}`",
+        f"- Data: digits upsampled to 32x32, {args.copies} random affine views per image "
+        f"(±20° rotation, 0.8-1.2 scale, ±0.2 shear, ±4 px shift) plus N(0, 0.15) noise: "
+        f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified).",
+        f"- Training: Adam (lr 2e-3, cosine), batch 64, at most {args.epochs} epochs with early "
+        "stopping on a 10% holdout of the training part; KD with T = 4, alpha = 0.5; "
+        "BatchNorm after each student conv while training (folded afterwards); same "
+        "budget for every arm. Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), "
+        "GAP, Linear.",
+        f"- Seeds: {', '.join(map(str, args.seeds))}; accuracies are mean ± half the range "
+        "over seeds, on the validation split.",
+        "",
+        f"Teacher: {_pct([r['teacher'] for r in rows])} %.",
+        "",
+        "| MAC ratio (achieved) | scratch (labels) | scratch+KD | pruned (labels) "
+        "| pruned+KD | gap recovered: scratch+KD | gap recovered: pruned+KD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ratio in args.ratios:
+        achieved = statistics.fmean(r[ratio]["mac_ratio"] for r in rows)
+        cells = [_pct([r[ratio][arm] for r in rows]) for arm in ARMS]
+        recovered = []
+        for arm in ("scratch+KD", "pruned+KD"):
+            values = [v for r in rows if (v := _recovered(r, ratio, arm)) is not None]
+            recovered.append(
+                f"{100 * statistics.median(values):.0f}% (median; "
+                f"{', '.join(f'{100 * v:.0f}%' for v in values)})"
+                if values
+                else "n/a (no gap)"
+            )
+        lines.append(f"| {ratio:g} ({achieved:.3f}) | " + " | ".join(cells + recovered) + " |")
+    per_arm = {
+        arm: statistics.median(r[ratio][f"{arm}_s"] for r in rows for ratio in args.ratios)
+        for arm in ARMS
+    }
+    lines += [
+        "",
+        f"Wall time: {total_s / 60:.1f} min in all; per seed "
+        f"{statistics.median(r['seconds'] for r in rows):.0f} s (median), of which teacher "
+        f"training {statistics.median(r['teacher_s'] for r in rows):.0f} s; median per student: "
+        + ", ".join(f"{arm} {s:.0f} s" for arm, s in per_arm.items())
+        + ".",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    """Run the benchmark and write its section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--copies", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    x, y = hard_digits(args.copies)
+    data = split("hard-digits", x, y)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for seed in args.seeds:
+            rows.append(run_seed(seed, data, args.ratios, args.epochs, Path(work)))
+    section = render(rows, args, data, time.perf_counter() - started)
+    print(section)
+    if not args.no_write:
+        write_section(section)
+
+
+if __name__ == "__main__":
+    main()

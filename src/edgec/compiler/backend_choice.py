@@ -1,0 +1,264 @@
+"""Which backend builds a stage, and the stage's latency: measured, on the device, or estimated.
+
+``--backend NAME`` builds every stage with that backend. ``--backend auto`` decides per stage:
+
+* with ``--device URL``, stages that run on the device are built with TVM and measured there
+  through TVM RPC (``measured-device``): it is the one backend that can measure on a device;
+* on the host, every usable backend the target lists builds the stage, each is timed with the
+  same policy, and the fastest is kept; the others' latencies are recorded in the manifest
+  (``backend_candidates``) and their files removed. TVM is a candidate on a CPU host only when
+  it will be tuned (``--tune-trials`` or ``--tuning-cache``): TVM 0.27 has no CPU schedules
+  for convolutions, so an untuned CPU build is 20–200x slower than ONNX Runtime (measured:
+  see ``benchmarks/RESULTS.md``) and building it just to discard it would cost every compile
+  seconds to minutes. The skip and its reason are recorded as a candidate too;
+* elsewhere (another target, no device) the target's first usable preference builds it and
+  the cost model estimates its latency (``estimated``).
+
+Stages whose artifact cannot run here (cross-compiled, CUDA) are evaluated on ``--data`` with
+ONNX Runtime on the stage's ONNX model, which the artifact was compiled from; the manifest says
+so (``accuracy_measured_with``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgec.compiler.cost_model import estimate_latency
+from edgec.compiler.progress import Reporter
+from edgec.config import CompileConfig
+from edgec.errors import BadInputError, MissingDependencyError
+from edgec.targets import BuildOptions, LatencyStats, Target, availability, get_backend
+from edgec.targets.base import Artifact, Backend, MeasurePolicy, Runner
+from edgec.targets.registry import choose_backend
+from edgec.targets.tvm.tuning import format_ms
+
+logger = logging.getLogger(__name__)
+
+UNTUNED_TVM_SKIPPED = (
+    "not built: untuned TVM has no CPU convolution schedules and runs 20-200x slower than "
+    "ONNX Runtime here; pass --tune-trials N to make it a candidate"
+)
+
+
+@dataclass
+class StageBuild:
+    """The backend kept for a stage, its artifact, latency and what it was compared with.
+
+    Attributes:
+        backend: The backend whose artifact ships.
+        artifact: That artifact.
+        latency: Its latency (with source).
+        candidates: Per backend name: latency, or why it was not built (``auto`` only).
+    """
+
+    backend: Backend
+    artifact: Artifact
+    latency: LatencyStats
+    candidates: dict = field(default_factory=dict)
+
+    def manifest_fields(self) -> dict:
+        """Extra stage fields for the manifest."""
+        return {"backend_candidates": self.candidates} if len(self.candidates) > 1 else {}
+
+
+def primary_backend(target: Target, config: CompileConfig) -> Backend:
+    """The backend planning uses (students, precision): ``choose_backend`` unless ``--device``
+    or ``--tune-trials`` need TVM.
+
+    Raises:
+        MissingDependencyError: The backend asked for (or needed) is not usable here.
+        BadInputError: Tuning for a target that is not this machine, without ``--device``.
+    """
+    tvm_needed = config.device or config.tune_trials > 0
+    if tvm_needed and config.backend in ("auto", "tvm"):
+        ok, why = availability("tvm")
+        if not ok:
+            flag = "--device" if config.device else "--tune-trials"
+            raise MissingDependencyError(f"{flag} needs the tvm backend: {why}.")
+        if config.tune_trials > 0 and not (target.is_host or config.device):
+            raise BadInputError(
+                f"--tune-trials for {target.name} needs the device to measure candidates on: "
+                "add --device rpc://HOST:PORT (its TVM RPC server)."
+            )
+        if config.device or not target.is_host:
+            return get_backend("tvm")
+    return choose_backend(target, config.backend)
+
+
+def _candidates(
+    stage_target: Target, device_target: Target, config: CompileConfig, primary: Backend
+) -> tuple[list[Backend], dict]:
+    if config.backend != "auto":
+        return [primary], {}
+    if config.device and stage_target.name == device_target.name:
+        return [get_backend("tvm")], {}
+    if not stage_target.is_host:
+        if stage_target.name == device_target.name:
+            return [primary], {}
+        return [choose_backend(stage_target, "auto")], {}  # the gateway's own preference
+    tuned = config.tune_trials > 0 or config.tuning_cache is not None
+    names = list(dict.fromkeys((*stage_target.backends, "onnxruntime")))
+    chosen, skipped = [], {}
+    for name in names:
+        ok, why = availability(name)
+        if not ok:
+            skipped[name] = {"skipped": why}
+        elif name == "tvm" and not tuned:
+            skipped[name] = {"skipped": UNTUNED_TVM_SKIPPED}
+        else:
+            chosen.append(get_backend(name))
+    return chosen, skipped
+
+
+def _latency(
+    backend: Backend,
+    artifact: Artifact,
+    model,
+    stage_target: Target,
+    device_target: Target,
+    precision: str,
+    config: CompileConfig,
+) -> LatencyStats:
+    policy = MeasurePolicy(max_seconds=config.measure_seconds)
+    if config.device and stage_target.name == device_target.name:
+        return backend.measure(artifact, config.device, policy)
+    if stage_target.is_host:
+        return backend.measure(artifact, "host", policy)
+    return estimate_latency(model, stage_target, backend.name, precision)
+
+
+def _where(stage_target: Target, device_target: Target, config: CompileConfig) -> str:
+    if config.device and stage_target.name == device_target.name:
+        return f"on the device ({config.device})"
+    if stage_target.is_host:
+        return "on this machine"
+    return f"for {stage_target.name} (cost model)"
+
+
+def build_stage(
+    name: str,
+    model,
+    precision: str,
+    stage_dir: Path,
+    model_path: Path,
+    stage_target: Target,
+    device_target: Target,
+    primary: Backend,
+    config: CompileConfig,
+    reporter: Reporter,
+) -> StageBuild:
+    """Build a stage with its candidate backends, time each, and keep the fastest.
+
+    Raises:
+        MissingDependencyError: No candidate backend is usable.
+        BadInputError: The only candidate (or every one) failed to build the stage.
+    """
+    backends, record = _candidates(stage_target, device_target, config, primary)
+    if not backends:
+        reasons = "; ".join(f"{k}: {v['skipped']}" for k, v in record.items())
+        raise MissingDependencyError(f"No backend can build stage '{name}' here ({reasons}).")
+    where = _where(stage_target, device_target, config)
+    built: list[tuple[Backend, Artifact, LatencyStats]] = []
+    for backend in backends:
+        options = BuildOptions(
+            precision,
+            tune_trials=config.tune_trials if backend.name == "tvm" else 0,
+            tuning_cache=config.tuning_cache if backend.name == "tvm" else None,
+            device=config.device if stage_target.name == device_target.name else None,
+            seed=config.seed,
+            progress=reporter.update,
+        )
+        before = set(stage_dir.rglob("*"))
+        try:
+            with reporter.step(f"Building stage '{name}' with {backend.name}"):
+                artifact = backend.build(model_path, stage_target, stage_dir, options)
+        except BadInputError as err:
+            if len(backends) == 1:
+                raise
+            _remove_new(stage_dir, before)
+            record[backend.name] = {"failed": str(err)}
+            reporter.note(f"'{name}': {backend.name} dropped: {err}")
+            continue
+        tuning = artifact.metadata.get("tuning")
+        if tuning:
+            reporter.note(_tuning_line(tuning))
+        with reporter.step(f"Latency of '{name}' with {backend.name} {where}"):
+            latency = _latency(
+                backend, artifact, model, stage_target, device_target, precision, config
+            )
+        built.append((backend, artifact, latency))
+        record[backend.name] = {"latency_ms": latency.to_json()}
+        if tuning:
+            record[backend.name]["tuning"] = tuning
+    if not built:
+        raise BadInputError(
+            f"No backend could build stage '{name}': "
+            + "; ".join(f"{k}: {v.get('failed') or v.get('skipped')}" for k, v in record.items())
+        )
+    backend, artifact, latency = min(built, key=lambda item: item[2].at(config.percentile))
+    for _, other, _ in built:
+        if other is not artifact:
+            _remove_files(other, keep=artifact)
+    if len(built) > 1:
+        record[backend.name]["chosen"] = True
+        reporter.note(
+            f"'{name}': {backend.name} is fastest at p{config.percentile} "
+            + ", ".join(f"{b.name} {lat.at(config.percentile):.3f} ms" for b, _, lat in built)
+        )
+    return StageBuild(backend, artifact, latency, record)
+
+
+def _tuning_line(tuning: dict) -> str:
+    if tuning["trials_run"] == 0 and tuning["tasks_from_cache"]:
+        return (
+            f"tuning: all {tuning['tasks']} tasks from the tuning cache, nothing re-tuned "
+            f"({tuning['seconds']:.1f} s)"
+        )
+    best = "—" if tuning["best_ms"] is None else format_ms(tuning["best_ms"])
+    return (
+        f"tuning: {tuning['trials_run']}/{tuning['trials_requested']} trials over "
+        f"{tuning['tasks_tuned']} of {tuning['tasks']} tasks in {tuning['seconds']:.1f} s "
+        f"on {tuning['measured_on']}; tuned kernels sum to {best}"
+    )
+
+
+def _remove_files(artifact: Artifact, keep: Artifact) -> None:
+    keep_files = set(keep.files)
+    for path in artifact.files:
+        if path not in keep_files and path.is_file():
+            path.unlink()
+    for path in sorted({p.parent for p in artifact.files}, key=lambda p: -len(p.parts)):
+        if path != keep.path.parent and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _remove_new(directory: Path, before: set[Path]) -> None:
+    """Delete what a failed build left in ``directory`` (files first, then empty folders)."""
+    new = sorted(set(directory.rglob("*")) - before, key=lambda p: -len(p.parts))
+    for path in new:
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        elif not any(path.iterdir()):
+            path.rmdir()
+
+
+def evaluation_runner(
+    backend: Backend, artifact: Artifact, model_path: Path
+) -> tuple[Runner, str | None]:
+    """A runner for ``--data`` evaluation, and what ran it when it is not the artifact.
+
+    An artifact that cannot run on this machine (another architecture, a GPU) is replaced by
+    ONNX Runtime on the stage's ONNX model, the model the artifact was compiled from.
+    """
+    runs_here = getattr(backend, "runs_here", None)
+    if runs_here is None or runs_here(artifact):
+        return backend.load(artifact), None
+    from edgec.targets.onnxruntime.backend import OrtRunner
+
+    note = (
+        f"onnxruntime on this machine (the {backend.name} artifact is for "
+        f"{artifact.metadata.get('device', '?')}/{artifact.metadata.get('arch', '?')})"
+    )
+    return OrtRunner(model_path), note

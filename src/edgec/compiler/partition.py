@@ -1,0 +1,178 @@
+"""Choose where to split a model between the device and its gateway (Neurosurgeon-style).
+
+For every candidate cut (:func:`edgec.passes.partition.candidate_cuts`) and every link
+encoding of the crossing tensor (``raw`` float32, or per-tensor ``int8``), the end-to-end
+latency is
+
+    device prefix latency + RTT + bytes * 8 / bandwidth + gateway suffix latency
+
+with per-layer latencies from the roofline cost model on each side's target descriptor (so the
+result is ``estimated``), the RTT and bandwidth from the device's ``gateway.link``. The answer
+(a few logits) is small enough that its transfer is covered by the RTT. Device energy is
+``(prefix latency + transmit time) * typical power``: the board is busy while it computes and
+while its radio sends, and idles while it waits for the answer. A cut is feasible only when
+the prefix's weights plus its largest activation fit in half the device's RAM.
+
+Gateway-only (send the raw input) and device-only (send nothing) are candidates too, so the
+choice moves from gateway-only on a fast link to device-only on a slow one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from edgec.compiler.cost_model import layer_costs
+from edgec.errors import BadInputError
+from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, candidate_cuts
+from edgec.targets import Target, load_target
+from edgec.targets.descriptor import Link
+
+ENCODINGS = ("raw", "int8")
+RAM_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class CutCost:
+    """One (cut, encoding) option and what it costs.
+
+    Attributes:
+        cut: The cut.
+        encoding: ``raw``, ``int8`` or ``none`` (device-only sends nothing).
+        payload_bytes: Bytes sent over the link.
+        device_ms: Estimated device prefix latency.
+        transfer_ms: RTT plus transmit time (0 for device-only).
+        gateway_ms: Estimated gateway suffix latency.
+        total_ms: End-to-end latency.
+        device_energy_mj: Device energy per inference in millijoules.
+        device_memory_bytes: Prefix weights plus its largest activation.
+        feasible: Whether the prefix fits the device's memory share.
+    """
+
+    cut: Cut
+    encoding: str
+    payload_bytes: int
+    device_ms: float
+    transfer_ms: float
+    gateway_ms: float
+    total_ms: float
+    device_energy_mj: float
+    device_memory_bytes: int
+    feasible: bool
+
+    def to_json(self) -> dict:
+        """A row for ``--json`` and the manifest."""
+        return {
+            "cut": self.cut.name,
+            "after_node": self.cut.after_node,
+            "tensors": list(self.cut.tensors),
+            "encoding": self.encoding,
+            "payload_bytes": self.payload_bytes,
+            "device_ms": round(self.device_ms, 4),
+            "transfer_ms": round(self.transfer_ms, 4),
+            "gateway_ms": round(self.gateway_ms, 4),
+            "total_ms": round(self.total_ms, 4),
+            "device_energy_mj": round(self.device_energy_mj, 4),
+            "device_memory_bytes": self.device_memory_bytes,
+            "feasible": self.feasible,
+            "source": "estimated",
+        }
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """Every option and the chosen one.
+
+    Attributes:
+        options: All (cut, encoding) options in cut order.
+        chosen: The best feasible option for the objective.
+        objective: ``latency`` or ``energy``.
+        link: The link that was assumed.
+    """
+
+    options: tuple[CutCost, ...]
+    chosen: CutCost
+    objective: str
+    link: Link
+
+
+def _transfer_ms(payload_bytes: int, link: Link) -> float:
+    return link.rtt_ms + payload_bytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
+
+
+def plan_partition(
+    model: onnx.ModelProto,
+    device: Target,
+    gateway: Target | None = None,
+    link: Link | None = None,
+    objective: str = "latency",
+    encodings: tuple[str, ...] = ENCODINGS,
+    max_tensors: int = 1,
+    forced_cut: str | None = None,
+) -> PartitionPlan:
+    """Cost every cut of a shape-inferred model and choose one.
+
+    Args:
+        model: The (canonical, shape-inferred) model.
+        device: The device target; its ``gateway`` gives the gateway and link by default.
+        gateway: The gateway target (default: the device's).
+        link: The link (default: the device's).
+        objective: ``latency`` (end to end) or ``energy`` (device energy).
+        encodings: Link encodings to consider for the crossing tensor.
+        max_tensors: Most tensors a cut may send.
+        forced_cut: Choose this cut (a tensor name, ``gateway-only`` or ``device-only``).
+
+    Raises:
+        BadInputError: No gateway, an unknown objective, or a forced cut that is not valid.
+    """
+    if objective not in ("latency", "energy"):
+        raise BadInputError(f"--objective must be latency or energy, got '{objective}'.")
+    if device.gateway is None and (gateway is None or link is None):
+        raise BadInputError(
+            f"Target '{device.name}' names no gateway, so there is nothing to partition with."
+        )
+    gateway = gateway or load_target(device.gateway.target)
+    link = link or device.gateway.link
+    device_costs = layer_costs(model, device)
+    gateway_costs = layer_costs(model, gateway)
+    budget_bytes = device.memory.ram_gb * 1e9 * RAM_SHARE
+    options = []
+    for cut in candidate_cuts(model, max_tensors=max_tensors):
+        prefix = device_costs[: cut.after_node + 1]
+        device_ms = sum(c.latency_ms for c in prefix)
+        gateway_ms = sum(c.latency_ms for c in gateway_costs[cut.after_node + 1 :])
+        params = sum(c.params for c in prefix) * 4
+        peak_activation = max((c.activation_bytes for c in prefix), default=0)
+        memory = params + peak_activation
+        choices = ("none",) if cut.name == DEVICE_ONLY else encodings
+        for encoding in choices:
+            payload = {"none": 0, "raw": cut.raw_bytes(), "int8": cut.int8_bytes()}[encoding]
+            transfer = 0.0 if encoding == "none" else _transfer_ms(payload, link)
+            transmit = 0.0 if encoding == "none" else transfer - link.rtt_ms
+            options.append(
+                CutCost(
+                    cut=cut,
+                    encoding=encoding,
+                    payload_bytes=payload,
+                    device_ms=device_ms,
+                    transfer_ms=transfer,
+                    gateway_ms=gateway_ms,
+                    total_ms=device_ms + transfer + gateway_ms,
+                    device_energy_mj=(device_ms + transmit) * device.power.typical_w,
+                    device_memory_bytes=int(memory),
+                    feasible=memory <= budget_bytes or cut.name == GATEWAY_ONLY,
+                )
+            )
+    candidates = [o for o in options if o.feasible]
+    if forced_cut is not None:
+        candidates = [o for o in options if forced_cut in (o.cut.name, *o.cut.tensors)]
+        if not candidates:
+            valid = ", ".join(sorted({o.cut.name for o in options}))
+            raise BadInputError(
+                f"--partition {forced_cut} is not a valid cut; valid cuts: {valid}."
+            )
+    key = (lambda o: o.total_ms) if objective == "latency" else (lambda o: o.device_energy_mj)
+    # Ties go to the lossless encoding and then to the earlier cut.
+    chosen = min(candidates, key=lambda o: (key(o), o.encoding == "int8", o.cut.after_node))
+    return PartitionPlan(tuple(options), chosen, objective, link)

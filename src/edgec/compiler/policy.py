@@ -1,0 +1,96 @@
+"""From built stages to the manifest's ``policy``: the glue between the driver and the planner.
+
+The driver hands over the stage entries it wrote (tier, latency with its source), each stage's
+outputs on the validation split and the target's link; this module turns them into plain data
+for :func:`edgec.compiler.cascade.plan_cascade` and its result into the manifest's ``policy``
+section, and records each stage's threshold in its own entry. The payload of a forwarded input
+is sized with the runtime's own wire format (:mod:`edgec.runtime_stubs.codec`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.compiler.cascade import LinkModel, Policy, plan_cascade
+from edgec.config import CompileConfig
+from edgec.runtime_stubs import codec, scoring
+from edgec.targets.base import LatencyStats
+from edgec.targets.descriptor import Link
+
+
+def score_kind(outputs: np.ndarray | None) -> str:
+    """``probabilities`` when a stage's validation outputs already are, ``logits`` otherwise
+    (``auto`` without outputs: the runtime then decides per answer)."""
+    if outputs is None:
+        return "auto"
+    return "probabilities" if scoring.looks_like_probabilities(outputs) else "logits"
+
+
+def plan_bundle_policy(
+    entries: list[dict],
+    outputs: dict[str, np.ndarray | None],
+    labels: np.ndarray | None,
+    link: Link | None,
+    input_spec: dict,
+    budget_ms: float | None,
+    percentile: int,
+    confidence: str,
+    fusion: str,
+    tolerance: float,
+    seed: int = 0,
+) -> tuple[dict, Policy]:
+    """Plan the cascade over built stages; return the manifest's ``policy`` and the plan.
+
+    Sets ``threshold`` on every stage entry but the last (in place).
+    """
+    names = [entry["name"] for entry in entries]
+    kinds = {name: score_kind(outputs.get(name)) for name in names}
+    have_outputs = all(outputs.get(name) is not None for name in names)
+    probs = (
+        [scoring.to_probabilities(outputs[name], kinds[name]) for name in names]
+        if have_outputs
+        else None
+    )
+    plan = plan_cascade(
+        probs,
+        [LatencyStats.from_json(entry["latency_ms"]) for entry in entries],
+        [entry["tier"] for entry in entries],
+        LinkModel(link.rtt_ms, link.bandwidth_mbps) if link else None,
+        codec.request_size(input_spec["shape"], input_spec["dtype"]),
+        budget_ms,
+        percentile,
+        confidence,
+        fusion,
+        labels if have_outputs else None,
+        names=names,
+        tolerance=tolerance,
+        seed=seed,
+    )
+    policy = {**plan.to_json(), "scores": kinds}
+    for entry in entries[:-1]:
+        entry["threshold"] = policy["thresholds"][entry["name"]]
+    return policy, plan
+
+
+def policy_for_bundle(
+    manifest: dict,
+    outputs: dict[str, np.ndarray | None],
+    labels: np.ndarray | None,
+    link: Link | None,
+    config: CompileConfig,
+) -> dict:
+    """The manifest's ``policy`` for a compile (``config`` gives the budget and the options)."""
+    policy, _ = plan_bundle_policy(
+        manifest["stages"],
+        outputs,
+        labels,
+        link,
+        manifest["inputs"][0],
+        config.budget_ms,
+        config.percentile,
+        config.confidence,
+        config.fusion,
+        config.accuracy_tolerance / 100.0,
+        config.seed,
+    )
+    return policy

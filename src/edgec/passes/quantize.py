@@ -1,0 +1,401 @@
+"""Static INT8 quantization through ONNX Runtime's own tools: pre-process, calibrate, Q/DQ.
+
+Nothing here re-implements quantization. The three steps wrap ``onnxruntime.quantization``:
+
+1. :func:`preprocess` — ``quant_pre_process`` (ORT's basic graph optimisation and ONNX shape
+   inference; symbolic shape inference only if that fails). Failure policy: if pre-processing
+   still fails the model is quantized as it is. Every
+   node gets a unique name afterwards, because exclusions are by node name.
+2. :func:`calibrate` — ORT's ``create_calibrator`` (``minmax``, ``entropy`` or ``percentile``)
+   over an :class:`ArrayCalibrationReader`; the result is a
+   :class:`~edgec.passes.calibration_table.CalibrationTable` of per-tensor ranges, computed once
+   and reused for every flavour and every exclusion list the accuracy guard tries.
+3. :class:`QuantizeInt8Pass` — ``quantize_static`` in QDQ format with those ranges (through
+   ORT's ``calibration_cache_path``, so calibration is not run again), the activation type and
+   weight granularity of an :class:`Int8Flavour`, and the nodes to keep in FP32.
+
+Bad calibration data (wrong shape, NaN, all samples identical, ranges that come out infinite)
+raises :class:`~edgec.errors.BadInputError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgec.config import CALIBRATION_METHODS
+from edgec.errors import BadInputError
+from edgec.passes.calibration_table import CalibrationTable
+
+logger = logging.getLogger(__name__)
+
+# Ops that carry the arithmetic INT8 is for; the others only pass quantized values along.
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class Int8Flavour:
+    """How a model is quantized: activation type and weight granularity.
+
+    Attributes:
+        activations: ``uint8`` (asymmetric u8 activations with s8 weights, "u8s8": what x86
+            VNNI/AVX2 integer kernels take) or ``int8`` ("s8s8": ORT's default, what ARM
+            dot-product kernels and TensorRT take).
+        per_channel: One weight scale per output channel (else one per tensor).
+        reduce_range: 7-bit weights, which avoids int16 saturation of ``VPMADDUBSW`` on x86
+            CPUs without VNNI.
+        symmetric_activations: Zero point 0 for activations (TensorRT requires it).
+    """
+
+    activations: str = "uint8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activations not in ("uint8", "int8"):
+            raise ValueError(f"activations must be uint8 or int8, got {self.activations!r}")
+
+    @property
+    def name(self) -> str:
+        """A short label, e.g. ``u8s8-per-channel``."""
+        parts = ["u8s8" if self.activations == "uint8" else "s8s8"]
+        parts.append("per-channel" if self.per_channel else "per-tensor")
+        if self.reduce_range:
+            parts.append("reduce-range")
+        if self.symmetric_activations:
+            parts.append("symmetric")
+        return "-".join(parts)
+
+    def to_json(self) -> dict:
+        """The manifest form."""
+        return {
+            "name": self.name,
+            "activations": self.activations,
+            "weights": "int8",
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "symmetric_activations": self.symmetric_activations,
+        }
+
+
+class ArrayCalibrationReader:
+    """An ORT ``CalibrationDataReader`` (it has ``get_next``) over an array of samples.
+
+    Attributes:
+        input_name: The model input the samples feed.
+        samples: Float32 array ``[N, *sample shape]``.
+        batch: Samples per ``get_next`` (the model's static batch size).
+    """
+
+    def __init__(self, input_name: str, samples: np.ndarray, batch: int = 1):
+        self.input_name = input_name
+        self.samples = samples
+        self.batch = batch
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next feed, or ``None`` when the samples are used up."""
+        start = self._next
+        if start + self.batch > len(self.samples):
+            return None
+        self._next += self.batch
+        return {self.input_name: np.ascontiguousarray(self.samples[start : start + self.batch])}
+
+    def __iter__(self) -> ArrayCalibrationReader:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
+
+    def rewind(self) -> None:
+        """Start again from the first sample."""
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.samples) // self.batch
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Restrict to samples ``[start_index, end_index)`` (ORT's strided calibration)."""
+        self.samples = self.samples[start_index:end_index]
+        self._next = 0
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed (or duplicate-named) node a unique name, in place; return it."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+    return model
+
+
+def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ORT's quantization pre-processing of a copy; the model as it is when that fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgec-preprocess-") as tmp:
+        # A path, not the proto: given a ModelProto, quant_pre_process rewrites it in place
+        # to point at external data files in its own temporary directory.
+        source, out = Path(tmp) / "in.onnx", Path(tmp) / "pre.onnx"
+        onnx.save_model(model, source)
+        # edgec's models have static shapes (the loader fixes them), so ONNX shape inference
+        # suffices; symbolic inference (slow: sympy) is the fallback.
+        for skip_symbolic in (True, False):
+            try:
+                with _quiet():
+                    quant_pre_process(source, out, skip_symbolic_shape=skip_symbolic)
+                return name_nodes(onnx.load(out))
+            except Exception as err:  # ORT's pre-processing raises many unrelated types
+                logger.debug(
+                    "quant_pre_process failed (skip_symbolic_shape=%s): %s", skip_symbolic, err
+                )
+    logger.info("quantization pre-processing failed; quantizing the model as it is")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return name_nodes(copy)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep ORT's calibration prints and root-logger warnings off the user's terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    try:
+        return {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[name]
+    except KeyError:
+        raise BadInputError(
+            f"Unknown calibration method '{name}'; use one of {', '.join(CALIBRATION_METHODS)}."
+        ) from None
+
+
+def _op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _model_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise BadInputError(
+            f"INT8 calibration needs a model with one input; this one has {len(inputs)}."
+        )
+    return inputs[0]
+
+
+def check_calibration_samples(model: onnx.ModelProto, samples: np.ndarray) -> np.ndarray:
+    """Validate calibration samples against the model's single input; return them in its dtype.
+
+    Raises:
+        BadInputError: Not numeric, wrong sample shape, too few, NaN/inf, or all identical.
+    """
+    value = _model_input(model)
+    dims = [
+        d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
+    ]
+    samples = np.asarray(samples)
+    if not np.issubdtype(samples.dtype, np.number):
+        raise BadInputError(f"Calibration data must be numeric, got dtype {samples.dtype}.")
+    if samples.ndim != len(dims) or any(
+        d is not None and d != s for d, s in zip(dims[1:], samples.shape[1:], strict=False)
+    ):
+        raise BadInputError(
+            f"Calibration samples have shape {list(samples.shape[1:])} but input "
+            f"'{value.name}' takes {dims[1:]} (after the batch dimension)."
+        )
+    batch = dims[0] or 1
+    if len(samples) < batch:
+        raise BadInputError(
+            f"Calibration needs at least {batch} samples (one batch of '{value.name}'); "
+            f"got {len(samples)}."
+        )
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+    samples = samples.astype(dtype, copy=False)
+    if np.issubdtype(dtype, np.floating) and not np.isfinite(samples).all():
+        raise BadInputError("Calibration data contains NaN or infinite values.")
+    if len(samples) > 1 and np.ptp(samples.reshape(len(samples), -1), axis=0).max() == 0:
+        raise BadInputError(
+            "Calibration data has no variation (every sample is identical), so activation "
+            "ranges would describe a single input; use representative inputs."
+        )
+    return samples
+
+
+def calibrate(
+    model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax", data_sha256: str = ""
+) -> CalibrationTable:
+    """Measure per-tensor activation ranges of a pre-processed model with ORT's calibrators.
+
+    Args:
+        model: The model after :func:`preprocess`.
+        samples: Calibration inputs, ``[N, *input shape after batch]``.
+        method: ``minmax``, ``entropy`` or ``percentile`` (ORT's defaults for each: 128 bins
+            for entropy, the 99.999th percentile over 2048 bins).
+        data_sha256: Recorded in the table.
+
+    Raises:
+        BadInputError: Bad samples, or calibration produced a non-finite range.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    ort_method = _method(method)
+    samples = check_calibration_samples(model, samples)
+    value = _model_input(model)
+    first = value.type.tensor_type.shape.dim[0]
+    batch = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
+    usable = (len(samples) // batch) * batch
+    reader = ArrayCalibrationReader(value.name, samples[:usable], batch)
+    with tempfile.TemporaryDirectory(prefix="edgec-calibrate-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path)
+        with _quiet():
+            calibrator = create_calibrator(
+                path,
+                _op_types(),
+                augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=ort_method,
+                # Ranges stay asymmetric; a flavour that needs symmetric ones asks the quantizer.
+                extra_options={"symmetric": False},
+            )
+            calibrator.collect_data(reader)
+            tensors = calibrator.compute_data()
+            del calibrator
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, data in tensors.items():
+        low, high = (float(np.asarray(v).item()) for v in data.range_value)
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise BadInputError(
+                f"Calibration gave tensor '{name}' a non-finite range: the calibration data "
+                "drives the model to overflow; check that it is scaled like the training data."
+            )
+        ranges[name] = (low, high)
+    logger.info("calibrated %d tensors with %s on %d samples", len(ranges), method, usable)
+    return CalibrationTable(method=method, samples=usable, ranges=ranges, data_sha256=data_sha256)
+
+
+def _tensors_data(table: CalibrationTable):
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    data = {
+        name: TensorData(lowest=np.float32(low), highest=np.float32(high))
+        for name, (low, high) in table.ranges.items()
+    }
+    return TensorsData(_method(table.method), data)
+
+
+class QuantizeInt8Pass(ir.passes.FunctionalPass):
+    """Quantize a pre-processed model to QDQ INT8 with ``onnxruntime.quantization.quantize_static``.
+
+    The ranges come from a calibration table (no calibration runs here). ``modified`` is
+    whether any QuantizeLinear was inserted: a model with nothing quantizable comes back
+    unchanged. Failure policy: an error inside ORT's quantizer is raised as it is (a bug).
+
+    Attributes:
+        calibration: Per-tensor ranges from :func:`calibrate` on the same model.
+        flavour: Activation type and weight granularity.
+        nodes_to_exclude: Node names kept in FP32.
+        op_types: Op types to quantize (``None``: every op ORT can quantize).
+    """
+
+    def __init__(
+        self,
+        calibration: CalibrationTable,
+        flavour: Int8Flavour = Int8Flavour(),
+        nodes_to_exclude: Iterable[str] = (),
+        op_types: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.calibration = calibration
+        self.flavour = flavour
+        self.nodes_to_exclude = tuple(nodes_to_exclude)
+        self.op_types = tuple(op_types) if op_types is not None else None
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Return the quantized copy of ``model``."""
+        proto = ir.serde.serialize_model(model)
+        quantized = quantize_model(
+            proto, self.calibration, self.flavour, self.nodes_to_exclude, self.op_types
+        )
+        modified = any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+        # A functional pass returns a new model even when nothing was quantized.
+        return ir.passes.PassResult(ir.serde.deserialize_model(quantized), modified=modified)
+
+
+def quantize_model(
+    model: onnx.ModelProto,
+    calibration: CalibrationTable,
+    flavour: Int8Flavour = Int8Flavour(),
+    nodes_to_exclude: Iterable[str] = (),
+    op_types: Sequence[str] | None = None,
+) -> onnx.ModelProto:
+    """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    activation = QuantType.QUInt8 if flavour.activations == "uint8" else QuantType.QInt8
+    extra = {"ActivationSymmetric": flavour.symmetric_activations, "WeightSymmetric": True}
+    excluded = sorted(set(nodes_to_exclude))
+    with tempfile.TemporaryDirectory(prefix="edgec-quantize-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(_tensors_data(calibration), cache)
+        out = Path(tmp) / "int8.onnx"
+        with _quiet():
+            quantize_static(
+                model,
+                out,
+                None,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types) if op_types is not None else None,
+                per_channel=flavour.per_channel,
+                reduce_range=flavour.reduce_range,
+                activation_type=activation,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=excluded,
+                calibrate_method=_method(calibration.method),
+                extra_options=extra,
+                calibration_cache_path=cache,
+            )
+        result = onnx.load(out)
+    try:  # shapes for the cost model and MAC counts; quantize_static drops intermediate ones
+        result = onnx.shape_inference.infer_shapes(result, strict_mode=False)
+    except Exception as err:  # onnx raises several types; shapes are optional here
+        logger.debug("shape inference on the quantized model failed: %s", err)
+    logger.info(
+        "quantized (%s): %d Q/DQ nodes, %d nodes kept in FP32",
+        flavour.name,
+        sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in result.graph.node),
+        len(excluded),
+    )
+    return result

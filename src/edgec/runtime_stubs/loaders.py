@@ -1,0 +1,128 @@
+"""Stage loaders for the generated runtime: a small table keyed by the stage's backend.
+
+Self-contained (NumPy; each backend's runtime imported only when a stage needs it): the runtime
+generator copies it verbatim into a bundle's ``runtime/``. A stage is loaded from its manifest
+entry's ``backend`` and ``artifact``:
+
+* ``onnxruntime``: an ``InferenceSession`` on the artifact (already optimised offline, so the
+  session does not optimise again), CPU execution provider, with the stage's thread count
+  capped at the cores this process may use.
+* ``tvm``: runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``, no compiler library needed on the
+  device): ``tvm.runtime.load_module`` and the Relax ``VirtualMachine`` on the artifact
+  ``.so``, on the device its build options name (``cpu`` by default).
+
+Any other backend is refused with one sentence naming the stage, its backend and what this
+runtime loads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+class StageLoadError(RuntimeError):
+    """A stage cannot be loaded: unknown backend, missing artifact or backend runtime."""
+
+
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _threads(options: dict) -> int:
+    override = os.environ.get("EDGEC_THREADS")
+    if override and override.isdigit() and int(override) > 0:
+        return int(override)
+    requested = int(options.get("intra_op_threads") or options.get("threads") or _cores())
+    return max(1, min(requested, _cores()))
+
+
+class OnnxRuntimeStage:
+    """A stage run by ONNX Runtime."""
+
+    def __init__(self, path: Path, options: dict):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise StageLoadError(
+                f"{path} needs ONNX Runtime, which is not installed: pip install onnxruntime."
+            ) from None
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session_options.intra_op_num_threads = _threads(options)
+        session_options.inter_op_num_threads = 1
+        session_options.log_severity_level = 3
+        # Several sessions, a prefetch thread and a network client share the cores: idle
+        # intra-op threads must sleep, not spin (spinning pools starve each other).
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # ORT raises several unrelated types
+            raise StageLoadError(f"ONNX Runtime cannot load {path}: {err}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The stage's first output for one input."""
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class TvmStage:
+    """A stage compiled by TVM (Relax), loaded with the TVM runtime alone."""
+
+    def __init__(self, path: Path, options: dict):
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+        os.environ.setdefault("TVM_NUM_THREADS", str(_threads(options)))
+        try:
+            import tvm
+            import tvm.runtime.vm
+        except ImportError:
+            raise StageLoadError(
+                f"{path} needs the TVM runtime, which is not installed: pip install "
+                "apache-tvm (only its runtime library is used)."
+            ) from None
+        self._tvm = tvm
+        self.device = tvm.device(str(options.get("device", "cpu")), 0)
+        try:
+            self.library = tvm.runtime.load_module(str(path))
+            self.vm = tvm.runtime.vm.VirtualMachine(self.library, self.device)
+        except Exception as err:  # TVM raises its own error types
+            raise StageLoadError(f"the TVM runtime cannot load {path}: {err}") from None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The stage's first output for one input."""
+        out = self.vm["main"](self._tvm.runtime.tensor(x, self.device))
+        first = out if hasattr(out, "numpy") else out[0]
+        return first.numpy()
+
+
+LOADERS: dict[str, Callable[[Path, dict], object]] = {
+    "onnxruntime": OnnxRuntimeStage,
+    "tvm": TvmStage,
+}
+
+
+def load_stage(root: Path, stage: dict):
+    """Load one stage of the bundle at ``root`` from its entry (``name``, ``backend``,
+    ``artifact``, optional ``options``).
+
+    Raises:
+        StageLoadError: Unknown backend, missing artifact, or its runtime is not installed.
+    """
+    name, backend = stage["name"], stage["backend"]
+    loader = LOADERS.get(backend)
+    if loader is None:
+        raise StageLoadError(
+            f"Stage '{name}' was built for the '{backend}' backend, which this runtime cannot "
+            f"load (it loads {', '.join(sorted(LOADERS))}); recompile with one of those."
+        )
+    path = Path(root) / stage["artifact"]
+    if not path.is_file():
+        raise StageLoadError(f"Stage '{name}': its artifact {path} is missing.")
+    return loader(path, dict(stage.get("options") or {}))

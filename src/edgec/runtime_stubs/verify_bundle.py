@@ -1,0 +1,201 @@
+"""Verify an edgec bundle before anything in it runs: signature, every file's hash, no extras.
+
+This module is self-contained on purpose: it imports only the standard library and
+``cryptography``, never ``edgec``, so the runtime generator can copy it verbatim into a bundle's
+``runtime/`` and a device can refuse a tampered or half-written bundle without edgec installed.
+
+What is checked, in order:
+
+1. ``manifest.json`` exists. When a public key is given, ``manifest.sig`` exists and is a valid
+   ed25519 signature of the exact bytes of ``manifest.json`` (the detached signature is the raw
+   64 bytes). Without a key only integrity is checked: anyone could have rewritten the manifest
+   and its hashes together, so only a key makes a bundle trusted.
+2. The manifest parses and has a ``files`` table ``{path: {"sha256": hex, "bytes": int}}``.
+3. Every listed file is a regular file (not a symlink) inside the bundle, with the listed size
+   and sha256.
+4. No other file, symlink or special file is present, apart from ``manifest.json`` and
+   ``manifest.sig``. Empty directories are ignored.
+
+Every problem is collected, so one run names every changed, missing or extra file. A loader
+should verify, then load from the directory it verified (resolve ``current`` once).
+
+Example::
+
+    from verify_bundle import BundleVerificationError, verify_bundle
+
+    try:
+        manifest = verify_bundle("/opt/models/current", public_key=open("edgec.pub", "rb").read())
+    except BundleVerificationError as err:
+        raise SystemExit(f"refusing to run: {err}")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path, PurePosixPath
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+UNLISTED = frozenset({MANIFEST, SIGNATURE})
+_CHUNK = 1 << 20
+
+
+class BundleVerificationError(Exception):
+    """The bundle does not verify; ``problems`` lists every reason, one sentence each."""
+
+    def __init__(self, bundle: str | os.PathLike, problems: list[str]):
+        self.bundle = str(bundle)
+        self.problems = tuple(problems)
+        shown = list(self.problems[:10])
+        if len(self.problems) > 10:
+            shown.append(f"and {len(self.problems) - 10} more problems")
+        super().__init__(f"bundle {self.bundle} does not verify: " + "; ".join(shown))
+
+
+def load_public_key(data: bytes):
+    """An ed25519 public key from PEM (``edgec.pub``) or its raw 32 bytes.
+
+    Raises:
+        ValueError: The data is not an ed25519 public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if len(data) == 32:
+        return Ed25519PublicKey.from_public_bytes(data)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"a {type(key).__name__}, not an ed25519 public key")
+    return key
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_digest(bundle: str | os.PathLike) -> str:
+    """Hex sha256 of ``manifest.json``'s bytes: the bundle's version id (it pins every file)."""
+    return hashlib.sha256(Path(bundle, MANIFEST).read_bytes()).hexdigest()
+
+
+def verify_bundle(bundle: str | os.PathLike, public_key=None) -> dict:
+    """Check a bundle directory; return its manifest when it verifies.
+
+    Args:
+        bundle: The bundle directory.
+        public_key: An ``Ed25519PublicKey``, PEM bytes or raw 32 bytes. When given, the bundle
+            must carry a valid signature by the matching private key. ``None`` checks integrity
+            only.
+
+    Raises:
+        BundleVerificationError: Every reason the bundle does not verify.
+        ValueError: ``public_key`` is not an ed25519 public key.
+    """
+    root = Path(bundle)
+    if isinstance(public_key, bytes | bytearray):
+        public_key = load_public_key(bytes(public_key))
+    manifest_path = root / MANIFEST
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        raise BundleVerificationError(root, [f"{MANIFEST} is missing"])
+    raw = manifest_path.read_bytes()
+    problems: list[str] = []
+    if public_key is not None:
+        problems += _check_signature(root, raw, public_key)
+    try:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleVerificationError(root, [*problems, f"{MANIFEST} is not valid JSON"]) from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise BundleVerificationError(root, [*problems, f"{MANIFEST} has no 'files' table"])
+    for rel, entry in sorted(files.items()):
+        problems += _check_file(root, rel, entry)
+    problems += _check_unlisted(root, files)
+    if problems:
+        raise BundleVerificationError(root, problems)
+    return manifest
+
+
+def _check_signature(root: Path, raw: bytes, public_key) -> list[str]:
+    from cryptography.exceptions import InvalidSignature
+
+    sig_path = root / SIGNATURE
+    if sig_path.is_symlink() or not sig_path.is_file():
+        return [f"{SIGNATURE} is missing: the bundle is not signed"]
+    try:
+        public_key.verify(sig_path.read_bytes(), raw)
+    except InvalidSignature:
+        return [
+            f"{SIGNATURE} does not match {MANIFEST}: the manifest was changed after signing "
+            "or was signed with another key"
+        ]
+    return []
+
+
+def _safe_relative(rel: object) -> bool:
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        return False
+    path = PurePosixPath(rel)
+    return not path.is_absolute() and all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _check_file(root: Path, rel: str, entry: object) -> list[str]:
+    if not _safe_relative(rel) or rel in UNLISTED:
+        return [f"the manifest lists an invalid path {rel!r}"]
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("sha256"), str)
+        or not isinstance(entry.get("bytes"), int)
+    ):
+        return [f"{rel}: the manifest entry has no sha256 and bytes"]
+    path = root / rel
+    if _has_symlink(root, rel):
+        return [f"{rel}: is a symbolic link; a bundle holds regular files only"]
+    if not path.exists():
+        return [f"{rel}: listed in the manifest but missing"]
+    if not path.is_file():
+        return [f"{rel}: is not a regular file"]
+    actual = sha256_file(path)
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return [
+            f"{rel}: expected {entry['bytes']} bytes with sha256 {entry['sha256']}, "
+            f"found {size} bytes with sha256 {actual}"
+        ]
+    if actual != entry["sha256"]:
+        return [f"{rel}: sha256 expected {entry['sha256']}, got {actual}"]
+    return []
+
+
+def _has_symlink(root: Path, rel: str) -> bool:
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            return True
+    return False
+
+
+def _check_unlisted(root: Path, files: dict) -> list[str]:
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in sorted(dirnames):
+            if (base / name).is_symlink():
+                rel = (base / name).relative_to(root).as_posix()
+                problems.append(f"{rel}: a symbolic link that the manifest does not list")
+        for name in sorted(filenames):
+            rel = (base / name).relative_to(root).as_posix()
+            if rel not in files and rel not in UNLISTED:
+                problems.append(f"{rel}: present but not listed in the manifest")
+    return problems

@@ -1,0 +1,234 @@
+"""Measure (and tune) on a real device through TVM RPC: ``rpc://HOST:PORT``, ``tracker://H:P/KEY``.
+
+The device runs TVM's RPC server (``python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090``,
+runtime-only TVM is enough, ``TVM_USE_RUNTIME_LIB=1``), directly or registered with a tracker
+under a key. edgec uploads the artifact, loads it there in a Relax VM and times ``main`` with
+TVM's on-device ``time_evaluator``: the samples are device time without network round trips,
+and the latency source is ``measured-device``.
+
+Before TVM's connect (which retries refused connections for up to a minute) a plain socket
+probe turns an unreachable address into one clear sentence within seconds. URL parsing needs no
+TVM and runs at the CLI edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgec.errors import BadInputError
+from edgec.targets.base import DEFAULT_MEASURE_POLICY, LatencyStats, MeasurePolicy
+from edgec.targets.tvm._env import import_tvm
+
+_URL = re.compile(
+    r"^(?P<scheme>rpc|tracker)://(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})"
+    r"(?:/(?P<key>[^/\s]+))?/?$"
+)
+_PROBE_SECONDS = 5.0
+SESSION_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class DeviceUrl:
+    """Where a device's TVM RPC server is.
+
+    Attributes:
+        scheme: ``rpc`` (a server, directly) or ``tracker`` (a tracker that hands out servers).
+        host: Host name or address.
+        port: TCP port.
+        key: The device key registered with a tracker (``tracker://`` only).
+    """
+
+    scheme: Literal["rpc", "tracker"]
+    host: str
+    port: int
+    key: str | None = None
+
+    def __str__(self) -> str:
+        tail = f"/{self.key}" if self.key else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{tail}"
+
+
+def parse_device_url(text: str) -> DeviceUrl:
+    """Parse ``rpc://HOST:PORT`` or ``tracker://HOST:PORT/KEY``.
+
+    Raises:
+        BadInputError: Any other form, a port outside 1-65535, or a tracker URL without a key.
+    """
+    match = _URL.match(text.strip())
+    if not match:
+        raise BadInputError(
+            f"--device '{text}' is not a device URL; use rpc://HOST:PORT for a TVM RPC server "
+            "or tracker://HOST:PORT/KEY for a TVM RPC tracker."
+        )
+    port = int(match["port"])
+    if not 0 < port < 65536:
+        raise BadInputError(f"--device '{text}': port {port} is outside 1-65535.")
+    scheme = match["scheme"]
+    key = match["key"]
+    if scheme == "tracker" and not key:
+        raise BadInputError(
+            f"--device '{text}' names a tracker but no device key; use tracker://HOST:PORT/KEY."
+        )
+    if scheme == "rpc" and key:
+        raise BadInputError(
+            f"--device '{text}': a key only applies to trackers; use rpc://HOST:PORT."
+        )
+    return DeviceUrl(scheme, match["host"].strip("[]"), port, key)
+
+
+def _probe(url: DeviceUrl) -> None:
+    try:
+        with socket.create_connection((url.host, url.port), timeout=_PROBE_SECONDS):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        what = "TVM RPC tracker" if url.scheme == "tracker" else "TVM RPC server"
+        raise BadInputError(
+            f"Cannot reach the {what} at {url} ({reason}); start one on the device with "
+            "`python -m tvm.exec.rpc_server --host 0.0.0.0 --port 9090`."
+        ) from None
+
+
+def connect(url: DeviceUrl, session_timeout: float = SESSION_TIMEOUT_S):
+    """Open an RPC session on the device.
+
+    Raises:
+        BadInputError: Nothing answers at the URL, it is not a TVM RPC endpoint, or the tracker
+            has no device under the key.
+    """
+    import_tvm()
+    from tvm import rpc
+
+    _probe(url)
+    try:
+        if url.scheme == "rpc":
+            return rpc.connect(url.host, url.port, session_timeout=session_timeout)
+        tracker = rpc.connect_tracker(url.host, url.port)
+        keys = _tracker_keys(tracker)
+        if url.key not in keys:
+            known = ", ".join(sorted(keys)) or "none"
+            raise BadInputError(
+                f"The tracker at {url.host}:{url.port} has no device with key '{url.key}' "
+                f"(registered keys: {known})."
+            )
+        return tracker.request(url.key, priority=1, session_timeout=session_timeout)
+    except BadInputError:
+        raise
+    except Exception as err:  # TVM raises RuntimeError / TVMError / socket errors
+        raise BadInputError(
+            f"The device at {url} did not open a TVM RPC session: {_last_line(err)}."
+        ) from None
+
+
+def _tracker_keys(tracker) -> set[str]:
+    summary = tracker.summary()
+    return {str(key) for key in summary.get("queue_info", {})}
+
+
+def _last_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(err).__name__).rstrip(".")
+
+
+def random_feeds(input_specs: list[dict], seed: int = 0) -> list[np.ndarray]:
+    """Random arrays for ``[{"name", "shape", "dtype"}, ...]`` in order."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for spec in input_specs:
+        dtype = np.dtype(spec["dtype"])
+        shape = [int(d) for d in spec["shape"]]
+        if np.issubdtype(dtype, np.integer):
+            feeds.append(rng.integers(0, 8, size=shape).astype(dtype))
+        elif dtype == np.bool_:
+            feeds.append(rng.integers(0, 2, size=shape).astype(bool))
+        else:
+            feeds.append(rng.standard_normal(shape).astype(dtype))
+    return feeds
+
+
+def measure_remote(
+    artifact_path: Path,
+    input_specs: list[dict],
+    url: DeviceUrl,
+    device: str = "cpu",
+    policy: MeasurePolicy | None = None,
+) -> LatencyStats:
+    """Upload ``artifact_path`` to the device, load it in a VM there and time ``main``.
+
+    One untimed estimate sizes the run: as many timed runs as fit ``policy.min_seconds`` (at
+    least ``min_runs``, at most ``max_runs``), never past ``policy.max_seconds``.
+
+    Raises:
+        BadInputError: The device is unreachable, or cannot load or run the artifact.
+    """
+    policy = policy or DEFAULT_MEASURE_POLICY
+    tvm = import_tvm()
+    vm_module = importlib.import_module("tvm.runtime.vm")  # not loaded by ``import tvm``
+    session = connect(url)
+    digest = hashlib.sha256(artifact_path.read_bytes()).hexdigest()[:16]
+    remote_name = f"edgec-{digest}.so"
+    try:
+        session.upload(str(artifact_path), remote_name)
+        library = session.load_module(remote_name)
+        dev = session.cuda(0) if device == "cuda" else session.cpu(0)
+        vm = vm_module.VirtualMachine(library, dev)
+        args = [tvm.runtime.tensor(a, dev) for a in random_feeds(input_specs)]
+        vm.save_function("main", "edgec_timed_main", *args)
+        estimate = vm.time_evaluator("edgec_timed_main", dev, number=1, repeat=3)()
+        per_run = max(float(np.median(estimate.results)), 1e-7)
+        runs = int(min(policy.max_runs, max(policy.min_runs, policy.min_seconds / per_run)))
+        runs = max(3, min(runs, int(policy.max_seconds / per_run)))
+        timed = vm.time_evaluator("edgec_timed_main", dev, number=1, repeat=runs)()
+    except BadInputError:
+        raise
+    except Exception as err:
+        raise BadInputError(
+            f"The device at {url} could not run {artifact_path.name}: {_last_line(err)} "
+            "(was it built for the device's architecture?)"
+        ) from None
+    samples_ms = np.asarray(timed.results, dtype=np.float64) * 1000.0
+    return LatencyStats.from_samples(samples_ms, "measured-device")
+
+
+def metaschedule_runner(url: DeviceUrl, number: int = 3, repeat: int = 1):
+    """A MetaSchedule runner that measures candidates on the device at ``url``.
+
+    Trackers use MetaSchedule's own ``RPCRunner``; a direct ``rpc://`` server gets the same
+    runner with a session factory that connects to it instead of asking a tracker.
+    """
+    import_tvm()
+    from tvm.s_tir import meta_schedule as ms
+
+    _probe(url)
+    config = ms.runner.RPCConfig(
+        tracker_host=url.host,
+        tracker_port=url.port,
+        tracker_key=url.key or "edgec-direct",
+        session_timeout_sec=120,
+    )
+    evaluator = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=0)
+    return ms.runner.RPCRunner(
+        rpc_config=config,
+        evaluator_config=evaluator,
+        f_create_session=None if url.scheme == "tracker" else direct_session,
+    )
+
+
+def direct_session(rpc_config):
+    """MetaSchedule session factory for a direct server (the config's tracker fields hold it)."""
+    from tvm import rpc
+
+    return rpc.connect(
+        rpc_config.tracker_host,
+        int(rpc_config.tracker_port),
+        session_timeout=rpc_config.session_timeout_sec,
+    )

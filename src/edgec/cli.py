@@ -453,6 +453,19 @@ def _print_summary(result) -> None:
     show_default=True,
     help="Estimate at this precision; int8 also explains what would make INT8 slow here.",
 )
+@click.option(
+    "--partition",
+    "show_partition",
+    is_flag=True,
+    help="Also cost every device/gateway cut over the target's link (estimated).",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "energy"]),
+    default="latency",
+    show_default=True,
+    help="What the partition choice minimises: end-to-end latency or device energy.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_handle_errors
 def inspect(
@@ -462,6 +475,8 @@ def inspect(
     raw: bool,
     top: int,
     precision: str,
+    show_partition: bool,
+    objective: str,
     as_json: bool,
 ) -> None:
     """Per-layer table of MODEL on a target: shapes, MACs, parameters, activation bytes,
@@ -481,10 +496,17 @@ def inspect(
         from edgec.compiler.int8_inspect import explain_model_int8
 
         explanation = explain_model_int8(model, target, shapes)
+    partition = None
+    if show_partition:
+        from edgec.compiler.partition import partition_model
+
+        partition = partition_model(model, target, shapes, objective=objective)
     if as_json:
         data = report.to_json()
         if explanation is not None:
             data["int8_explanation"] = explanation
+        if partition is not None:
+            data["partition"] = partition.to_json()
         _print_json(data)
         return
     _print_inspect(report)
@@ -492,6 +514,44 @@ def inspect(
         _out.print(f"[bold]INT8 on {report.target}[/bold]")
         for line in explanation:
             _out.print(f"  - {line}", highlight=False)
+    if partition is not None:
+        _print_partition(partition)
+
+
+def _print_partition(plan) -> None:
+    link = plan.link
+    table = Table(
+        title=f"Cuts over a {link.rtt_ms:g} ms / {link.bandwidth_mbps:g} Mbps link "
+        f"(estimated; objective: {plan.objective})"
+    )
+    for column in (
+        "cut",
+        "enc.",
+        "sent bytes",
+        "device ms",
+        "link ms",
+        "gateway ms",
+        "total ms",
+        "device mJ",
+        "fits",
+    ):
+        table.add_column(column)
+    for option in plan.options:
+        chosen = option is plan.chosen
+        style = "bold green" if chosen else ""
+        table.add_row(
+            escape(option.cut.name) + (" ←" if chosen else ""),
+            option.encoding,
+            f"{option.payload_bytes:,}",
+            f"{option.device_ms:.3f}",
+            f"{option.transfer_ms:.3f}",
+            f"{option.gateway_ms:.3f}",
+            f"{option.total_ms:.3f}",
+            f"{option.device_energy_mj:.2f}",
+            "yes" if option.feasible else "no",
+            style=style,
+        )
+    _out.print(table)
 
 
 def _print_inspect(report) -> None:

@@ -188,3 +188,30 @@ def test_forced_cut_must_be_valid(teacher_path):
     model = _canonical(teacher_path)
     with pytest.raises(BadInputError, match="not a valid cut"):
         plan_partition(model, load_target("raspberry-pi-4"), forced_cut="no_such_tensor")
+
+
+def test_inspect_partition_prints_every_cut_and_the_choice(teacher_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    result = CliRunner().invoke(
+        main, ["inspect", str(teacher_path), "-t", "raspberry-pi-4", "--partition", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)["partition"]
+    names = [o["cut"] for o in plan["options"]]
+    assert names[0] == GATEWAY_ONLY and names[-1] == DEVICE_ONLY and len(names) > 4
+    assert plan["chosen"]["cut"] in names
+    assert all(o["source"] == "estimated" for o in plan["options"])
+
+
+def test_inspect_partition_on_a_target_without_gateway_is_bad_input(teacher_path):
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(teacher_path), "-t", "host", "--partition"])
+    assert result.exit_code == 2 and "names no gateway" in result.output

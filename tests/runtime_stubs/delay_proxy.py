@@ -1,7 +1,8 @@
 """A loopback TCP proxy that adds a one-way delay to every chunk: RTT injection for tests.
 
 The device talks to the proxy, the proxy to the gateway; each chunk waits ``rtt_ms / 2`` in
-each direction, so a request–answer exchange costs one extra round trip. It binds 127.0.0.1
+each direction (plus optional jitter), so a request–answer exchange costs one extra round trip.
+``benchmarks/cascade.py`` uses it too. It binds 127.0.0.1
 only, and every thread and socket is bounded and closed by :meth:`DelayProxy.close`.
 """
 
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import random
 import socket
 import threading
 import time
 
 
 class DelayProxy:
-    """Forward ``127.0.0.1:<port>`` to ``upstream`` with ``rtt_ms / 2`` per direction."""
+    """Forward ``127.0.0.1:<port>`` to ``upstream`` with ``rtt_ms / 2`` per direction, plus
+    exponentially distributed jitter of mean ``jitter_ms / 2`` per direction when asked."""
 
-    def __init__(self, upstream: tuple[str, int], rtt_ms: float):
+    def __init__(
+        self, upstream: tuple[str, int], rtt_ms: float, jitter_ms: float = 0.0, seed: int = 0
+    ):
         self.upstream = upstream
         self.one_way_s = rtt_ms / 2000.0
+        self.jitter_s = jitter_ms / 2000.0
+        self._random = random.Random(seed)
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -76,7 +83,9 @@ class DelayProxy:
                 continue
             except OSError:
                 chunk = b""
-            chunks.put((time.monotonic() + self.one_way_s, chunk))
+            with self._lock:
+                jitter = self._random.expovariate(1 / self.jitter_s) if self.jitter_s else 0.0
+            chunks.put((time.monotonic() + self.one_way_s + jitter, chunk))
             if not chunk:
                 return
 

@@ -211,10 +211,10 @@ def build_stage(
 
 
 def _tuning_line(tuning: dict) -> str:
-    if tuning["trials_run"] == 0 and tuning["tasks_from_cache"]:
+    if tuning["trials_run"] == 0:
         return (
-            f"tuning: all {tuning['tasks']} tasks from the tuning cache, nothing re-tuned "
-            f"({tuning['seconds']:.1f} s)"
+            f"tuning: nothing re-tuned, the tuning cache holds this model and target "
+            f"({tuning['tasks_from_cache']} of {tuning['tasks']} tasks have records)"
         )
     best = "—" if tuning["best_ms"] is None else format_ms(tuning["best_ms"])
     return (

@@ -5,12 +5,15 @@ Stages run in order; stage ``k`` answers a frame when its confidence is at least
 only if the time left covers it. The generated runtime applies exactly this rule::
 
     forward from k  iff  conf_k < θ_k  and  elapsed + cost_k <= budget
-    cost_k = latency_{k+1} at the percentile            (next stage on the same tier)
-           + rtt + payload · 8 / bandwidth + overhead   (when k + 1 is on the gateway)
+    cost_k = latency_{k+1} at the percentile                 (next stage on the device)
+    cost_k = rtt + payload · 8 / bandwidth + overhead + latency_{k+1} at p50 + margin
+                                                                  (next stage on the gateway)
 
-A frame sent to the gateway that is not answered within the remaining budget is answered with
-the device's own result when the budget runs out (the runtime's request timeout), so a late
-gateway costs time but never a frame.
+A frame sent to the gateway waits at most until ``fallback_margin_ms`` before the budget runs
+out (the runtime's request timeout); a late answer is dropped and the device answers with its
+own result, so a late gateway costs time but never a frame. That is why the gateway step is
+budgeted at the next stage's median: its tail is cut off by the timeout, while a device stage,
+once started, cannot be interrupted and is budgeted at the percentile.
 
 The planner scores every combination of thresholds on a grid (midpoints between the stages'
 validation confidences at evenly spaced quantiles, plus "always answer" and "never answer") by
@@ -47,6 +50,7 @@ from edgec.runtime_stubs import scoring
 from edgec.targets.base import LatencySource, LatencyStats, weakest_source
 
 DEFAULT_OVERHEAD_MS = 1.0
+DEFAULT_FALLBACK_MARGIN_MS = 1.0
 DEFAULT_TOLERANCE = 0.005
 MIN_FRAMES = 4000
 MAX_COMBINATIONS = 2048
@@ -64,11 +68,14 @@ class LinkModel:
         rtt_ms: Round-trip time of a small request (from the target descriptor).
         bandwidth_mbps: Uplink bandwidth in megabits per second.
         overhead_ms: HTTP framing and server dispatch per request, on top of the RTT.
+        fallback_margin_ms: The device stops waiting for the gateway this long before the
+            budget runs out, to answer on its own in time.
     """
 
     rtt_ms: float
     bandwidth_mbps: float
     overhead_ms: float = DEFAULT_OVERHEAD_MS
+    fallback_margin_ms: float = DEFAULT_FALLBACK_MARGIN_MS
 
     def transfer_ms(self, payload_bytes: int) -> float:
         """Time to push ``payload_bytes`` through the uplink."""
@@ -84,6 +91,7 @@ class LinkModel:
             "rtt_ms": self.rtt_ms,
             "bandwidth_mbps": self.bandwidth_mbps,
             "overhead_ms": self.overhead_ms,
+            "fallback_margin_ms": self.fallback_margin_ms,
             "transfer_ms": round(self.transfer_ms(payload_bytes), 4),
         }
 
@@ -339,10 +347,11 @@ def plan_cascade(
 def _forward_costs(latency, tiers, link, payload_bytes, percentile) -> tuple[float, ...]:
     costs = []
     for k in range(len(latency) - 1):
-        cost = latency[k + 1].at(percentile)
-        if tiers[k + 1] != tiers[k]:
-            cost += link.cost_ms(payload_bytes)
-        costs.append(cost)
+        if tiers[k + 1] != tiers[k]:  # a late gateway answer is cut off: budget the median
+            margin = link.fallback_margin_ms
+            costs.append(link.cost_ms(payload_bytes) + latency[k + 1].p50 + margin)
+        else:  # a device stage cannot be interrupted: budget its tail
+            costs.append(latency[k + 1].at(percentile))
     return tuple(costs)
 
 
@@ -443,6 +452,7 @@ class _Simulation:
         u = (np.arange(self.frames) + 0.5) / self.frames
         self.lat = np.stack([latency_quantiles(s, rng.permutation(u)) for s in latency])
         self.link_ms = link.cost_ms(payload_bytes) if link else 0.0
+        self.margin_ms = link.fallback_margin_ms if link else 0.0
         self.conf = [scoring.confidence(p, measure)[index] for p in probs]
         correct = [(p.argmax(axis=1) == reference)[index] for p in probs]
         if weight is not None:
@@ -469,9 +479,10 @@ class _Simulation:
             sent |= go & crossing
             active = go
         if self.budget is not None and self.device_count < self.count:
-            late = (exit_at >= self.device_count) & (elapsed > self.budget)
+            # The device stops waiting fallback_margin_ms before the budget and answers.
+            late = (exit_at >= self.device_count) & (elapsed > self.budget - self.margin_ms)
             exit_at[late] = self.device_count - 1
-            elapsed[late] = self.budget
+            elapsed[late] = self.budget - self.margin_ms
         return exit_at, elapsed, sent
 
     def score(self, thresholds) -> PolicyPoint:

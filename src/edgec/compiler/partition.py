@@ -20,6 +20,7 @@ choice moves from gateway-only on a fast link to device-only on a slow one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import onnx
 
@@ -95,6 +96,15 @@ class PartitionPlan:
     chosen: CutCost
     objective: str
     link: Link
+
+    def to_json(self) -> dict:
+        """Machine-readable form for ``--json``."""
+        return {
+            "objective": self.objective,
+            "link": self.link.model_dump(),
+            "chosen": self.chosen.to_json(),
+            "options": [option.to_json() for option in self.options],
+        }
 
 
 def _transfer_ms(payload_bytes: int, link: Link) -> float:
@@ -176,3 +186,18 @@ def plan_partition(
     # Ties go to the lossless encoding and then to the earlier cut.
     chosen = min(candidates, key=lambda o: (key(o), o.encoding == "int8", o.cut.after_node))
     return PartitionPlan(tuple(options), chosen, objective, link)
+
+
+def partition_model(
+    path: Path,
+    target: str,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    objective: str = "latency",
+) -> PartitionPlan:
+    """Load, canonicalise and partition a model file for a device target (``inspect``)."""
+    from edgec.compiler.canonicalize import canonicalize
+    from edgec.compiler.loading import load_model
+
+    device = load_target(target)
+    model = canonicalize(load_model(Path(path), input_shapes or {}).proto)
+    return plan_partition(model, device, objective=objective)

@@ -107,9 +107,7 @@ def candidate_cuts(model: onnx.ModelProto, max_tensors: int = 1) -> list[Cut]:
         if produced_outputs or not live or len(live) > max_tensors:
             continue
         cuts.append(make("+".join(live), index, list(live)))
-    cuts.append(
-        Cut(name=DEVICE_ONLY, after_node=len(nodes) - 1, tensors=(), shapes=(), dtypes=())
-    )
+    cuts.append(Cut(name=DEVICE_ONLY, after_node=len(nodes) - 1, tensors=(), shapes=(), dtypes=()))
     return [cut for cut in cuts if cut is not None]
 
 

@@ -207,6 +207,7 @@ def runtime_context(manifest: dict) -> dict:
             "fusion": policy.get("fusion", "replace"),
             "fusion_weight": policy.get("fusion_weight"),
             "gateway_timeout_ms": DEFAULT_GATEWAY_TIMEOUT_MS,
+            "fallback_margin_ms": (policy.get("link") or {}).get("fallback_margin_ms", 1.0),
             "retry_after_s": RETRY_AFTER_S,
         },
         "summary": {
@@ -217,6 +218,7 @@ def runtime_context(manifest: dict) -> dict:
         },
         "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": input_bytes},
         "triton_types": _TRITON_TYPES,
+        "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
     }
 

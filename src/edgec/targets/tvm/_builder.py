@@ -6,12 +6,13 @@ guard against a slow memory leak in long sessions). Each start imports TVM (and,
 this 2-core machine, against well under a second to build a small kernel. For the short
 budgets edgec runs, that start-up dominated tuning, so this builder keeps one pool (same
 worker function, same timeout and error reporting as ``LocalBuilder``) and shuts it down when
-tuning ends.
+tuning ends. One worker is started right away so that its start-up overlaps the runner's
+and the first search.
 """
 
 from __future__ import annotations
 
-from edgec.targets.tvm._env import worker_initializer
+from edgec.targets.tvm._env import worker_initializer, worker_ready
 
 
 def persistent_builder(max_workers: int, timeout_sec: float, f_export):
@@ -27,6 +28,8 @@ def persistent_builder(max_workers: int, timeout_sec: float, f_export):
     pool = PopenPoolExecutor(
         max_workers=max_workers, timeout=timeout_sec, initializer=worker_initializer
     )
+    # Start one worker now: its start-up (seconds) overlaps the runner's and the search's.
+    pool.submit(worker_ready)
 
     @derived_object
     class _PersistentBuilder(PyBuilder):

@@ -83,3 +83,8 @@ def import_tensor_intrin() -> None:
 def worker_initializer() -> None:
     """Run in MetaSchedule's builder processes before their first build."""
     import_tensor_intrin()
+
+
+def worker_ready() -> bool:
+    """A no-op job that makes a builder pool start a worker (and run its initializer) early."""
+    return True

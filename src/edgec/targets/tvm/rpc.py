@@ -220,7 +220,31 @@ def metaschedule_runner(url: DeviceUrl, number: int = 3, repeat: int = 1):
         rpc_config=config,
         evaluator_config=evaluator,
         f_create_session=None if url.scheme == "tracker" else direct_session,
+        f_alloc_argument=alloc_arguments_from_host,
     )
+
+
+def alloc_arguments_from_host(session, device, args_info, alloc_repeat: int) -> list:
+    """MetaSchedule argument allocation that fills tensors with data sent from here.
+
+    MetaSchedule's default asks the device for ``tvm.contrib.random.random_fill_for_measure``,
+    which the runtime-only TVM on a device does not have; copying random data over RPC needs
+    nothing on the device but the runtime.
+    """
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(tensor) -> None:
+        dtype = np.dtype(str(tensor.dtype))
+        shape = tuple(int(d) for d in tensor.shape)
+        if np.issubdtype(dtype, np.floating):
+            data = rng.uniform(-1.0, 1.0, size=shape)
+        else:
+            data = rng.integers(0, 2 if dtype == np.bool_ else 8, size=shape)
+        tensor.copyfrom(np.ascontiguousarray(data.astype(dtype)))
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
 
 
 def direct_session(rpc_config):

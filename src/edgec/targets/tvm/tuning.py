@@ -24,6 +24,7 @@ go to a temporary work directory) and replaced by :class:`TuningProgress` lines.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -67,6 +68,8 @@ class TuningSummary:
         seconds: Wall time of tuning.
         measured_on: ``this machine`` or the device URL.
         database: The database directory, relative to the stage directory.
+        errors: Candidates that failed to build or run.
+        first_error: The first failure's message, when there was one.
     """
 
     trials_requested: int
@@ -79,6 +82,7 @@ class TuningSummary:
     measured_on: str = "this machine"
     database: str = DATABASE_DIR
     errors: int = field(default=0)
+    first_error: str | None = None
 
     def to_json(self) -> dict:
         """The manifest form."""
@@ -109,6 +113,7 @@ class TuningProgress:
         self.trials = 0
         self.errors = 0
         self.tried: set[int] = set()
+        self.first_error: str | None = None
         self.best: dict[int, float] = {}
 
     def record(self, task_id: int, builder_results, runner_results) -> None:
@@ -118,6 +123,8 @@ class TuningProgress:
             self.trials += 1
             if built.error_msg is not None or ran.error_msg is not None or not ran.run_secs:
                 self.errors += 1
+                if self.first_error is None:
+                    self.first_error = _error_summary(built.error_msg or ran.error_msg)
                 continue
             secs = [float(getattr(s, "value", s)) for s in ran.run_secs]
             mean = sum(secs) / len(secs)
@@ -140,6 +147,12 @@ class TuningProgress:
             f"{self.trials}/{self.budget} trials, {len(self.best)}/{len(self.names)} tasks, "
             f"best {best} (sum of measured tasks){last}"
         )
+
+
+def _error_summary(message: str | None) -> str:
+    """The informative line of a MetaSchedule error (its last non-empty line)."""
+    lines = [line.strip() for line in (message or "no result").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no result"
 
 
 def format_ms(ms: float) -> str:
@@ -299,7 +312,7 @@ def tune(
             "RPC server on the device) to tune for a target that is not this machine."
         )
     started = time.perf_counter()
-    import_tensor_intrin()
+    import_tvm()
     from tvm.s_tir import meta_schedule as ms
 
     target = tvm_target(spec)
@@ -337,10 +350,14 @@ def tune(
         _run_metaschedule(to_tune, spec, trials, database, device, seed, progress)
         summary.trials_run = progress.trials
         summary.errors = progress.errors
+        summary.first_error = progress.first_error
         summary.tasks_tuned = len(progress.tried)
         summary.best_ms = progress.best_ms
     elif report is not None:
-        report(f"all {len(tasks)} tasks found in the tuning cache; nothing to tune")
+        report(
+            f"already tuned with {done_before} trials in the tuning cache "
+            f"({len(cached)} of {len(tasks)} tasks have records): nothing to tune"
+        )
 
     if cache_db is not None:
         for task in to_tune:
@@ -358,7 +375,6 @@ def tune(
 
 
 def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> None:
-    from tvm.s_tir import meta_schedule as ms
 
     cross = spec.cross_compiler if spec.arch != this_machine_arch() else None
     builder, pool = persistent_builder(
@@ -366,13 +382,32 @@ def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> 
         timeout_sec=_BUILD_TIMEOUT_S,
         f_export=functools.partial(export_shared_object, cross_compiler=cross),
     )
-    if device is None:
-        runner = ms.runner.LocalRunner(
-            timeout_sec=_RUN_TIMEOUT_S,
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0),
-        )
-    else:
-        runner = metaschedule_runner(device)
+    try:
+        # Worker processes take seconds to start: the builder's (started above) and the
+        # runner's start while this process imports the tensor intrinsics.
+        with concurrent.futures.ThreadPoolExecutor(1) as starter:
+            runner_started = starter.submit(_runner, device)
+            import_tensor_intrin()
+            runner = runner_started.result()
+        _tune_tasks(tasks, trials, database, seed, progress, builder, runner)
+    finally:
+        pool.shutdown()
+
+
+def _runner(device: DeviceUrl | None):
+    from tvm.s_tir import meta_schedule as ms
+
+    if device is not None:
+        return metaschedule_runner(device)
+    return ms.runner.LocalRunner(
+        timeout_sec=_RUN_TIMEOUT_S,
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0),
+    )
+
+
+def _tune_tasks(tasks, trials, database, seed, progress, builder, runner) -> None:
+    from tvm.s_tir import meta_schedule as ms
+
     per_iter = max(1, min(64, trials // max(len(tasks), 1)))
     with tempfile.TemporaryDirectory(prefix="edgec-tune-") as tmp:
         work_dir = Path(tmp)
@@ -407,5 +442,3 @@ def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> 
                 raise BadInputError(
                     f"MetaSchedule tuning failed: {lines[-1] if lines else type(err).__name__}."
                 ) from None
-            finally:
-                pool.shutdown()

@@ -15,9 +15,9 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
 	touch $@
 
-# The tests need the dev and train extras (torch 2.13.0 CPU build).
+# The tests need the dev, train (torch 2.13.0 CPU build) and tvm (Apache TVM 0.27) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train]'
+	$(PIP) -e '.[dev,train,tvm]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

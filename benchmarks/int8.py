@@ -177,7 +177,9 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
     row = Row(name, total_macs(model), len(data.x_val))
     started = time.perf_counter()
     options = PrecisionOptions(requested="auto", compare_seconds=3.0)
-    decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
+    decision = decide_precision(
+        model, load_target("host"), "onnxruntime", data, options, stage=name
+    )
     models = {"fp32": model, "ort-default": ort_default(model, data.x_train, work)}
     if decision.int8_model is not None:
         models["edgec-int8"] = decision.int8_model
@@ -215,7 +217,7 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "—" if value is None else format(value, pattern)
 
 
-def section(rows: list[Row], command: str, seconds: float) -> str:
+def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, float]) -> str:
     """The RESULTS.md section."""
     lines = [
         BEGIN,
@@ -223,7 +225,10 @@ def section(rows: list[Row], command: str, seconds: float) -> str:
         "",
         f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores with AVX-512 VNNI (shared, noisy), Python "
-        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s.",
+        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s; "
+        f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other "
+        "engineers' jobs share the 2 cores: absolute times and % of peak suffer, ratios of "
+        "interleaved paths much less).",
         f"- Command: `{command}`",
         "- Models: `../shared/models/` (random weights, recalibrated BatchNorm; a workplace "
         "folder) and `examples/digits/teacher.onnx`, each canonicalised as `edgec compile` does.",
@@ -269,7 +274,7 @@ def section(rows: list[Row], command: str, seconds: float) -> str:
         lines.append(
             f"- **{r.name}**: ships {r.choice} (INT8 flavour considered: {r.flavour}{layers}; "
             f"decision took {r.quantize_s:.0f} s): {r.reason}"
-            + ("" if "guard:" in r.reason else f"; guard: {r.guard}")
+            + ("" if "guard" in r.reason else f"; guard: {r.guard}")
             + "."
         )
     shared = [r for r in rows if r.name in SHARED_MODELS]
@@ -317,6 +322,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     photos = None
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -342,7 +348,8 @@ def main() -> None:
             )
             rows.append(row)
     command = "python benchmarks/int8.py " + " ".join(sys.argv[1:])
-    text = section(rows, command.strip(), time.perf_counter() - started)
+    loads = (load_start, os.getloadavg()[0])
+    text = section(rows, command.strip(), time.perf_counter() - started, loads)
     print(text)
     if not args.no_write:
         write_section(text)

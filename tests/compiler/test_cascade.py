@@ -61,7 +61,7 @@ def test_unsure_frames_go_to_the_gateway_when_the_budget_allows(stages):
     assert policy.chosen.offload_rate == pytest.approx(0.2)
     assert 0.4 < policy.thresholds["student"] < 0.95
     link = LINK.cost_ms(PAYLOAD)
-    assert policy.forward_cost_ms == (pytest.approx(2.0 + link),)
+    assert policy.forward_cost_ms == (pytest.approx(link + 2.0 + LINK.fallback_margin_ms),)
     assert policy.chosen.expected_latency_ms == pytest.approx(0.5 + 0.2 * (2.0 + link), rel=1e-6)
     assert policy.latency.source == "estimated"  # the link comes from the descriptor
 
@@ -97,22 +97,38 @@ def test_without_a_budget_accuracy_alone_decides(stages):
     assert policy.chosen.offload_rate == pytest.approx(0.2)
 
 
-def test_a_slow_teacher_tail_blocks_forwarding(stages):
-    """The rule uses the next stage's p99: a teacher whose p99 does not fit is not used,
-    even though its median would."""
+def test_a_late_gateway_answer_is_replaced_by_the_device_at_the_deadline(stages):
+    """The gateway step is budgeted at the teacher's median; frames in its slow tail miss the
+    deadline and are answered by the device just before the budget runs out."""
     labels, _, probs, latency = stages
     slow_tail = LatencyStats(p50=2.0, p90=3.0, p99=60.0, mean=3.0, source="measured-host")
+    budget = 30.0
     policy = plan_cascade(
         probs,
         [latency[0], slow_tail],
         ["device", "gateway"],
         LINK,
         PAYLOAD,
-        50.0,
+        budget,
         99,
         labels=labels,
     )
-    assert policy.chosen.offload_rate == 0.0
+    assert policy.chosen.offload_rate == pytest.approx(0.2)
+    assert 0.98 < policy.chosen.accuracy < 1.0  # the late ones got the student's answer
+    assert policy.latency.p99 <= budget - LINK.fallback_margin_ms + 1e-9
+    assert policy.chosen.within_budget == 1.0
+
+
+def test_a_slow_device_stage_tail_blocks_its_step():
+    """A device stage cannot be interrupted: its p99 must fit, or frames stay at the first."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, C, N)
+    probs = [_onehot(labels, 0.5), _onehot(labels, 0.9)]
+    tail = LatencyStats(p50=1.0, p90=2.0, p99=80.0, mean=2.0, source="measured-host")
+    latency = [LatencyStats.fixed(0.2, "measured-host"), tail]
+    policy = plan_cascade(probs, latency, ["device", "device"], None, PAYLOAD, 30.0, 99)
+    assert policy.forward_cost_ms == (80.0,)
+    assert policy.chosen.exit_shares == (1.0, 0.0)
 
 
 def test_the_runtime_rule_reproduces_the_planned_exits(stages):
@@ -197,7 +213,9 @@ def test_three_stages_two_on_the_device():
     )
     assert set(policy.thresholds) == {"tiny", "small"}
     assert policy.forward_cost_ms[0] == pytest.approx(0.6)
-    assert policy.forward_cost_ms[1] == pytest.approx(2.0 + LINK.cost_ms(PAYLOAD))
+    assert policy.forward_cost_ms[1] == pytest.approx(
+        LINK.cost_ms(PAYLOAD) + 2.0 + LINK.fallback_margin_ms
+    )
     assert policy.chosen.exit_shares[0] == 1.0  # all right at the first stage already
 
 

@@ -42,7 +42,7 @@ def test_tensorrt_version_number_is_major_minor_patch(version, number):
 
 @pytest.mark.parametrize("version", ["10.3", "7.1.3", "eight"])
 def test_non_tensorrt_8_versions_get_no_cache(version):
-    with pytest.raises(BadInputError, match="not 8.x"):
+    with pytest.raises(BadInputError, match=r"not 8\.x"):
         tensorrt_version_number(version)
 
 

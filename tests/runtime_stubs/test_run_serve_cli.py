@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from edgec.cli import main
 from edgec.compiler import trust
 from edgec.compiler.bundle import read_manifest
 from edgec.data import load_dataset
+from edgec.runtime_stubs.launch import import_runtime
 
 pytestmark = pytest.mark.slow
 KEYS = ("input", "prediction", "confidence", "stage", "latency_ms")
@@ -143,7 +145,8 @@ def test_serve_then_sigterm_exits_cleanly(cascade_bundle, start_gateway):
 
 def test_bad_input_is_one_sentence(teacher_bundle, cascade_bundle, val_frames, tmp_path):
     """Missing inputs, unknown types, not a bundle, no runtime, bad gateway URL, serving a
-    bundle without gateway stages, an unsupported backend and a taken port: exit 2."""
+    bundle without gateway stages or with an empty queue, an unsupported backend and a taken
+    port: exit 2."""
     path = val_frames[0]
     assert_bad_input(run("run", str(teacher_bundle), str(tmp_path / "no.npy")), "does not exist")
     (tmp_path / "a.csv").write_text("1,2")
@@ -157,6 +160,9 @@ def test_bad_input_is_one_sentence(teacher_bundle, cascade_bundle, val_frames, t
         run("run", str(cascade_bundle), str(path), "--gateway", "ftp://x"), "is not http"
     )
     assert_bad_input(run("serve", str(teacher_bundle)), "no gateway stages")
+    assert_bad_input(
+        run("serve", str(cascade_bundle), "--port", "0", "--queue-size", "0"), "at least 1"
+    )
     odd = tmp_path / "odd"
     shutil.copytree(teacher_bundle, odd)
     config = odd / "runtime" / "bundle_config.py"
@@ -167,3 +173,23 @@ def test_bad_input_is_one_sentence(teacher_bundle, cascade_bundle, val_frames, t
         taken.listen()
         port = str(taken.getsockname()[1])
         assert_bad_input(run("serve", str(cascade_bundle), "--port", port), "Cannot listen")
+
+
+def test_stream_prepares_the_next_frame_while_the_current_one_runs(teacher_bundle):
+    """Double buffering: when answer n arrives, frame n + 1 is already being prepared on the
+    prefetch thread (a sequential loop would only start it after this consumer returns)."""
+    device = import_runtime(teacher_bundle, "device")
+    x = load_dataset("digits").x_val[:6]
+    started = [threading.Event() for _ in x]
+    threads: list[str] = []
+
+    def prepare(index: int) -> np.ndarray:
+        threads.append(threading.current_thread().name)
+        started[index].set()
+        return x[index : index + 1]
+
+    with device.DeviceRuntime(teacher_bundle) as runtime:
+        for index, _ in enumerate(runtime.stream(range(len(x)), prepare)):
+            if index + 1 < len(x):
+                assert started[index + 1].wait(5.0), f"frame {index + 1} was not prefetched"
+    assert all(name.startswith("edgec-prepare") for name in threads)

@@ -26,8 +26,10 @@ only the per-channel view sees that damage.
 **The repair** (:func:`repair`) keeps the worst tensor's producer and consumers in FP32 (no
 node then asks for that tensor to be quantized), re-quantizes with the same calibration, ranks
 again (keeping a node in FP32 can move quantization onto a neighbouring tensor) and judges
-again, one tensor at a time, until the verdict passes or ``max_steps`` tensors are kept in
-FP32.
+again, one tensor at a time, until the verdict passes, ``max_steps`` tensors are kept in FP32,
+or ``PATIENCE`` steps in a row did not shrink the gap to passing by a tenth of where it started
+(the damage is spread over the whole network, as in a model that amplifies noise everywhere:
+keeping more layers in FP32 would only make INT8 pointless).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 CONFIDENT_PROBABILITY = 0.9
 MIN_CONFIDENT = 20
+PATIENCE = 3  # repair steps without progress before the guard gives up
+PROGRESS = 0.1  # progress: the gap to passing shrinks by a tenth of where it started
 SQNR_CAP_DB = 200.0  # reported when INT8 reproduces FP32 exactly (JSON has no infinity)
 _RANKING_BYTES = 256 << 20  # activations held in memory while ranking
 
@@ -385,7 +389,14 @@ def repair(
     order = {n.name: i for i, n in enumerate(fp32_model.graph.node)}
     activations = fp32_activations(fp32_model, ranking_samples)
     excluded: set[str] = set()
+    first_gap = best_gap = _gap(verdict)
+    stalled = 0
     while len(result.steps) < max_steps and not result.verdict.passed:
+        if stalled >= PATIENCE:
+            logger.info(
+                "accuracy guard: %d steps without progress; INT8 damage is spread out", PATIENCE
+            )
+            break
         # Ranked again after every step: keeping a node in FP32 can move quantization onto a
         # neighbouring tensor (e.g. a Conv output once the Relu after it is excluded).
         candidates = [
@@ -414,4 +425,19 @@ def repair(
             error.sqnr_db,
             result.verdict.summary(),
         )
+        gap = _gap(result.verdict)
+        if gap < best_gap - PROGRESS * first_gap:
+            best_gap, stalled = gap, 0
+        else:
+            stalled += 1
     return result
+
+
+def _gap(verdict: GuardVerdict) -> float:
+    """How far a verdict is from passing: points over the drop, plus dB under the floor."""
+    gap = 0.0
+    if verdict.drop_points is not None:
+        gap += max(0.0, verdict.drop_points - verdict.max_drop_points)
+    if verdict.min_sqnr_db is not None:
+        gap += max(0.0, verdict.min_sqnr_db - verdict.sqnr_db)
+    return gap

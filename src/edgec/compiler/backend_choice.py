@@ -69,7 +69,8 @@ def primary_backend(target: Target, config: CompileConfig) -> Backend:
 
     Raises:
         MissingDependencyError: The backend asked for (or needed) is not usable here.
-        BadInputError: Tuning for a target that is not this machine, without ``--device``.
+        BadInputError: Tuning for a target that is not this machine, without ``--device``
+            (or a ``--tuning-cache`` that may already hold its records).
     """
     tvm_needed = config.device or config.tune_trials > 0
     if tvm_needed and config.backend in ("auto", "tvm"):
@@ -77,7 +78,8 @@ def primary_backend(target: Target, config: CompileConfig) -> Backend:
         if not ok:
             flag = "--device" if config.device else "--tune-trials"
             raise MissingDependencyError(f"{flag} needs the tvm backend: {why}.")
-        if config.tune_trials > 0 and not (target.is_host or config.device):
+        needs_device = not (target.is_host or config.device or config.tuning_cache)
+        if config.tune_trials > 0 and needs_device:
             raise BadInputError(
                 f"--tune-trials for {target.name} needs the device to measure candidates on: "
                 "add --device rpc://HOST:PORT (its TVM RPC server)."

@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -175,7 +175,7 @@ class Policy:
     tolerance: float
     frames: int = 0
     combinations: int = 1
-    accuracy_known: bool = field(default=True)
+    accuracy_known: bool = True
 
     @property
     def feasible(self) -> bool:

@@ -48,6 +48,7 @@ from edgec.passes.instrument import PassInstrument, PassRecord
 from edgec.runtime_stubs.render import render_runtime
 from edgec.targets import Target, load_target
 from edgec.targets.base import Backend
+from edgec.targets.registry import choose_backend
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,11 @@ def _apply_precision(
     config: CompileConfig,
     reporter: Reporter,
 ) -> None:
-    """Decide the stage's precision (INT8 or FP32) and write its calibration files."""
+    """Decide the stage's precision (INT8 or FP32) on the target it runs on (the gateway's for
+    gateway stages) and write its calibration files."""
+    stage_target = _tier_target(stage, target)
+    if stage_target.name != target.name:
+        backend = choose_backend(stage_target, config.backend)
     options = PrecisionOptions(
         requested=config.precision,
         calibration=config.calibration,
@@ -172,14 +177,14 @@ def _apply_precision(
         seed=config.seed,
     )
     decision = decide_precision(
-        stage.model, target, backend.name, data, options, reporter, stage.name
+        stage.model, stage_target, backend.name, data, options, reporter, stage.name
     )
     if decision.precision == "int8" or decision.decided_by != "requested":
         reporter.note(f"'{stage.name}': {decision.describe()}")
     stage.model, stage.precision = decision.model, decision.precision
     stage.extra.update(decision.manifest_fields())
     stage_dir = root / "stages" / stage.name
-    stage.extra["calibration"] = write_calibration(decision, stage_dir, root, target)
+    stage.extra["calibration"] = write_calibration(decision, stage_dir, root, stage_target)
 
 
 def _load_data(

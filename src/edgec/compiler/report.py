@@ -63,6 +63,8 @@ def cascade_section(policy: dict) -> list[str]:
         f"- confidence `{policy['confidence']}`, thresholds: {shown}; fusion `{policy['fusion']}`",
         f"- answered by: {exits}; offload rate {100 * policy['offload_rate']:.1f}%",
         f"- feasible: {'yes' if policy['feasible'] else 'NO (no policy meets the budget)'}",
+        "- the pipeline latency is simulated on the validation split from each stage's latency "
+        "distribution and the descriptor's link (`estimated` when frames cross the link)",
         "",
         "### Accuracy–latency Pareto front (validation split)",
         "",

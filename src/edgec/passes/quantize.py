@@ -39,6 +39,7 @@ from edgec.passes.calibration_table import CalibrationTable
 logger = logging.getLogger(__name__)
 
 # Ops that carry the arithmetic INT8 is for; the others only pass quantized values along.
+_CALIBRATION_BYTES = 512 << 20
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
@@ -253,6 +254,17 @@ def check_calibration_samples(model: onnx.ModelProto, samples: np.ndarray) -> np
     return samples
 
 
+def _chunk_samples(model: onnx.ModelProto, batch: int) -> int:
+    """Samples per calibration chunk so the activations held stay within ~512 MB."""
+    elements = 0
+    for value in [*model.graph.value_info, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            elements += int(np.prod([d.dim_value for d in dims]))
+    per_batch = max(elements * 4, 1)
+    return max(1, _CALIBRATION_BYTES // per_batch) * batch
+
+
 def calibrate(
     model: onnx.ModelProto, samples: np.ndarray, method: str = "minmax", data_sha256: str = ""
 ) -> CalibrationTable:
@@ -262,7 +274,10 @@ def calibrate(
         model: The model after :func:`preprocess`.
         samples: Calibration inputs, ``[N, *input shape after batch]``.
         method: ``minmax``, ``entropy`` or ``percentile`` (ORT's defaults for each: 128 bins
-            for entropy, the 99.999th percentile over 2048 bins).
+            for entropy, the 99.999th percentile over 2048 bins). Samples go through ORT in
+            chunks that keep ~512 MB of activations in memory; ORT merges the chunks (exactly
+            for ``minmax``; the histogram methods re-bin as the range grows, so for a model
+            big enough to need several chunks their ranges can differ slightly from one pass).
         data_sha256: Recorded in the table.
 
     Raises:
@@ -276,7 +291,7 @@ def calibrate(
     first = value.type.tensor_type.shape.dim[0]
     batch = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
     usable = (len(samples) // batch) * batch
-    reader = ArrayCalibrationReader(value.name, samples[:usable], batch)
+    chunk = _chunk_samples(model, batch)
     with tempfile.TemporaryDirectory(prefix="edgec-calibrate-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, path)
@@ -289,7 +304,14 @@ def calibrate(
                 # Ranges stay asymmetric; a flavour that needs symmetric ones asks the quantizer.
                 extra_options={"symmetric": False},
             )
-            calibrator.collect_data(reader)
+            # ORT's calibrators keep every intermediate output of a collect_data call in
+            # memory (the histogram ones for all samples); chunks bound that, and both kinds
+            # merge what successive calls collect.
+            for start in range(0, usable, chunk):
+                stop = min(start + chunk, usable)
+                calibrator.collect_data(
+                    ArrayCalibrationReader(value.name, samples[start:stop], batch)
+                )
             tensors = calibrator.compute_data()
             del calibrator
     ranges: dict[str, tuple[float, float]] = {}

@@ -149,12 +149,13 @@ def serve_bundle(
             runtime,
             host,
             port,
-            queue_size or defaults["queue_size"],
-            workers or defaults["workers"],
+            defaults["queue_size"] if queue_size is None else queue_size,
+            defaults["workers"] if workers is None else workers,
             logger=logger,
         )
     except ValueError as err:
-        raise BadInputError(f"{str(err).capitalize()}.") from None
+        text = str(err)
+        raise BadInputError(f"{text[:1].upper()}{text[1:]}.") from None
     except OSError as err:
         raise BadInputError(f"Cannot listen on {host}:{port}: {err.strerror}.") from None
     gateway.serve(server, announce)

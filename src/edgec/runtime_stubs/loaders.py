@@ -9,7 +9,11 @@ entry's ``backend`` and ``artifact``:
   capped at the cores this process may use.
 * ``tvm``: runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``, no compiler library needed on the
   device): ``tvm.runtime.load_module`` and the Relax ``VirtualMachine`` on the artifact
-  ``.so``, on the device its build options name (``cpu`` by default).
+  ``.so``, on the device its build options name (``cpu`` by default). CUDA artifacts carry CUDA
+  C source compiled when loaded: the loader loads TVM's CUDA runtime library and registers an
+  NVRTC compile callback for the artifact's ``cuda_arch`` (the recipe
+  ``edgec.targets.tvm.runner`` follows; it needs a CUDA GPU, so edgec's tests, which run
+  without one, exercise only the CPU path).
 
 Any other backend is refused with one sentence naming the stage, its backend and what this
 runtime loads.
@@ -79,6 +83,9 @@ class TvmStage:
     def __init__(self, path: Path, options: dict):
         os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
         os.environ.setdefault("TVM_NUM_THREADS", str(_threads(options)))
+        # Without this TVM pins the calling thread (and so every thread created later) to
+        # one core.
+        os.environ.setdefault("TVM_BIND_THREADS", "0")
         try:
             import tvm
             import tvm.runtime.vm
@@ -88,7 +95,10 @@ class TvmStage:
                 "apache-tvm (only its runtime library is used)."
             ) from None
         self._tvm = tvm
-        self.device = tvm.device(str(options.get("device", "cpu")), 0)
+        kind = str(options.get("device", "cpu"))
+        if kind == "cuda":
+            _prepare_cuda(tvm, options.get("cuda_arch"))
+        self.device = tvm.device(kind, 0)
         try:
             self.library = tvm.runtime.load_module(str(path))
             self.vm = tvm.runtime.vm.VirtualMachine(self.library, self.device)
@@ -100,6 +110,28 @@ class TvmStage:
         out = self.vm["main"](self._tvm.runtime.tensor(x, self.device))
         first = out if hasattr(out, "numpy") else out[0]
         return first.numpy()
+
+
+def _prepare_cuda(tvm, cuda_arch: str | None) -> None:
+    """TVM's CUDA runtime library and an NVRTC compile callback for ``cuda_arch``."""
+    import ctypes
+
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
+        library = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        try:
+            ctypes.CDLL(str(library), ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            raise StageLoadError(
+                f"this stage needs TVM's CUDA runtime ({library.name}), which does not load "
+                f"here: {err}."
+            ) from None
+    import tvm_ffi
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code, target=None):  # the signature TVM calls
+        from tvm.support import nvcc
+
+        return nvcc.compile_cuda(code, target_format="cubin", compiler="nvrtc", arch=cuda_arch)
 
 
 LOADERS: dict[str, Callable[[Path, dict], object]] = {

@@ -66,10 +66,10 @@ def rpc_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_cnn(tmp_path_factory) -> Path:
-    from conftest import tiny_conv_model
+    from tvm_models import small_cnn
 
     path = tmp_path_factory.mktemp("model") / "small.onnx"
-    onnx.save(tiny_conv_model(), path)
+    onnx.save(small_cnn(), path)
     return path
 
 

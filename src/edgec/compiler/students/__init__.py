@@ -4,7 +4,8 @@ Public API: :func:`derive_students` (what the compile driver calls), :class:`Stu
 :class:`Student`, and :func:`plan_ladder`. Modules:
 
 * ``ladder`` — how many students and how small (MAC ratios), sized from the target;
-* ``convert`` / ``ops`` — ONNX -> torch (``nn.Module`` with real layers) for training;
+* ``convert`` / ``ops`` / ``shape_ops`` — ONNX -> torch (``nn.Module`` with real layers) for
+  training;
 * ``prune`` — structured pruning to a MAC ratio with torch-pruning;
 * ``distill`` — knowledge distillation from the teacher's logits;
 * ``export`` — back to ONNX, checked against torch;

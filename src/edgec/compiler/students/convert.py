@@ -3,12 +3,12 @@
 edgec converts the (canonical, shape-inferred) teacher itself rather than through
 ``onnx2torch``: that package imports ``torchvision`` at import time, and no torchvision wheel
 imports beside the pinned CPU torch 2.13.0. The converter here covers the op set of CNN
-classifiers (the table in :mod:`edgec.compiler.students.ops`) and builds a module whose
-weights live in real ``nn.Conv*``/``nn.ConvTranspose*``/``nn.Linear``/``nn.BatchNorm*``
-layers, so torch-pruning's dependency graph sees them; every other op is a torch function in
-``forward``. Float constants used as data (a per-channel scale, a bias added after ``MatMul``)
-become trainable parameters, listed in :attr:`OnnxModule.unwrapped` with their channel axis so
-pruning keeps them consistent.
+classifiers (the tables in :mod:`edgec.compiler.students.ops` and ``shape_ops``) and builds a
+module whose weights live in real ``nn.Conv*``/``nn.ConvTranspose*``/``nn.Linear``/
+``nn.BatchNorm*`` layers, so torch-pruning's dependency graph sees them; every other op is a
+torch function in ``forward``. Float constants used as data (a per-channel scale, a bias added
+after ``MatMul``) become trainable parameters, listed in :attr:`OnnxModule.unwrapped` with their
+channel axis so pruning keeps them consistent.
 
 The batch dimension is treated as free: a ``Reshape`` that keeps it keeps it for any batch
 size (``[1, -1]`` becomes ``flatten(x, 1)``), so the student trains on batches although the

@@ -9,13 +9,17 @@ Weights become layers (``Conv`` -> ``nn.ConvNd``, ``ConvTranspose`` -> ``nn.Conv
   Softplus, Softsign, Mish, Erf, Exp, Log, Sqrt, Neg, Abs, Reciprocal, Floor, Ceil;
 * arithmetic: Add, Sub, Mul, Div, Pow, Sum, Max, Min, Mean;
 * pooling and normalisation: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, LRN;
-* shapes: Flatten, Reshape, Transpose, Concat, Split, Slice, Squeeze, Unsqueeze, Pad;
-* reductions and heads: ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax, LogSoftmax;
+* shapes (in :mod:`~edgec.compiler.students.shape_ops`): Flatten, Reshape, Transpose, Concat,
+  Split, Slice, Squeeze, Unsqueeze, Pad;
+* reductions and heads (same module): ReduceMean, ReduceSum, ReduceMax, ReduceMin, Softmax,
+  LogSoftmax;
 * no-ops at inference: Identity, Dropout, Cast to float.
 
-Attributes the translation cannot honour (``Gemm`` with ``transA``, asymmetric average-pool
-padding that excludes the pad, a computed ``Reshape`` shape, ``Squeeze`` of the batch axis, ...)
-raise :class:`~edgec.compiler.students.convert.UnsupportedModelError` with the reason.
+Asymmetric padding becomes an explicit ``F.pad`` before the conv or pool (an average pool that
+excludes the padding divides by the pooled count of real inputs). Attributes the translation
+cannot honour (``Gemm`` with ``transA``, ``ConvTranspose`` with asymmetric pads, a computed
+``Reshape`` shape, ``Squeeze`` of the batch axis, ...) raise
+:class:`~edgec.compiler.students.convert.UnsupportedModelError` with the reason.
 """
 
 from __future__ import annotations
@@ -32,15 +36,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgec.compiler.students.convert import ConversionContext
+from edgec.compiler.students.shape_ops import (
+    SHAPE_TRANSLATORS,
+    as_ints,
+    identity,
+    onnx_pads_to_torch,
+)
 
 Translator = Callable[[ConversionContext, onnx.NodeProto], None]
 
 
 # ------------------------------------------------------------------------------ helpers
-def _ints(value) -> list[int]:
-    return [int(v) for v in np.asarray(value).reshape(-1)]
-
-
 def _param(array: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.array(array, dtype=np.float32)))
 
@@ -51,7 +57,7 @@ def _spatial_pads(ctx: ConversionContext, x: str, kernel, strides, dilations) ->
     auto_pad = ctx.attr("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("NOTSET", ""):
-        return _ints(ctx.attr("pads", [0] * 2 * rank))
+        return as_ints(ctx.attr("pads", [0] * 2 * rank))
     if auto_pad == "VALID":
         return [0] * 2 * rank
     shape = ctx.shape(x)
@@ -66,21 +72,12 @@ def _spatial_pads(ctx: ConversionContext, x: str, kernel, strides, dilations) ->
     return begins + ends
 
 
-def _torch_pad(pads: list[int]) -> list[int]:
-    """ONNX [b1, b2, .., e1, e2, ..] -> torch F.pad order (last axis first)."""
-    rank = len(pads) // 2
-    out: list[int] = []
-    for axis in reversed(range(rank)):
-        out += [pads[axis], pads[axis + rank]]
-    return out
-
-
 def _split_pads(pads: list[int]) -> tuple[list[int], list[int] | None]:
     """Symmetric pads -> (torch padding, None); otherwise (zeros, explicit F.pad order)."""
     rank = len(pads) // 2
     if pads[:rank] == pads[rank:]:
         return pads[:rank], None
-    return [0] * rank, _torch_pad(pads)
+    return [0] * rank, onnx_pads_to_torch(pads)
 
 
 def _pre_pad(ctx: ConversionContext, x: str, torch_pads: list[int], value: float) -> str:
@@ -107,8 +104,8 @@ def _conv(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     if rank not in (1, 2, 3):
         ctx.unsupported(f"is {rank}-D; 1-D, 2-D and 3-D convolutions are supported")
     kernel = list(weight.shape[2:])
-    strides = _ints(ctx.attr("strides", [1] * rank))
-    dilations = _ints(ctx.attr("dilations", [1] * rank))
+    strides = as_ints(ctx.attr("strides", [1] * rank))
+    dilations = as_ints(ctx.attr("dilations", [1] * rank))
     group = int(ctx.attr("group", 1))
     padding, explicit = _split_pads(_spatial_pads(ctx, node.input[0], kernel, strides, dilations))
     x = node.input[0] if explicit is None else _pre_pad(ctx, node.input[0], explicit, 0.0)
@@ -140,7 +137,7 @@ def _conv_transpose(ctx: ConversionContext, node: onnx.NodeProto) -> None:
         "NOTSET",
     ):
         ctx.unsupported("sets output_shape or auto_pad; give explicit pads instead")
-    pads = _ints(ctx.attr("pads", [0] * 2 * rank))
+    pads = as_ints(ctx.attr("pads", [0] * 2 * rank))
     if pads[:rank] != pads[rank:]:
         ctx.unsupported("has asymmetric pads")
     group = int(ctx.attr("group", 1))
@@ -149,12 +146,12 @@ def _conv_transpose(ctx: ConversionContext, node: onnx.NodeProto) -> None:
         weight.shape[0],
         weight.shape[1] * group,
         list(weight.shape[2:]),
-        stride=_ints(ctx.attr("strides", [1] * rank)),
+        stride=as_ints(ctx.attr("strides", [1] * rank)),
         padding=pads[:rank],
-        output_padding=_ints(ctx.attr("output_padding", [0] * rank)),
+        output_padding=as_ints(ctx.attr("output_padding", [0] * rank)),
         groups=group,
         bias=bias is not None,
-        dilation=_ints(ctx.attr("dilations", [1] * rank)),
+        dilation=as_ints(ctx.attr("dilations", [1] * rank)),
     )
     layer.weight = _param(weight)
     if bias is not None:
@@ -241,17 +238,13 @@ def _unary(fn) -> Translator:
 def _identity(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     if len(node.output) > 1 and node.output[1]:
         ctx.unsupported("has its mask output in use")
-    ctx.add_fn(_same, [node.input[0]])
-
-
-def _same(x):
-    return x
+    ctx.add_fn(identity, [node.input[0]])
 
 
 def _cast(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     if int(ctx.attr("to", 0)) != onnx.TensorProto.FLOAT:
         ctx.unsupported("casts to a type other than float32")
-    ctx.add_fn(_same, [node.input[0]])
+    ctx.add_fn(identity, [node.input[0]])
 
 
 def _attr_activation(ctx: ConversionContext, node: onnx.NodeProto) -> None:
@@ -359,17 +352,17 @@ def _mean(*xs):
 def _pool(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     if len(node.output) > 1 and node.output[1]:
         ctx.unsupported("has its indices output in use")
-    kernel = _ints(ctx.attr("kernel_shape"))
+    kernel = as_ints(ctx.attr("kernel_shape"))
     rank = len(kernel)
     if rank not in (1, 2, 3):
         ctx.unsupported(f"pools over {rank} dimensions")
-    strides = _ints(ctx.attr("strides", [1] * rank))
-    dilations = _ints(ctx.attr("dilations", [1] * rank))
+    strides = as_ints(ctx.attr("strides", [1] * rank))
+    dilations = as_ints(ctx.attr("dilations", [1] * rank))
     ceil = bool(ctx.attr("ceil_mode", 0))
     pads = _spatial_pads(ctx, node.input[0], kernel, strides, dilations)
     padding, explicit = _split_pads(pads)
     if any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
-        explicit, padding = _torch_pad(pads), [0] * rank
+        explicit, padding = onnx_pads_to_torch(pads), [0] * rank
     x = node.input[0]
     if node.op_type == "MaxPool":
         if explicit is not None:
@@ -432,224 +425,6 @@ def _lrn(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     ctx.add_fn(fn, [node.input[0]])
 
 
-# ------------------------------------------------------------------------------ shapes
-def _flatten(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    axis = int(ctx.attr("axis", 1))
-    shape = ctx.shape(node.input[0])
-    if axis < 0 and shape:
-        axis += len(shape)
-    if axis == 1:
-        ctx.add_fn(partial(torch.flatten, start_dim=1), [node.input[0]])
-    elif axis == 0:
-        ctx.unsupported("with axis 0 mixes the batch dimension")
-    else:
-        ctx.add_fn(partial(_flatten_at, axis=axis), [node.input[0]])
-
-
-def _flatten_at(x, axis: int):
-    return x.reshape(math.prod(x.shape[:axis]), -1)
-
-
-def _reshape(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    target = _ints(ctx.require_constant(node.input[1], "shape"))
-    shape = ctx.shape(node.input[0])
-    if shape is None or any(d <= 0 for d in shape):
-        ctx.unsupported("reshapes a tensor of unknown shape")
-    if not int(ctx.attr("allowzero", 0)):
-        target = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(target)]
-    rest = math.prod(shape[1:])
-    if target and target[0] in (shape[0], -1):
-        tail = target[1:]
-        known = math.prod(d for d in tail if d != -1)
-        keeps_batch = target[0] == shape[0] or (-1 not in tail and known == rest)
-        if keeps_batch:
-            if len(tail) == 1 and (tail[0] == -1 or tail[0] == rest):
-                ctx.add_fn(partial(torch.flatten, start_dim=1), [node.input[0]])
-            else:
-                ctx.add_fn(partial(_reshape_batch, tail=tuple(tail)), [node.input[0]])
-            return
-    # The batch axis is not kept: correct for the teacher's batch only (checked later).
-    ctx.add_fn(partial(torch.reshape, shape=tuple(target)), [node.input[0]])
-
-
-def _reshape_batch(x, tail: tuple[int, ...]):
-    return x.reshape(x.shape[0], *tail)
-
-
-def _transpose(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    shape = ctx.shape(node.input[0])
-    perm = ctx.attr("perm")
-    perm = _ints(perm) if perm is not None else list(reversed(range(len(shape or ()))))
-    if not perm:
-        ctx.unsupported("has no perm and an input of unknown rank")
-    ctx.add_fn(partial(torch.permute, dims=tuple(perm)), [node.input[0]])
-
-
-def _concat(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    ctx.add_fn(partial(_cat, axis=int(ctx.attr("axis"))), [ctx.value(n) for n in node.input])
-
-
-def _cat(*xs, axis: int):
-    return torch.cat(xs, dim=axis)
-
-
-def _split(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    axis = int(ctx.attr("axis", 0))
-    shape = ctx.shape(node.input[0])
-    sizes = None
-    if len(node.input) > 1 and node.input[1]:
-        sizes = _ints(ctx.require_constant(node.input[1], "split"))
-    elif ctx.attr("split") is not None:
-        sizes = _ints(ctx.attr("split"))
-    if sizes is None:
-        if shape is None or shape[axis] <= 0:
-            ctx.unsupported("splits an axis of unknown size")
-        sizes = [shape[axis] // len(node.output)] * len(node.output)
-    ctx.add_fn(
-        partial(torch.split, split_size_or_sections=sizes, dim=axis),
-        [node.input[0]],
-        list(node.output),
-    )
-
-
-def _slice(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    if ctx.opset < 10:
-        starts, ends = _ints(ctx.attr("starts")), _ints(ctx.attr("ends"))
-        axes = _ints(ctx.attr("axes", list(range(len(starts)))))
-        steps = [1] * len(starts)
-    else:
-        starts = _ints(ctx.require_constant(node.input[1], "start"))
-        ends = _ints(ctx.require_constant(node.input[2], "end"))
-        axes = (
-            _ints(ctx.require_constant(node.input[3], "axes"))
-            if len(node.input) > 3 and node.input[3]
-            else list(range(len(starts)))
-        )
-        steps = (
-            _ints(ctx.require_constant(node.input[4], "steps"))
-            if len(node.input) > 4 and node.input[4]
-            else [1] * len(starts)
-        )
-    if any(s <= 0 for s in steps):
-        ctx.unsupported("has a non-positive step")
-    rank = len(ctx.shape(node.input[0]) or ())
-    index = [slice(None)] * rank
-    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        index[axis % rank] = slice(start, min(end, 2**62), step)
-    if isinstance(index[0], slice) and index[0] != slice(None):
-        ctx.unsupported("slices the batch dimension")
-    ctx.add_fn(partial(_index, index=tuple(index)), [node.input[0]])
-
-
-def _index(x, index):
-    return x[index]
-
-
-def _axes(ctx: ConversionContext, node: onnx.NodeProto, since: int) -> list[int] | None:
-    """Axes from the attribute (before opset ``since``) or the second input."""
-    if ctx.opset < since:
-        axes = ctx.attr("axes")
-        return None if axes is None else _ints(axes)
-    if len(node.input) > 1 and node.input[1]:
-        return _ints(ctx.require_constant(node.input[1], "axes"))
-    return None
-
-
-def _squeeze(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    shape = ctx.shape(node.input[0])
-    axes = _axes(ctx, node, 13)
-    if shape is None:
-        ctx.unsupported("squeezes a tensor of unknown rank")
-    axes = [i for i, d in enumerate(shape) if d == 1] if axes is None else axes
-    axes = sorted(a % len(shape) for a in axes)
-    if 0 in axes:
-        ctx.unsupported("squeezes the batch dimension")
-    ctx.add_fn(partial(torch.squeeze, dim=tuple(axes)), [node.input[0]])
-
-
-def _unsqueeze(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    axes = _axes(ctx, node, 13)
-    out = ctx.shape(node.output[0])
-    if axes is None or out is None:
-        ctx.unsupported("has unknown axes or output rank")
-    axes = sorted(a % len(out) for a in axes)
-    if 0 in axes:
-        ctx.unsupported("inserts an axis before the batch dimension")
-    ctx.add_fn(partial(_unsqueeze_fn, axes=tuple(axes)), [node.input[0]])
-
-
-def _unsqueeze_fn(x, axes: tuple[int, ...]):
-    for axis in axes:
-        x = x.unsqueeze(axis)
-    return x
-
-
-def _pad(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    mode = ctx.attr("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if ctx.opset < 11:
-        pads, value = _ints(ctx.attr("pads")), float(ctx.attr("value", 0.0))
-    else:
-        pads = _ints(ctx.require_constant(node.input[1], "pads"))
-        value_name = node.input[2] if len(node.input) > 2 else ""
-        value = (
-            float(ctx.require_constant(value_name, "value").reshape(-1)[0]) if value_name else 0.0
-        )
-        if len(node.input) > 3 and node.input[3]:
-            ctx.unsupported("pads selected axes only")
-    rank = len(pads) // 2
-    if pads[0] or pads[rank]:
-        ctx.unsupported("pads the batch dimension")
-    torch_pads = _torch_pad(pads)
-    while torch_pads and torch_pads[-2:] == [0, 0]:
-        torch_pads = torch_pads[:-2]  # torch pads only the trailing axes it is given
-    torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}.get(mode)
-    if torch_mode is None:
-        ctx.unsupported(f"uses mode '{mode}'")
-    kwargs = {"value": value} if torch_mode == "constant" else {}
-    ctx.add_fn(partial(F.pad, pad=torch_pads, mode=torch_mode, **kwargs), [node.input[0]])
-
-
-def _reduce(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    since = 18 if node.op_type != "ReduceSum" else 13
-    axes = _axes(ctx, node, since)
-    keep = bool(ctx.attr("keepdims", 1))
-    if axes is None or not axes:
-        if int(ctx.attr("noop_with_empty_axes", 0)):
-            ctx.add_fn(_same, [node.input[0]])
-            return
-        ctx.unsupported("reduces over every axis, the batch included")
-    shape = ctx.shape(node.input[0])
-    if shape is None:
-        ctx.unsupported("reduces a tensor of unknown rank")
-    axes = sorted(a % len(shape) for a in axes)
-    if 0 in axes:
-        ctx.unsupported("reduces over the batch dimension")
-    fn = {
-        "ReduceMean": torch.mean,
-        "ReduceSum": torch.sum,
-        "ReduceMax": torch.amax,
-        "ReduceMin": torch.amin,
-    }[node.op_type]
-    ctx.add_fn(partial(fn, dim=tuple(axes), keepdim=keep), [node.input[0]])
-
-
-def _softmax(ctx: ConversionContext, node: onnx.NodeProto) -> None:
-    shape = ctx.shape(node.input[0])
-    rank = len(shape) if shape else 2
-    axis = int(ctx.attr("axis", -1 if ctx.opset >= 13 else 1)) % rank
-    fn = F.softmax if node.op_type == "Softmax" else F.log_softmax
-    if ctx.opset < 13 and axis != rank - 1:
-        # Before opset 13 the input is flattened to 2-D at ``axis``.
-        ctx.add_fn(partial(_coerced_softmax, fn=fn, axis=axis), [node.input[0]])
-    else:
-        ctx.add_fn(partial(fn, dim=axis), [node.input[0]])
-
-
-def _coerced_softmax(x, fn, axis: int):
-    return fn(x.flatten(axis), dim=-1).reshape(x.shape)
-
-
 TRANSLATORS: dict[str, Translator] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
@@ -689,16 +464,5 @@ TRANSLATORS: dict[str, Translator] = {
     "GlobalAveragePool": _global_pool,
     "GlobalMaxPool": _global_pool,
     "LRN": _lrn,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
-    "Transpose": _transpose,
-    "Concat": _concat,
-    "Split": _split,
-    "Slice": _slice,
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Pad": _pad,
-    **dict.fromkeys(("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"), _reduce),
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
+    **SHAPE_TRANSLATORS,
 }

@@ -15,8 +15,12 @@ from __future__ import annotations
 from edgec.targets.tvm._env import worker_initializer, worker_ready
 
 
-def persistent_builder(max_workers: int, timeout_sec: float, f_export):
-    """A ``PyBuilder`` with a long-lived pool, and that pool (``shutdown()`` it when done)."""
+def persistent_builder(max_workers: int, timeout_sec: float, f_export, on_batch=None):
+    """A ``PyBuilder`` with a long-lived pool, and that pool (``shutdown()`` it when done).
+
+    ``on_batch(n)`` is called as each batch of ``n`` candidates is built: MetaSchedule reports
+    measurements only when it collects them, often at the end, so builds show progress live.
+    """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import (
@@ -34,6 +38,8 @@ def persistent_builder(max_workers: int, timeout_sec: float, f_export):
     @derived_object
     class _PersistentBuilder(PyBuilder):
         def build(self, build_inputs):
+            if on_batch is not None:
+                on_batch(len(build_inputs))
             jobs = [
                 (None, f_export, item.mod, item.target, _serialize_params(item.params))
                 for item in build_inputs

@@ -3,6 +3,8 @@
 * ``TVM_NUM_THREADS`` is read when TVM's thread pool starts, so it is set before the first
   ``import tvm``; when TVM was already imported with another count, the running pool is
   reconfigured through ``runtime.config_threadpool``.
+* ``TVM_BIND_THREADS=0``: otherwise TVM pins the calling thread to one core, and every thread
+  created afterwards (ONNX Runtime's too) inherits it.
 * ``TVM_FFI_DISABLE_TORCH_C_DLPACK=1``: ``tvm_ffi`` otherwise tries to JIT-compile a torch
   DLPack add-on at import when the installed torch lacks one. edgec never hands torch tensors
   to TVM, so that compile would be pure cost.
@@ -26,6 +28,11 @@ import threading
 _LOCK = threading.Lock()
 
 
+def local_cores() -> int:
+    """CPU cores this process may use (its affinity, which is what a container really gets)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def import_tvm(threads: int | None = None):
     """Import and return the ``tvm`` module with ``threads`` worker threads.
 
@@ -33,6 +40,10 @@ def import_tvm(threads: int | None = None):
         ImportError: TVM (the ``tvm`` extra) is not installed.
     """
     os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    # TVM's thread pool pins the calling thread to core 0 by default; every thread it (or
+    # ONNX Runtime, measured next in the same process) creates afterwards would inherit that
+    # one-core affinity. edgec leaves placement to the OS.
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     already = "tvm" in sys.modules
     if threads and not already:
         os.environ["TVM_NUM_THREADS"] = str(threads)

@@ -112,6 +112,9 @@ class TvmBackend:
         mcpu = (meta.get("tvm_target") or {}).get("mcpu")
         if mcpu is None:
             return True
+        from edgec.targets.tvm._env import import_tvm, local_cores
+
+        import_tvm(local_cores())
         from tvm.target import codegen
 
         return mcpu == codegen.llvm_get_system_cpu()
@@ -126,12 +129,14 @@ class TvmBackend:
             BadInputError: TVM cannot import, tune or compile the model for the target.
         """
         self._require()
-        spec = tvm_target_for(target)
-        threads = options.threads or spec.threads
-        from edgec.targets.tvm._env import import_tvm
+        from edgec.targets.tvm._env import import_tvm, local_cores
         from edgec.targets.tvm.build import compile_module, export, import_onnx
 
-        import_tvm(threads)
+        # This process compiles (and may tune and measure) here: TVM's pool gets this
+        # machine's cores; ``threads`` (the target's) is recorded for the device's runtime.
+        import_tvm(local_cores())
+        spec = tvm_target_for(target)
+        threads = options.threads or spec.threads
         model = onnx.load(model_path, load_external_data=False)
         inputs, outputs = _io_specs(model)
         mod = import_onnx(model_path)

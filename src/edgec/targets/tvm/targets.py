@@ -76,6 +76,9 @@ def _cpu_spec(base: dict | None, target: Target) -> dict:
                 f"Target '{target.name}' is a {target.cpu.arch} CPU but its descriptor has no "
                 "tvm_target with an mtriple and mcpu; add one to build for it with TVM."
             )
+        from edgec.targets.tvm._env import import_tvm, local_cores
+
+        import_tvm(local_cores())  # TVM_NUM_THREADS first, should this be the first import
         from tvm.target import codegen
 
         spec["mcpu"] = codegen.llvm_get_system_cpu()

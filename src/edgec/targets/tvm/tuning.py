@@ -11,7 +11,8 @@ The database is written to ``stages/<name>/tuning/`` (``database_workload.json``
 rebuilt from it. With ``--tuning-cache DIR`` the best record of every tuned task is also kept in
 ``DIR`` (the same JSON database) with a ledger ``edgec-tuning.json`` of (workloads, target,
 trials) already run: a later compile of the same model for the same target with at most that
-many trials re-tunes nothing; with more it tunes again, starting from the cached records.
+many trials re-tunes nothing (and needs no device); with more it tunes the tasks without
+records, or every task (the search starting from the cached records) when all have one.
 
 Candidates are measured on this machine (``LocalRunner``) or, with ``--device``, on the device
 through its RPC server; candidates are linked as shared objects (cross-linked for other
@@ -31,6 +32,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from edgec.errors import BadInputError
 from edgec.targets.tvm._builder import persistent_builder
-from edgec.targets.tvm._env import import_tensor_intrin, import_tvm
+from edgec.targets.tvm._env import import_tensor_intrin, import_tvm, local_cores
 from edgec.targets.tvm.build import fused_for_tuning, tvm_target
 from edgec.targets.tvm.rpc import DeviceUrl, metaschedule_runner
 from edgec.targets.tvm.targets import TvmTarget, this_machine_arch
@@ -114,6 +116,7 @@ class TuningProgress:
         self.errors = 0
         self.tried: set[int] = set()
         self.first_error: str | None = None
+        self.built = 0
         self.best: dict[int, float] = {}
 
     def record(self, task_id: int, builder_results, runner_results) -> None:
@@ -132,6 +135,12 @@ class TuningProgress:
         if self.report is not None:
             self.report(self.line(task_id))
 
+    def building(self, count: int) -> None:
+        """Account for ``count`` candidates sent to the builder."""
+        self.built += count
+        if self.report is not None:
+            self.report(self.line())
+
     @property
     def best_ms(self) -> float | None:
         """Weighted sum of the best kernel times of the measured tasks, in milliseconds."""
@@ -140,12 +149,12 @@ class TuningProgress:
         return 1000.0 * sum(self.weights[i] * t for i, t in self.best.items())
 
     def line(self, task_id: int | None = None) -> str:
-        """``12/64 trials, 5/11 tasks, best 734.1 us (sum of measured tasks), last conv2d``."""
+        """``12/64 candidates built, 8 measured, 5/11 tasks, best 734.1 us (sum ...)``."""
         best = "—" if self.best_ms is None else format_ms(self.best_ms)
         last = f", last {self.names[task_id][:32]}" if task_id is not None else ""
         return (
-            f"{self.trials}/{self.budget} trials, {len(self.best)}/{len(self.names)} tasks, "
-            f"best {best} (sum of measured tasks){last}"
+            f"{self.built}/{self.budget} candidates built, {self.trials} measured, "
+            f"{len(self.best)}/{len(self.names)} tasks, best {best} (sum of measured tasks){last}"
         )
 
 
@@ -244,17 +253,20 @@ def export_shared_object(mod, cross_compiler: str | None = None) -> str:
     return path
 
 
-def _search_strategy(trials: int):
-    """Evolutionary search sized to the budget: defaults for real budgets, lean for tiny ones."""
+def _search_strategy(trials: int, tasks: int):
+    """Evolutionary search sized to the trials each task gets: MetaSchedule's defaults
+    (population 512, 4 generations) from 64 trials per task, leaner below, where a search
+    that costs seconds per task would dominate a budget of one or two measurements."""
     from tvm.s_tir import meta_schedule as ms
 
-    if trials >= 64:
+    per_task = trials / max(tasks, 1)
+    if per_task >= 64:
         return ms.search_strategy.EvolutionarySearch()
-    population = max(64, 8 * trials)
+    population = int(min(512, max(64, 32 * math.ceil(per_task))))
     return ms.search_strategy.EvolutionarySearch(
         population_size=population,
         init_min_unmeasured=min(50, population // 2),
-        genetic_num_iters=2,
+        genetic_num_iters=4 if per_task >= 16 else 2,
     )
 
 
@@ -265,26 +277,28 @@ def _cost_model(trials: int) -> str:
 
 @contextlib.contextmanager
 def _quiet_metaschedule(work_dir: Path) -> Iterator[None]:
-    """Keep MetaSchedule's console log off stdout; close its handlers afterwards."""
+    """Keep MetaSchedule's console log off stdout; close its log files afterwards.
+
+    MetaSchedule binds a console handler to ``sys.stdout`` when it creates its loggers (in
+    ``extracted_tasks_to_tune_contexts``, the block this wraps). Stdout is redirected around
+    that call only and the handler removed right after, so nothing else printed during tuning
+    is swallowed; its log files (in the temporary ``work_dir``) are closed at the end.
+    """
     sink = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(sink):
-            yield
-    finally:
-        for name in list(logging.Logger.manager.loggerDict):
-            if not name.startswith("tvm.s_tir.meta_schedule"):
-                continue
-            log = logging.getLogger(name)
-            for handler in list(log.handlers):
-                stream = getattr(handler, "stream", None)
-                in_work_dir = str(getattr(handler, "baseFilename", "")).startswith(str(work_dir))
-                if stream is sink or in_work_dir:
-                    log.removeHandler(handler)
-                    handler.close()
+    with contextlib.redirect_stdout(sink):
+        yield
+    _close_handlers(lambda handler: getattr(handler, "stream", None) is sink)
 
 
-def _local_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _close_handlers(matches: Callable[[logging.Handler], bool]) -> None:
+    for name in list(logging.Logger.manager.loggerDict):
+        if not name.startswith("tvm.s_tir.meta_schedule"):
+            continue
+        log = logging.getLogger(name)
+        for handler in list(log.handlers):
+            if matches(handler):
+                log.removeHandler(handler)
+                handler.close()
 
 
 def tune(
@@ -304,13 +318,9 @@ def tune(
     ``stage_dir / "tuning"``.
 
     Raises:
-        BadInputError: Tuning for another machine without ``device``, or an unusable cache.
+        BadInputError: Tuning needed for another machine without ``device`` (a cache that
+            already holds the model and target needs no device), or an unusable cache.
     """
-    if not is_this_machine and device is None:
-        raise BadInputError(
-            "Tuning measures candidates where they run: pass --device rpc://HOST:PORT (a TVM "
-            "RPC server on the device) to tune for a target that is not this machine."
-        )
     started = time.perf_counter()
     import_tvm()
     from tvm.s_tir import meta_schedule as ms
@@ -343,6 +353,11 @@ def tune(
         _copy_record(record, tasks[index].dispatched[0], database)
     summary.tasks_from_cache = len(cached) if to_tune is not tasks else 0
 
+    if to_tune and not is_this_machine and device is None:
+        raise BadInputError(
+            "Tuning measures candidates where they run: pass --device rpc://HOST:PORT (a TVM "
+            "RPC server on the device) to tune for a target that is not this machine."
+        )
     if to_tune:
         progress = TuningProgress(
             trials, [t.task_name for t in to_tune], [float(t.weight) for t in to_tune], report
@@ -378,9 +393,10 @@ def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> 
 
     cross = spec.cross_compiler if spec.arch != this_machine_arch() else None
     builder, pool = persistent_builder(
-        max_workers=_local_cores(),
+        max_workers=local_cores(),
         timeout_sec=_BUILD_TIMEOUT_S,
         f_export=functools.partial(export_shared_object, cross_compiler=cross),
+        on_batch=progress.building,
     )
     try:
         # Worker processes take seconds to start: the builder's (started above) and the
@@ -415,30 +431,33 @@ def _tune_tasks(tasks, trials, database, seed, progress, builder, runner) -> Non
             contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                 tasks,
                 str(work_dir),
-                strategy=_search_strategy(trials),
-                num_threads=_local_cores(),
+                strategy=_search_strategy(trials, len(tasks)),
+                num_threads=local_cores(),
                 seed=seed,
             )
-            try:
-                ms.tune_tasks(
-                    tasks=contexts,
-                    task_weights=weights,
-                    work_dir=str(work_dir),
-                    max_trials_global=trials,
-                    num_trials_per_iter=per_iter,
-                    builder=builder,
-                    runner=runner,
-                    database=database,
-                    cost_model=_cost_model(trials),
-                    measure_callbacks=[
-                        ms.measure_callback.AddToDatabase(),
-                        ms.measure_callback.RemoveBuildArtifact(),
-                        ms.measure_callback.UpdateCostModel(),
-                        _progress_callback(progress),
-                    ],
-                )
-            except Exception as err:
-                lines = [line for line in str(err).splitlines() if line.strip()]
-                raise BadInputError(
-                    f"MetaSchedule tuning failed: {lines[-1] if lines else type(err).__name__}."
-                ) from None
+        try:
+            ms.tune_tasks(
+                tasks=contexts,
+                task_weights=weights,
+                work_dir=str(work_dir),
+                max_trials_global=trials,
+                num_trials_per_iter=per_iter,
+                builder=builder,
+                runner=runner,
+                database=database,
+                cost_model=_cost_model(trials),
+                measure_callbacks=[
+                    ms.measure_callback.AddToDatabase(),
+                    ms.measure_callback.RemoveBuildArtifact(),
+                    ms.measure_callback.UpdateCostModel(),
+                    _progress_callback(progress),
+                ],
+            )
+        except Exception as err:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            raise BadInputError(
+                f"MetaSchedule tuning failed: {lines[-1] if lines else type(err).__name__}."
+            ) from None
+        finally:
+            prefix = str(work_dir)
+            _close_handlers(lambda h: str(getattr(h, "baseFilename", "")).startswith(prefix))

@@ -31,9 +31,7 @@ def _lower_ir_version(model: onnx.ModelProto) -> None:
     TensorRT 8.2's parser earlier); nothing in the file changes meaning.
     """
     try:
-        needed = onnx.helper.find_min_ir_version_for(
-            list(model.opset_import), ignore_unknown=True
-        )
+        needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     except (ValueError, KeyError):  # an opset newer than this onnx knows: leave it alone
         return
     if model.ir_version > max(needed, 4):

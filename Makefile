@@ -10,9 +10,9 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# The demo needs only the core install.
+# The demo derives students, so it needs the train extra (torch 2.13.0, the CPU build).
 $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[train]'
 	touch $@
 
 # The tests need the dev, train (torch 2.13.0 CPU build) and tvm (Apache TVM 0.27) extras.

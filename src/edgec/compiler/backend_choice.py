@@ -8,9 +8,10 @@
   same policy, and the fastest is kept; the others' latencies are recorded in the manifest
   (``backend_candidates``) and their files removed. TVM is a candidate on a CPU host only when
   it will be tuned (``--tune-trials`` or ``--tuning-cache``): TVM 0.27 has no CPU schedules
-  for convolutions, so an untuned CPU build is 20–200x slower than ONNX Runtime (measured:
-  see ``benchmarks/RESULTS.md``) and building it just to discard it would cost every compile
-  seconds to minutes. The skip and its reason are recorded as a candidate too;
+  for convolutions, so an untuned CPU build is 10–200x slower than ONNX Runtime (measured
+  here: 14x on mobilenet_v2, 31x on resnet18; ``benchmarks/RESULTS.md``) and building it just
+  to discard it would cost every compile seconds to minutes. The skip and its reason are
+  recorded as a candidate too;
 * elsewhere (another target, no device) the target's first usable preference builds it and
   the cost model estimates its latency (``estimated``).
 
@@ -37,8 +38,8 @@ from edgec.targets.tvm.tuning import format_ms
 logger = logging.getLogger(__name__)
 
 UNTUNED_TVM_SKIPPED = (
-    "not built: untuned TVM has no CPU convolution schedules and runs 20-200x slower than "
-    "ONNX Runtime here; pass --tune-trials N to make it a candidate"
+    "not built: untuned TVM has no CPU convolution schedules and runs 10-200x slower than "
+    "ONNX Runtime on CPUs (benchmarks/RESULTS.md); pass --tune-trials N to make it a candidate"
 )
 
 

@@ -26,8 +26,9 @@ stage (:func:`decide_precision`):
    keeps the worst-quantized layers in FP32 until it passes. If it cannot, ``auto`` keeps the
    stage FP32 and ``int8`` raises :class:`~edgec.errors.GateFailedError` (exit 1) with the
    numbers.
-5. Under ``auto`` on this machine INT8 must be at least ``MIN_SPEEDUP`` faster than FP32 (after
-   any layers went back to FP32), else the stage stays FP32.
+5. Under ``auto`` INT8 must be at least ``MIN_SPEEDUP`` (10%) faster than FP32 — on this
+   machine in a final head-to-head timing of the two (after any layers went back to FP32),
+   elsewhere by the cost model — else the stage stays FP32.
 
 The guard's reference is the stage's own FP32 model on the validation split (at most
 ``MAX_GUARD_SAMPLES`` inputs, a seeded subset when there are more).
@@ -55,7 +56,9 @@ from edgec.targets.descriptor import Target
 
 logger = logging.getLogger(__name__)
 
-MIN_SPEEDUP = 1.05
+# INT8 costs some accuracy, and on a shared machine two timings of the same model differ by a
+# few percent: INT8 must win clearly to be worth shipping.
+MIN_SPEEDUP = 1.10
 SAME_SPEED = 1.10
 SAME_SPEED_MS = 0.02
 MAX_GUARD_SAMPLES = 1000
@@ -363,11 +366,13 @@ def decide_precision(
                     int8_model=repaired.model,
                     int8_flavour=choice.flavour,
                 )
-            if measured:
-                stats = _time(
-                    work, {"fp32": fp32_runner, "int8": work.runner(result.model)}, x_val, options
-                )
-                result.latency = {k: v.p50 for k, v in stats.items()}
+        if measured:
+            # The verdict on speed comes from FP32 and the final INT8 model timed head to head
+            # (two models share the time budget instead of five: steadier medians).
+            stats = _time(
+                work, {"fp32": fp32_runner, "int8": work.runner(result.model)}, x_val, options
+            )
+            result.latency = {k: v.p50 for k, v in stats.items()}
     decision = PrecisionDecision(
         "int8",
         result.model,

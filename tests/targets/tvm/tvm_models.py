@@ -33,3 +33,20 @@ def small_cnn(dynamic: bool = False) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def without_final_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a trailing Softmax removed, so it outputs logits.
+
+    Most light models end in Softmax; with random weights its output is near-uniform or
+    saturated (one-hot), and probabilities then agree between runtimes whatever the logits do.
+    Comparing logits is the real check.
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    last = producer.get(graph.output[0].name)
+    if last is None or last.op_type != "Softmax":
+        return model
+    graph.node.remove(last)
+    graph.output[0].name = last.input[0]  # Softmax keeps its input's type and shape
+    return model

@@ -27,9 +27,7 @@ import platform
 import sys
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
@@ -38,6 +36,9 @@ from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY
 from edgec.targets import load_target
 from edgec.targets.descriptor import Link
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from models import bottleneck_model
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PLOT = Path(__file__).resolve().parent / "partition.png"
@@ -45,40 +46,6 @@ BEGIN, END = "<!-- partition:begin -->", "<!-- partition:end -->"
 SHARED = REPO.parent / "shared" / "models"
 BANDWIDTHS_MBPS = (0.5, 1, 2, 5, 10, 20, 50, 100, 300, 1000)
 DEVICES = ("raspberry-pi-4", "jetson-nano")
-
-
-def bottleneck_model() -> onnx.ModelProto:
-    """Stride-4 stem (3 -> 8 channels) then four 64-channel 3x3 convolutions at 56x56."""
-    rng = np.random.default_rng(0)
-
-    def weight(name, *shape):
-        return numpy_helper.from_array(rng.standard_normal(shape).astype("f4") * 0.1, name)
-
-    inits = [weight("stem", 8, 3, 4, 4), weight("fc", 10, 64)]
-    nodes = [helper.make_node("Conv", ["x", "stem"], ["s"], strides=[4, 4])]
-    prev, channels = "s", 8
-    for i in range(4):
-        inits.append(weight(f"w{i}", 64, channels, 3, 3))
-        nodes += [
-            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1] * 4),
-            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
-        ]
-        prev, channels = f"r{i}", 64
-    nodes += [
-        helper.make_node("GlobalAveragePool", [prev], ["p"]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "bottleneck",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return onnx.shape_inference.infer_shapes(model)
 
 
 def models() -> dict[str, onnx.ModelProto]:

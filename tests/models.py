@@ -69,3 +69,38 @@ def _shape_of(graph: onnx.GraphProto, name: str) -> list[int] | None:
         if node.op_type == "Constant" and node.output[0] == name:
             return [int(v) for v in numpy_helper.to_array(node.attribute[0].t)]
     return None
+
+
+def bottleneck_model() -> onnx.ModelProto:
+    """A cheap stride-4 stem (3 -> 8 channels) that shrinks the input 24x, then four heavy
+    64-channel 3x3 convolutions at 56x56: the shape device/gateway partitioning exploits."""
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype("f4") * 0.1, name)
+
+    inits = [weight("stem", 8, 3, 4, 4), weight("fc", 10, 64)]
+    nodes = [helper.make_node("Conv", ["x", "stem"], ["s"], strides=[4, 4])]
+    prev, channels = "s", 8
+    for i in range(4):
+        inits.append(weight(f"w{i}", 64, channels, 3, 3))
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1] * 4),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
+        prev, channels = f"r{i}", 64
+    nodes += [
+        helper.make_node("GlobalAveragePool", [prev], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bottleneck",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)

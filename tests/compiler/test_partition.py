@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from models import randomized_light_model
+from models import bottleneck_model, randomized_light_model
 
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
@@ -91,48 +91,9 @@ def test_int8_encoding_error_is_at_most_half_a_step():
     assert np.abs(decode_int8(encoded, scale, zero_point) - x).max() <= scale / 2 + 1e-6
 
 
-def _bottleneck_model() -> onnx.ModelProto:
-    """A cheap strided stem that shrinks the input 24x, then heavy 3x3 convolutions.
-
-    The architecture Neurosurgeon exploits: the tensor after the stem is far smaller than the
-    input, and most compute comes after it.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-
-    def weight(name, *shape):
-        scale = np.sqrt(2.0 / np.prod(shape[1:]))
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype("f4"), name)
-
-    inits = [weight("stem", 8, 3, 4, 4), weight("fc", 10, 64)]
-    nodes = [helper.make_node("Conv", ["x", "stem"], ["s"], strides=[4, 4], name="stem")]
-    prev, channels = "s", 8
-    for i in range(4):
-        inits.append(weight(f"w{i}", 64, channels, 3, 3))
-        nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1] * 4))
-        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
-        prev, channels = f"r{i}", 64
-    nodes += [
-        helper.make_node("GlobalAveragePool", [prev], ["p"]),
-        helper.make_node("Flatten", ["p"], ["f"]),
-        helper.make_node("Gemm", ["f", "fc"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "bottleneck",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return onnx.shape_inference.infer_shapes(model)
-
-
 @pytest.fixture(scope="module")
 def bottleneck() -> onnx.ModelProto:
-    return _bottleneck_model()
+    return bottleneck_model()
 
 
 def _plan(model, bandwidth_mbps: float, rtt_ms: float = 2.0, objective: str = "latency"):

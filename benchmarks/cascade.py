@@ -51,6 +51,8 @@ from edgec.data import split
 from edgec.runtime_stubs.launch import import_runtime
 
 HERE = Path(__file__).resolve().parent
+from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- cascade:begin -->", "<!-- cascade:end -->"
 ARMS = ("cascade", "device only", "gateway only")
@@ -237,17 +239,6 @@ def render(results: dict, manifest: dict, args, build_s: float, frames: int, eve
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     """Build, stream the three arms in rounds, and write the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -295,7 +286,7 @@ def main() -> None:
     section = render(results, manifest, args, build_s, len(frames), every)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":

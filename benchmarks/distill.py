@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from results_md import write_section
 from torch import nn
 
 from edgec.compiler.canonicalize import canonicalize
@@ -257,17 +258,6 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -287,7 +277,7 @@ def main() -> None:
     section = render(rows, args, data, time.perf_counter() - started)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":

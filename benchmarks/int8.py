@@ -70,6 +70,8 @@ from edgec.targets.onnxruntime.timing import interleaved_latency
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "models"
 TEACHER = REPO / "examples" / "digits" / "teacher.onnx"
+from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 SHARED_MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
@@ -301,17 +303,6 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
     return "\n".join(lines)
 
 
-def write_section(text_section: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + text_section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -352,7 +343,7 @@ def main() -> None:
     text = section(rows, command.strip(), time.perf_counter() - started, loads)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":

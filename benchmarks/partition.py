@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from models import bottleneck_model
 
 REPO = Path(__file__).resolve().parent.parent
+from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PLOT = Path(__file__).resolve().parent / "partition.png"
 BEGIN, END = "<!-- partition:begin -->", "<!-- partition:end -->"
@@ -154,17 +156,6 @@ def plot(results: dict[tuple[str, str], list[dict]]) -> None:
     fig.savefig(PLOT, dpi=90)
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     section = render(results)
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, BEGIN, END, RESULTS)
         plot(results)
     return 0
 

@@ -51,6 +51,7 @@ from edgec.passes.instrument import PassInstrument
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from models import LIGHT_MODELS, randomized_light_model  # noqa: E402  (a test helper)
+from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- passes:begin -->", "<!-- passes:end -->"
@@ -221,17 +222,6 @@ def section(rows: list[Row], command: str, tvm_note: str | None, seconds: float)
     return "\n".join(lines)
 
 
-def write_section(text_section: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + text_section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -258,7 +248,7 @@ def main() -> None:
     text = section(rows, command.strip(), note, time.perf_counter() - started)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(text, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "targets" / "tvm"))
 from models import LIGHT_MODELS, randomized_light_model  # noqa: E402  (test helpers)
+from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
 from tvm_models import without_final_softmax  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -279,18 +280,6 @@ def render_light(rows: dict, command: str, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str, part: str) -> None:
-    """Replace (or append) one of this benchmark's sections of RESULTS.md."""
-    begin, end = SECTIONS[part]
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-
-
 def main() -> None:
     """Run the chosen parts and write their sections."""
     # This file is tvm.py: keep its folder off the path so `import tvm` finds Apache TVM.
@@ -312,13 +301,13 @@ def main() -> None:
         )
         print(section)
         if not args.no_write:
-            write_section(section, "speed")
+            write_section(section, *SECTIONS["speed"], RESULTS)
     if args.part in ("light", "all"):
         started = time.perf_counter()
         section = render_light(light(), command, started)
         print(section)
         if not args.no_write:
-            write_section(section, "light")
+            write_section(section, *SECTIONS["light"], RESULTS)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,16 @@ def teacher_path() -> Path:
     return TEACHER
 
 
-def tiny_conv_model(dynamic: bool = False, opset: int = 17) -> onnx.ModelProto:
-    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, input 'input' [1,3,16,16]."""
+def tiny_conv_model(
+    dynamic: bool = False, opset: int = 17, dynamic_height: bool | None = None
+) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm, input 'input' [1,3,16,16].
+
+    ``dynamic`` makes the batch dynamic, and the height too unless ``dynamic_height`` says.
+    """
     rng = np.random.default_rng(0)
-    batch, height = ("N", "H") if dynamic else (1, 16)
+    batch = "N" if dynamic else 1
+    height = "H" if (dynamic if dynamic_height is None else dynamic_height) else 16
     inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, height, 16])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 4])]
     inits = [

@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from conftest import tiny_conv_model
+from models import tiny_conv_model
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.accuracy_guard import sqnr_db

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import onnx
-from conftest import tiny_conv_model
+from models import tiny_conv_model
 
 
 def small_cnn(dynamic: bool = False) -> onnx.ModelProto:

@@ -298,6 +298,22 @@ def targets_show(name: str, as_json: bool) -> None:
     show_default=True,
     help="Points of validation accuracy the cascade may give up for a cheaper policy.",
 )
+@click.option(
+    "--partition",
+    default="off",
+    show_default=True,
+    metavar="auto|off|CUT",
+    help="Split the teacher between device and gateway: auto picks the cut with the lowest "
+    "--objective, or name one (a tensor, gateway-only, device-only; see `edgec inspect "
+    "--partition`). The device runs the first layers and sends the intermediate tensor.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "energy"]),
+    default="latency",
+    show_default=True,
+    help="What --partition auto minimises: end-to-end latency or device energy.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar.gz.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -332,6 +348,8 @@ def compile(  # noqa: A001 - the command is called compile
     tune_trials: int,
     tuning_cache: Path | None,
     device: str | None,
+    partition: str,
+    objective: str,
     force: bool,
     archive: bool,
     as_json: bool,
@@ -380,6 +398,8 @@ def compile(  # noqa: A001 - the command is called compile
         tune_trials=tune_trials,
         tuning_cache=tuning_cache,
         device=device,
+        partition=partition,
+        objective=objective,
     )
     result = compile_model(config, Reporter(quiet=as_json))
     if time_passes and not as_json:
@@ -424,6 +444,15 @@ def _print_summary(result) -> None:
             acc,
         )
     _out.print(table)
+    partition = manifest.get("partition")
+    if partition is not None:
+        estimate = partition["estimate"]
+        sent = f", sends {partition['tensor']}" if partition["tensor"] else ""
+        _out.print(
+            f"partition: {partition['cut']} ({partition['encoding']}{sent}); estimated "
+            f"{estimate['total_ms']:.3f} ms end to end",
+            highlight=False,
+        )
     if result.archive:
         _out.print(f"archive: {result.archive}")
     if result.signed_by:

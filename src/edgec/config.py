@@ -20,6 +20,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 
 _SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
 
@@ -124,6 +125,9 @@ class CompileConfig:
         tuning_cache: Directory whose tuning records later compiles reuse (``--tuning-cache``).
         device: ``rpc://HOST:PORT`` or ``tracker://HOST:PORT/KEY``: measure (and tune) device
             stages on the real device through TVM RPC; ``None`` estimates non-host targets.
+        partition: ``off`` (the teacher runs whole), ``auto`` (split it where the objective is
+            lowest), or a cut: a tensor name, ``gateway-only`` or ``device-only``.
+        objective: What ``--partition auto`` minimises: ``latency`` or device ``energy``.
     """
 
     model: Path
@@ -157,6 +161,8 @@ class CompileConfig:
     tune_trials: int = 0
     tuning_cache: Path | None = None
     device: str | None = None
+    partition: str = "off"
+    objective: str = "latency"
 
     def __post_init__(self) -> None:
         self._check_cascade()
@@ -229,6 +235,12 @@ class CompileConfig:
         if self.fusion not in FUSIONS:
             raise BadInputError(
                 f"--fusion must be one of {', '.join(FUSIONS)}, got '{self.fusion}'."
+            )
+        if not self.partition.strip():
+            raise BadInputError("--partition needs auto, off or a tensor name.")
+        if self.objective not in OBJECTIVES:
+            raise BadInputError(
+                f"--objective must be {' or '.join(OBJECTIVES)}, got '{self.objective}'."
             )
         if not 0 <= self.accuracy_tolerance <= 100:
             raise BadInputError(

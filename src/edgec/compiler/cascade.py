@@ -240,7 +240,12 @@ def _check_inputs(probs, latency, tiers, names) -> int:
         raise ValueError("every stage needs validation probabilities")
     if any(t not in TIERS for t in tiers):
         raise ValueError(f"tiers must be {' or '.join(TIERS)}, got {list(tiers)}")
-    if tiers[0] != "device" or list(tiers) != sorted(tiers, key=TIERS.index):
+    # A lone gateway stage is a pipeline whose device only forwards (or runs a partition's
+    # prefix); otherwise the cascade starts on the device.
+    alone_on_gateway = count == 1 and tiers[0] == "gateway"
+    if not alone_on_gateway and (
+        tiers[0] != "device" or list(tiers) != sorted(tiers, key=TIERS.index)
+    ):
         raise ValueError(f"device stages must come first, then gateway stages: {list(tiers)}")
     return count
 
@@ -357,6 +362,9 @@ def _forward_costs(latency, tiers, link, payload_bytes, percentile) -> tuple[flo
 
 def _single_stage(stage_probs, stats: LatencyStats, labels, common: dict) -> Policy:
     budget = common["budget_ms"]
+    if common["tiers"][0] == "gateway":  # every frame crosses the link
+        link_ms = common["link"].cost_ms(common["payload_bytes"])
+        stats = LatencyStats.total([stats, LatencyStats.fixed(link_ms, "estimated")])
     at = stats.at(common["percentile"])
     accuracy, basis = 0.0, "none"  # without labels, the teacher agrees with itself: unknown
     if stage_probs is not None and labels is not None:

@@ -4,6 +4,12 @@
 bad output early, load and validate the model, load the data, canonicalise, plan the stages,
 then build, measure (or estimate) and evaluate each stage inside a staging directory that is
 renamed into place only when the bundle is complete; finally, gate on the budget.
+
+With ``--partition`` the teacher is split where the partition planner
+(:mod:`edgec.compiler.partition`) says: its prefix becomes a device stage (role ``prefix``)
+and the rest a gateway stage that takes the intermediate tensor. Both parts stay FP32 (the
+accuracy guard judges whole classifiers), and the rest is evaluated on what the link really
+delivers: the prefix's outputs, through the chosen encoding.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from edgec.compiler.cost_model import total_macs
 from edgec.compiler.evaluate import accuracy, agreement, predict
 from edgec.compiler.gate import GateResult, check_bundle
 from edgec.compiler.loading import LoadedModel, load_model
+from edgec.compiler.partition import PartitionChoice, choose_partition
 from edgec.compiler.policy import policy_for_bundle
 from edgec.compiler.precision import (
     PrecisionOptions,
@@ -45,6 +52,8 @@ from edgec.data import Dataset, check_matches_model, load_dataset
 from edgec.errors import BadInputError
 from edgec.kernels.preprocess import PreprocessPlan
 from edgec.passes.instrument import PassInstrument, PassRecord
+from edgec.passes.partition import GATEWAY_ONLY
+from edgec.runtime_stubs import codec
 from edgec.runtime_stubs.render import render_runtime
 from edgec.targets import Target, load_target
 from edgec.targets.base import Backend
@@ -59,7 +68,8 @@ class StagePlan:
 
     Attributes:
         name: Directory name under ``stages/`` and the name in the manifest.
-        role: ``student`` or ``teacher``.
+        role: ``student``, ``teacher`` or ``prefix`` (the device's part of a partitioned
+            teacher; it outputs an intermediate tensor, not classes).
         tier: ``device`` or ``gateway``.
         model: The stage's final ONNX model.
         precision: ``fp32``, ``fp16`` or ``int8``.
@@ -119,9 +129,17 @@ class CompileResult:
                 for s in self.manifest["stages"]
             ],
             "policy": self.manifest["policy"],
+            "partition": _partition_summary(self.manifest.get("partition")),
             "gate": self.gate.to_json() if self.gate else None,
             **({"passes": [r.to_json() for r in self.passes]} if self.passes else {}),
         }
+
+
+def _partition_summary(section: dict | None) -> dict | None:
+    """The partition section without its list of every option (that stays in the manifest)."""
+    if section is None:
+        return None
+    return {k: v for k, v in section.items() if k != "options"}
 
 
 def versions() -> dict[str, str]:
@@ -232,6 +250,65 @@ def _tier_target(stage: StagePlan, target: Target) -> Target:
     return target
 
 
+def partition_teacher(
+    stages: list[StagePlan], target: Target, config: CompileConfig, reporter: Reporter
+) -> tuple[list[StagePlan], dict]:
+    """Apply ``--partition`` to the last stage (the teacher); return the stages and the
+    manifest's ``partition`` section.
+
+    Gateway-only moves the teacher to the gateway, device-only to the device; a middle cut
+    replaces it by its prefix (device) and the rest (gateway).
+    """
+    teacher = stages[-1]
+    spec = teacher.model.graph.input[0].type.tensor_type
+    shape = [d.dim_value for d in spec.shape.dim]
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(spec.elem_type)).name
+    with reporter.step("Choosing where to split the teacher between device and gateway"):
+        choice: PartitionChoice = choose_partition(
+            teacher.model,
+            target,
+            config.partition,
+            config.objective,
+            codec.request_size(shape, dtype),
+        )
+    section = choice.manifest_section(teacher.name)
+    estimate = section["estimate"]
+    reporter.note(
+        f"partition: {section['cut']} ({section['encoding']}), estimated "
+        f"{estimate['total_ms']:.3f} ms end to end, {estimate['device_energy_mj']:.3f} mJ on "
+        f"the device ({config.objective} objective)"
+    )
+    students = [s for s in stages[:-1] if s.tier == "gateway"]
+    if students and choice.split:  # never planned today; the gateway would need the input too
+        raise BadInputError("--partition cannot split a teacher behind gateway students.")
+    teacher.tier = choice.tier
+    if not choice.split:
+        return stages, section
+    note = "partitioned stages stay FP32: the accuracy guard judges whole classifiers"
+    if config.precision == "int8":
+        reporter.note(f"--precision int8: {note}")
+    prefix = StagePlan(
+        name=section["prefix"],
+        role="prefix",
+        tier="device",
+        model=choice.prefix,
+        precision="fp32",
+        extra={"partition_of": teacher.name, "outputs_tensor": section["tensor"]},
+    )
+    teacher.model, teacher.precision = choice.suffix, "fp32"
+    teacher.extra.update({"partition_input": section["tensor"], "precision_note": note})
+    return [*stages[:-1], prefix, teacher], section
+
+
+def link_view(x: np.ndarray, encoding: str) -> np.ndarray:
+    """What the gateway receives for each sample of ``x`` (batch 1 per request)."""
+    if encoding != "int8":
+        return x
+    return np.concatenate(
+        [codec.decode_int8(*codec.encode_int8(x[i : i + 1])) for i in range(len(x))]
+    )
+
+
 def _build_stage(
     stage: StagePlan,
     root: Path,
@@ -242,7 +319,11 @@ def _build_stage(
     reporter: Reporter,
     device_target: Target,
     config: CompileConfig,
+    x_eval: np.ndarray | None = None,
 ) -> tuple[dict, np.ndarray | None]:
+    """Build, time and evaluate one stage; return its manifest entry and its outputs on the
+    validation split (``x_eval`` replaces its inputs: a partition's rest takes the prefix's
+    outputs)."""
     stage_dir = root / "stages" / stage.name
     stage_dir.mkdir(parents=True, exist_ok=True)  # the precision step may have written to it
     model_path = stage_dir / "model.onnx"
@@ -278,11 +359,14 @@ def _build_stage(
     }
     logits = None
     if data is not None:
-        with reporter.step(f"Evaluating '{stage.name}' on {len(data.x_val)} validation samples"):
+        x_val = data.x_val if x_eval is None else x_eval
+        with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
             runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
-            logits = predict(runner, data.x_val)
+            logits = predict(runner, x_val)
         if evaluated_with:
             entry["accuracy_measured_with"] = evaluated_with
+        if stage.role == "prefix":  # intermediate tensors: nothing to score
+            return entry, logits
         if data.has_labels:
             entry["accuracy"] = round(accuracy(logits, data.y_val), 6)
         if teacher_logits is not None and stage.role == "student":
@@ -322,12 +406,20 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         with reporter.step(f"Fusing pre-processing ({frames.spec.text()}) into every stage"):
             for stage in stages:
                 stage.model = attach_preprocess(stage.model, frames)
+    partition = None
+    if config.partition != "off":
+        stages, partition = partition_teacher(stages, target, config, reporter)
 
     with bundle_io.staging_dir(config.output, force=config.force) as root:
-        entries, teacher_logits, outputs = [], None, {}
-        # The teacher is evaluated first so students can report agreement with it.
-        for stage in sorted(stages, key=lambda s: s.role != "teacher"):
-            _apply_precision(stage, root, target, backend, data, config, reporter)
+        entries, teacher_logits, outputs, x_eval = [], None, {}, None
+        if partition and partition["cut"] == GATEWAY_ONLY and data is not None:
+            x_eval = link_view(data.x_val, partition["encoding"])  # the input crosses the link
+        # The teacher is evaluated first (after its prefix, if partitioned) so students can
+        # report agreement with it.
+        build_order = {"prefix": 0, "teacher": 1}
+        for stage in sorted(stages, key=lambda s: build_order.get(s.role, 2)):
+            if stage.role != "prefix" and "partition_input" not in stage.extra:
+                _apply_precision(stage, root, target, backend, data, config, reporter)
             entry, logits = _build_stage(
                 stage,
                 root,
@@ -338,7 +430,10 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 reporter,
                 target,
                 config,
+                x_eval if stage.role == "teacher" else None,
             )
+            if stage.role == "prefix" and logits is not None:
+                x_eval = link_view(logits, partition["encoding"])
             if stage.role == "teacher":
                 teacher_logits = logits
             entries.append(entry)
@@ -361,6 +456,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
             "data": data.summary() if data else None,
             "students": students.record,
             "stages": entries,
+            "partition": partition,
         }
         labels = data.y_val if data is not None and data.has_labels else None
         link = target.gateway.link if target.gateway else None

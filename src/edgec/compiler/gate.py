@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgec.compiler.bundle import read_manifest
 from edgec.errors import BadInputError
-from edgec.targets.base import LatencyStats, weakest_source
+from edgec.targets.base import LatencyStats
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,7 @@ def pipeline_latency(manifest: dict) -> LatencyStats:
     policy = manifest.get("policy") or {}
     if "latency_ms" in policy:
         return LatencyStats.from_json(policy["latency_ms"])
-    stats = [LatencyStats.from_json(s["latency_ms"]) for s in manifest["stages"]]
-    return LatencyStats(
-        p50=sum(s.p50 for s in stats),
-        p90=sum(s.p90 for s in stats),
-        p99=sum(s.p99 for s in stats),
-        mean=sum(s.mean for s in stats),
-        source=weakest_source([s.source for s in stats]),
-    )
+    return LatencyStats.total([LatencyStats.from_json(s["latency_ms"]) for s in manifest["stages"]])
 
 
 def _verdict(name, latency, source, budget_ms, percentile, require_measured) -> GateCheck:

@@ -26,12 +26,15 @@ import onnx
 
 from edgec.compiler.cost_model import layer_costs
 from edgec.errors import BadInputError
-from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, candidate_cuts
+from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, candidate_cuts, split_model
+from edgec.runtime_stubs import codec
 from edgec.targets import Target, load_target
 from edgec.targets.descriptor import Link
 
 ENCODINGS = ("raw", "int8")
 RAM_SHARE = 0.5
+MAX_NAMED_CUTS = 12
+PREFIX_SUFFIX = "-prefix"
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,9 @@ def plan_partition(
         params = sum(c.params for c in prefix) * 4
         peak_activation = max((c.activation_bytes for c in prefix), default=0)
         memory = params + peak_activation
-        choices = ("none",) if cut.name == DEVICE_ONLY else encodings
+        # The int8 encoding quantizes floats; other tensors (e.g. uint8 frames) go as they are.
+        floats = all(dtype.startswith("float") for dtype in cut.dtypes)
+        choices = ("none",) if cut.name == DEVICE_ONLY else encodings if floats else ("raw",)
         for encoding in choices:
             payload = {"none": 0, "raw": cut.raw_bytes(), "int8": cut.int8_bytes()}[encoding]
             transfer = 0.0 if encoding == "none" else _transfer_ms(payload, link)
@@ -178,9 +183,13 @@ def plan_partition(
     if forced_cut is not None:
         candidates = [o for o in options if forced_cut in (o.cut.name, *o.cut.tensors)]
         if not candidates:
-            valid = ", ".join(sorted({o.cut.name for o in options}))
+            names = list(dict.fromkeys(o.cut.name for o in options))
+            shown = ", ".join(names[:MAX_NAMED_CUTS])
+            more = f" and {len(names) - MAX_NAMED_CUTS} more" if len(names) > MAX_NAMED_CUTS else ""
             raise BadInputError(
-                f"--partition {forced_cut} is not a valid cut; valid cuts: {valid}."
+                f"--partition {forced_cut} is not a valid cut (a tensor that alone carries "
+                f"everything the rest of the model needs); valid cuts: {shown}{more} "
+                "(`edgec inspect --partition` lists them)."
             )
     key = (lambda o: o.total_ms) if objective == "latency" else (lambda o: o.device_energy_mj)
     # Ties go to the lossless encoding and then to the earlier cut.
@@ -201,3 +210,90 @@ def partition_model(
     device = load_target(target)
     model = canonicalize(load_model(Path(path), input_shapes or {}).proto)
     return plan_partition(model, device, objective=objective)
+
+
+@dataclass(frozen=True)
+class PartitionChoice:
+    """Where ``edgec compile --partition`` splits a stage, and the two models.
+
+    Attributes:
+        plan: Every option and the chosen one.
+        requested: ``auto`` or the cut the user named.
+        prefix: The device's part (``None`` for gateway-only and device-only).
+        suffix: The gateway's part (``None`` likewise).
+        input_request_bytes: Bytes of a request that carries the model's input.
+    """
+
+    plan: PartitionPlan
+    requested: str
+    prefix: onnx.ModelProto | None
+    suffix: onnx.ModelProto | None
+    input_request_bytes: int
+
+    @property
+    def split(self) -> bool:
+        """Whether the model is cut in two (not gateway-only or device-only)."""
+        return self.prefix is not None
+
+    @property
+    def tier(self) -> str:
+        """Where the (rest of the) stage runs: ``device`` only for device-only."""
+        return "device" if self.plan.chosen.cut.name == DEVICE_ONLY else "gateway"
+
+    def manifest_section(self, stage: str) -> dict:
+        """The manifest's ``partition`` section for the stage named ``stage``.
+
+        ``tensor``/``shape``/``dtype`` describe what crosses the link (``None`` for
+        gateway-only: the input; device-only: nothing); ``request_bytes`` is one request
+        carrying it in the runtime's wire format.
+        """
+        chosen = self.plan.chosen
+        cut = chosen.cut
+        request = self.input_request_bytes
+        if self.split:
+            request = codec.request_size(cut.shapes[0], cut.dtypes[0], encoding=chosen.encoding)
+        elif cut.name == GATEWAY_ONLY and chosen.encoding == "int8":
+            request = codec.request_size(cut.shapes[0], cut.dtypes[0], encoding="int8")
+        return {
+            "requested": self.requested,
+            "objective": self.plan.objective,
+            "stage": stage,
+            "prefix": f"{stage}{PREFIX_SUFFIX}" if self.split else None,
+            "cut": cut.name,
+            "tensor": cut.tensors[0] if self.split else None,
+            "shape": list(cut.shapes[0]) if self.split else None,
+            "dtype": cut.dtypes[0] if self.split else None,
+            "encoding": chosen.encoding,
+            "request_bytes": request,
+            "estimate": chosen.to_json(),
+            "link": self.plan.link.model_dump(),
+            "options": [option.to_json() for option in self.plan.options],
+        }
+
+
+def choose_partition(
+    model: onnx.ModelProto,
+    device: Target,
+    request: str,
+    objective: str = "latency",
+    input_request_bytes: int = 0,
+) -> PartitionChoice:
+    """Plan the split of ``model`` for ``device`` (``request``: ``auto`` or a cut) and cut it.
+
+    Raises:
+        BadInputError: The target has no gateway, or the requested cut is not valid.
+    """
+    if device.gateway is None:
+        raise BadInputError(
+            f"--partition needs a target with a gateway; '{device.name}' names none "
+            "(use --partition off, or a target such as raspberry-pi-4)."
+        )
+    # Pre-processing fused in front, or any other rewrite, may have left tensors untyped.
+    model = onnx.shape_inference.infer_shapes(model)
+    forced = None if request == "auto" else request
+    plan = plan_partition(model, device, objective=objective, forced_cut=forced)
+    cut = plan.chosen.cut
+    prefix = suffix = None
+    if cut.name not in (GATEWAY_ONLY, DEVICE_ONLY):
+        prefix, suffix = split_model(model, cut)
+    return PartitionChoice(plan, request, prefix, suffix, input_request_bytes)

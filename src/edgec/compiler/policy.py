@@ -5,6 +5,11 @@ outputs on the validation split and the target's link; this module turns them in
 for :func:`edgec.compiler.cascade.plan_cascade` and its result into the manifest's ``policy``
 section, and records each stage's threshold in its own entry. The payload of a forwarded input
 is sized with the runtime's own wire format (:mod:`edgec.runtime_stubs.codec`).
+
+A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
+device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the
+prefix's latency plus the rest's, reached by sending the intermediate tensor (the partition's
+``request_bytes``) instead of the input.
 """
 
 from __future__ import annotations
@@ -38,12 +43,24 @@ def plan_bundle_policy(
     fusion: str,
     tolerance: float,
     seed: int = 0,
+    partition: dict | None = None,
 ) -> tuple[dict, Policy]:
     """Plan the cascade over built stages; return the manifest's ``policy`` and the plan.
 
-    Sets ``threshold`` on every stage entry but the last (in place).
+    Sets ``threshold`` on every classifier entry but the last (in place); ``partition`` is the
+    manifest's partition section, if any.
     """
+    prefixes = {e["name"]: e for e in entries if e.get("role") == "prefix"}
+    entries = [e for e in entries if e.get("role") != "prefix"]
     names = [entry["name"] for entry in entries]
+    latency = [LatencyStats.from_json(entry["latency_ms"]) for entry in entries]
+    payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    if partition is not None and partition["cut"] != "device-only":
+        payload = partition["request_bytes"]
+        if partition.get("prefix"):
+            k = names.index(partition["stage"])
+            prefix = LatencyStats.from_json(prefixes[partition["prefix"]]["latency_ms"])
+            latency[k] = LatencyStats.total([prefix, latency[k]])
     kinds = {name: score_kind(outputs.get(name)) for name in names}
     have_outputs = all(outputs.get(name) is not None for name in names)
     probs = (
@@ -53,10 +70,10 @@ def plan_bundle_policy(
     )
     plan = plan_cascade(
         probs,
-        [LatencyStats.from_json(entry["latency_ms"]) for entry in entries],
+        latency,
         [entry["tier"] for entry in entries],
         LinkModel(link.rtt_ms, link.bandwidth_mbps) if link else None,
-        codec.request_size(input_spec["shape"], input_spec["dtype"]),
+        payload,
         budget_ms,
         percentile,
         confidence,
@@ -67,6 +84,11 @@ def plan_bundle_policy(
         seed=seed,
     )
     policy = {**plan.to_json(), "scores": kinds}
+    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    if policy["bandwidth_saved"] is not None and payload != input_payload:
+        # Against sending every input as it is: a partition sends a different tensor.
+        sent = policy["offload_rate"] * payload / input_payload
+        policy["bandwidth_saved"] = round(1 - sent, 6)
     for entry in entries[:-1]:
         entry["threshold"] = policy["thresholds"][entry["name"]]
     return policy, plan
@@ -92,5 +114,6 @@ def policy_for_bundle(
         config.fusion,
         config.accuracy_tolerance / 100.0,
         config.seed,
+        manifest.get("partition"),
     )
     return policy

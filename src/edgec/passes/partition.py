@@ -19,6 +19,9 @@ import numpy as np
 import onnx
 import onnx.utils
 
+# The link's encodings are the generated runtime's wire format (one definition, shared).
+from edgec.runtime_stubs.codec import decode_int8, encode_int8  # noqa: F401 - re-exported
+
 GATEWAY_ONLY = "gateway-only"
 DEVICE_ONLY = "device-only"
 
@@ -129,17 +132,3 @@ def split_model(model: onnx.ModelProto, cut: Cut) -> tuple[onnx.ModelProto, onnx
         part.graph.name = f"{model.graph.name or 'model'}_{name}"
         onnx.checker.check_model(part)
     return prefix, suffix
-
-
-def encode_int8(tensor: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Per-tensor asymmetric uint8 encoding of an intermediate tensor (what the link carries)."""
-    low, high = float(min(tensor.min(), 0.0)), float(max(tensor.max(), 0.0))
-    scale = (high - low) / 255.0 or 1.0
-    zero_point = round(-low / scale)
-    encoded = np.clip(np.round(tensor / scale) + zero_point, 0, 255).astype(np.uint8)
-    return encoded, scale, zero_point
-
-
-def decode_int8(encoded: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Inverse of :func:`encode_int8` (error at most ``scale / 2`` per element)."""
-    return ((encoded.astype(np.float32) - zero_point) * scale).astype(np.float32)

@@ -163,17 +163,39 @@ def _stage_record(stage: dict, policy: dict) -> dict:
     }
 
 
+def _wire(manifest: dict, shape: list[int], dtype: str) -> dict:
+    """What a request to the gateway carries: the input, or a partition's intermediate tensor
+    (``name`` is the tensor the gateway's first stage takes)."""
+    partition = manifest.get("partition") or {}
+    first_input = manifest["inputs"][0]
+    wire = {"name": first_input["name"], "shape": tuple(shape), "dtype": dtype}
+    if partition.get("prefix"):
+        wire = {
+            "name": partition["tensor"],
+            "shape": tuple(partition["shape"]),
+            "dtype": partition["dtype"],
+        }
+    # Device-only partitions send nothing ("none"); everything else goes raw unless encoded.
+    encoding = "int8" if partition.get("encoding") == "int8" else "raw"
+    return {**wire, "encoding": encoding}
+
+
 def runtime_context(manifest: dict) -> dict:
     """The values the templates see, taken from a manifest (its ``files`` are not needed)."""
     policy = manifest["policy"]
     stages = [_stage_record(s, policy) for s in manifest["stages"]]
-    device = [s for s in stages if s["tier"] == "device"]
+    prefix = next((s for s in stages if s["role"] == "prefix"), None)
+    device = [s for s in stages if s["tier"] == "device" and s["role"] != "prefix"]
     gateway = [s for s in stages if s["tier"] == "gateway"]
     first_input = manifest["inputs"][0]
     output = manifest["outputs"][0]
     shape = [int(d) for d in first_input["shape"]]
     classes = output["shape"][-1] if output.get("shape") and output["shape"][-1] else None
     input_bytes = math.prod(shape) * _itemsize(first_input["dtype"])
+    wire = _wire(manifest, shape, first_input["dtype"])
+    wire_bytes = math.prod(wire["shape"]) * (
+        1 if wire["encoding"] == "int8" else _itemsize(wire["dtype"])
+    )
     backends = sorted({s["backend"] for s in stages})
     return {
         "edgec_version": manifest["edgec_version"],
@@ -196,6 +218,9 @@ def runtime_context(manifest: dict) -> dict:
         "stages": tuple(stages),
         "device_stages": device,
         "gateway_stages": gateway,
+        "prefix_stage": prefix,
+        "wire": wire,
+        "wire_bytes": wire_bytes,
         "backends": backends,
         "requirements": [
             _BACKEND_REQUIREMENTS.get(b, f"# {b}: no runtime loader") for b in backends
@@ -216,7 +241,7 @@ def runtime_context(manifest: dict) -> dict:
             "offload_rate": policy.get("offload_rate"),
             "accuracy_basis": policy.get("accuracy_basis", "labels"),
         },
-        "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": input_bytes},
+        "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": wire_bytes},
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),

@@ -71,6 +71,18 @@ class LatencyStats:
         )
 
     @classmethod
+    def total(cls, parts: list[LatencyStats]) -> LatencyStats:
+        """Steps run one after another: quantiles add up (an upper bound for p90/p99, exact
+        for the mean), and the source is the weakest part's."""
+        return cls(
+            p50=sum(s.p50 for s in parts),
+            p90=sum(s.p90 for s in parts),
+            p99=sum(s.p99 for s in parts),
+            mean=sum(s.mean for s in parts),
+            source=weakest_source([s.source for s in parts]),
+        )
+
+    @classmethod
     def from_samples(cls, samples_ms: np.ndarray, source: LatencySource) -> LatencyStats:
         """Summarise timed runs."""
         p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])

@@ -288,3 +288,50 @@ def test_plan_bundle_policy_writes_thresholds_into_the_stage_entries(stages):
     assert policy["payload_bytes"] == PAYLOAD
     assert policy["bandwidth_saved"] == pytest.approx(0.8)
     assert score_kind(None) == "auto"
+
+
+def test_a_lone_gateway_stage_pays_the_link_on_every_frame():
+    """Gateway-only pipelines (``--partition gateway-only``): every frame crosses the link."""
+    stats = LatencyStats.fixed(2.0, "measured-host")
+    policy = plan_cascade(None, [stats], ["gateway"], LINK, PAYLOAD, 20.0)
+    assert policy.chosen.offload_rate == 1.0
+    assert policy.latency.p50 == pytest.approx(2.0 + LINK.cost_ms(PAYLOAD))
+    assert policy.latency.source == "estimated"  # the link comes from the descriptor
+    tight = plan_cascade(None, [stats], ["gateway"], LINK, PAYLOAD, 5.0)
+    assert not tight.feasible  # 2 ms of compute fits 5 ms; the 6 ms round trip does not
+
+
+def test_a_partitioned_teacher_is_planned_as_its_prefix_plus_the_rest(stages):
+    """The planner sees one teacher stage: prefix latency + rest latency, reached by sending
+    the intermediate tensor (the partition's request bytes) instead of the input."""
+    labels, _, probs, _ = stages
+    entries = [
+        {"name": "student", "tier": "device", "role": "student",
+         "latency_ms": LatencyStats.fixed(0.5).to_json()},
+        {"name": "teacher-prefix", "tier": "device", "role": "prefix",
+         "latency_ms": LatencyStats.fixed(1.5).to_json()},
+        {"name": "teacher", "tier": "gateway", "role": "teacher",
+         "latency_ms": LatencyStats.fixed(2.0).to_json()},
+    ]  # fmt: skip
+    partition = {"cut": "t", "stage": "teacher", "prefix": "teacher-prefix", "request_bytes": 99}
+    policy, plan = plan_bundle_policy(
+        entries,
+        {"student": probs[0], "teacher": probs[1]},
+        labels,
+        Link(rtt_ms=5, bandwidth_mbps=50),
+        {"shape": [1, 1, 8, 8], "dtype": "float32"},
+        None,
+        99,
+        "max-prob",
+        "replace",
+        0.0,
+        partition=partition,
+    )
+    assert plan.names == ("student", "teacher")
+    assert policy["payload_bytes"] == 99
+    link = LinkModel(rtt_ms=5, bandwidth_mbps=50)
+    forward = policy["forward_cost_ms"]["student"]
+    assert forward == pytest.approx(
+        link.cost_ms(99) + 1.5 + 2.0 + link.fallback_margin_ms, abs=1e-3
+    )
+    assert "threshold" not in entries[1]  # the prefix is not a classifier

@@ -25,7 +25,7 @@ from edgec.runtime_stubs import render
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[2]
-CASES = ("cascade", "single")
+CASES = ("cascade", "single", "partition", "split")
 UPDATE = os.environ.get("EDGEC_UPDATE_GOLDEN") == "1"
 
 

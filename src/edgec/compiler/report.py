@@ -43,6 +43,8 @@ def render_report(manifest: dict) -> str:
         lines.append(f"- expected accuracy: {_fmt_share(policy['expected_accuracy'])}")
     if len(manifest["stages"]) > 1 and policy.get("pareto"):
         lines += cascade_section(policy)
+    if manifest.get("partition"):
+        lines += partition_section(manifest["partition"])
     lines += [
         "",
         "Latency sources: `measured-host` was timed on the compiling machine, "
@@ -51,6 +53,33 @@ def render_report(manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def partition_section(partition: dict) -> list[str]:
+    """Markdown lines: where the teacher is split and the cheapest options it was chosen from."""
+    estimate = partition["estimate"]
+    sent = f"sends `{partition['tensor']}` {partition['shape']}" if partition["tensor"] else ""
+    lines = [
+        "",
+        "## Partition",
+        "",
+        f"- cut: `{partition['cut']}` ({partition['encoding']}) {sent}".rstrip(),
+        f"- objective: {partition['objective']}; estimated {estimate['total_ms']:.3f} ms end "
+        f"to end (device {estimate['device_ms']:.3f} + link {estimate['transfer_ms']:.3f} + "
+        f"gateway {estimate['gateway_ms']:.3f}), {estimate['device_energy_mj']:.3f} mJ on the "
+        "device",
+        "",
+        "| cut | encoding | bytes | total ms | device mJ | fits |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    key = "total_ms" if partition["objective"] == "latency" else "device_energy_mj"
+    for option in sorted(partition["options"], key=lambda o: o[key])[:10]:
+        lines.append(
+            f"| `{option['cut']}` | {option['encoding']} | {option['payload_bytes']:,} | "
+            f"{option['total_ms']:.3f} | {option['device_energy_mj']:.3f} | "
+            f"{'yes' if option['feasible'] else 'no'} |"
+        )
+    return lines
 
 
 def cascade_section(policy: dict) -> list[str]:

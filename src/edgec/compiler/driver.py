@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,6 @@ from edgec.compiler.cost_model import total_macs
 from edgec.compiler.evaluate import accuracy, agreement, predict
 from edgec.compiler.gate import GateResult, check_bundle
 from edgec.compiler.loading import LoadedModel, load_model
-from edgec.compiler.partition import PartitionChoice, choose_partition
 from edgec.compiler.policy import policy_for_bundle
 from edgec.compiler.precision import (
     PrecisionOptions,
@@ -46,42 +45,20 @@ from edgec.compiler.preprocess import (
 )
 from edgec.compiler.progress import Reporter
 from edgec.compiler.report import write_report
-from edgec.compiler.students import Student, derive_students
+from edgec.compiler.stages import StagePlan, link_view, partition_teacher, plan_stages
+from edgec.compiler.students import derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
 from edgec.errors import BadInputError
 from edgec.kernels.preprocess import PreprocessPlan
 from edgec.passes.instrument import PassInstrument, PassRecord
 from edgec.passes.partition import GATEWAY_ONLY
-from edgec.runtime_stubs import codec
 from edgec.runtime_stubs.render import render_runtime
 from edgec.targets import Target, load_target
 from edgec.targets.base import Backend
 from edgec.targets.registry import choose_backend
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StagePlan:
-    """A stage before it is built.
-
-    Attributes:
-        name: Directory name under ``stages/`` and the name in the manifest.
-        role: ``student``, ``teacher`` or ``prefix`` (the device's part of a partitioned
-            teacher; it outputs an intermediate tensor, not classes).
-        tier: ``device`` or ``gateway``.
-        model: The stage's final ONNX model.
-        precision: ``fp32``, ``fp16`` or ``int8``.
-        extra: Additional manifest fields (e.g. why students were skipped).
-    """
-
-    name: str
-    role: str
-    tier: str
-    model: onnx.ModelProto
-    precision: str = "fp32"
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -224,89 +201,11 @@ def _load_data(
     return dataset
 
 
-def plan_stages(
-    model: onnx.ModelProto,
-    precision: str,
-    students: tuple[Student, ...] = (),
-    has_gateway: bool = False,
-) -> list[StagePlan]:
-    """The cascade's stages in order: the students (smallest first, on the device), then the
-    canonical teacher — on the gateway when the target has one and there are students."""
-    stages = [
-        StagePlan(student.name, "student", "device", student.model, precision, student.details)
-        for student in students
-    ]
-    tier = "gateway" if students and has_gateway else "device"
-    stages.append(
-        StagePlan(name="teacher", role="teacher", tier=tier, model=model, precision=precision)
-    )
-    return stages
-
-
 def _tier_target(stage: StagePlan, target: Target) -> Target:
     """The target a stage runs on: the gateway's for gateway stages, else the device's."""
     if stage.tier == "gateway" and target.gateway is not None:
         return load_target(target.gateway.target)
     return target
-
-
-def partition_teacher(
-    stages: list[StagePlan], target: Target, config: CompileConfig, reporter: Reporter
-) -> tuple[list[StagePlan], dict]:
-    """Apply ``--partition`` to the last stage (the teacher); return the stages and the
-    manifest's ``partition`` section.
-
-    Gateway-only moves the teacher to the gateway, device-only to the device; a middle cut
-    replaces it by its prefix (device) and the rest (gateway).
-    """
-    teacher = stages[-1]
-    spec = teacher.model.graph.input[0].type.tensor_type
-    shape = [d.dim_value for d in spec.shape.dim]
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(spec.elem_type)).name
-    with reporter.step("Choosing where to split the teacher between device and gateway"):
-        choice: PartitionChoice = choose_partition(
-            teacher.model,
-            target,
-            config.partition,
-            config.objective,
-            codec.request_size(shape, dtype),
-        )
-    section = choice.manifest_section(teacher.name)
-    estimate = section["estimate"]
-    reporter.note(
-        f"partition: {section['cut']} ({section['encoding']}), estimated "
-        f"{estimate['total_ms']:.3f} ms end to end, {estimate['device_energy_mj']:.3f} mJ on "
-        f"the device ({config.objective} objective)"
-    )
-    students = [s for s in stages[:-1] if s.tier == "gateway"]
-    if students and choice.split:  # never planned today; the gateway would need the input too
-        raise BadInputError("--partition cannot split a teacher behind gateway students.")
-    teacher.tier = choice.tier
-    if not choice.split:
-        return stages, section
-    note = "partitioned stages stay FP32: the accuracy guard judges whole classifiers"
-    if config.precision == "int8":
-        reporter.note(f"--precision int8: {note}")
-    prefix = StagePlan(
-        name=section["prefix"],
-        role="prefix",
-        tier="device",
-        model=choice.prefix,
-        precision="fp32",
-        extra={"partition_of": teacher.name, "outputs_tensor": section["tensor"]},
-    )
-    teacher.model, teacher.precision = choice.suffix, "fp32"
-    teacher.extra.update({"partition_input": section["tensor"], "precision_note": note})
-    return [*stages[:-1], prefix, teacher], section
-
-
-def link_view(x: np.ndarray, encoding: str) -> np.ndarray:
-    """What the gateway receives for each sample of ``x`` (batch 1 per request)."""
-    if encoding != "int8":
-        return x
-    return np.concatenate(
-        [codec.decode_int8(*codec.encode_int8(x[i : i + 1])) for i in range(len(x))]
-    )
 
 
 def _build_stage(

@@ -29,7 +29,7 @@ from edgec.data import load_dataset
 from edgec.runtime_stubs.launch import import_runtime
 
 pytestmark = pytest.mark.slow
-KEYS = ("input", "prediction", "confidence", "stage", "latency_ms")
+KEYS = ("input", "prediction", "confidence", "stage", "latency_ms", "route")
 
 
 def run(*args: str):

@@ -803,7 +803,7 @@ def run(
     try:
         for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
             if as_json:
-                click.echo(json.dumps({k: v for k, v in item.items() if k != "route"}))
+                click.echo(json.dumps(item))
             else:
                 click.echo(
                     f"{item['input']}: class {item['prediction']} "

@@ -110,7 +110,7 @@ def run_bundle(
     with runtime:
         try:
             for index, answer in enumerate(runtime.run_paths(inputs)):
-                yield {**answer.to_json(index), "route": answer.route}
+                yield answer.to_json(index)
         except device.inputs.InputFileError as err:
             raise BadInputError(str(err).rstrip(".") + ".") from None
 

@@ -17,6 +17,7 @@ from edgec.passes.quantize import (
     Int8Flavour,
     QuantizeInt8Pass,
     calibrate,
+    fold_hard_sigmoid,
     preprocess,
     quantize_model,
 )
@@ -142,3 +143,108 @@ def test_unknown_calibration_method_is_refused(prepared):
     model, _, x = prepared
     with pytest.raises(BadInputError, match="minmax, entropy, percentile"):
         calibrate(model, x, "kl")
+
+
+def hard_swish_se_model() -> onnx.ModelProto:
+    """Conv -> HardSwish (as x * HardSigmoid(x)) -> squeeze-excitation gated by HardSigmoid of a
+    bias-free 1x1 Conv -> GlobalAveragePool -> Flatten -> Gemm, input 'input' [1,3,16,16]."""
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 1, 1)).astype(np.float32), "se_w"),
+        numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "fc_b"),
+    ]
+    swish = {"alpha": 1.0 / 6, "beta": 0.5}
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("HardSigmoid", ["c"], ["hs"], name="hs", **swish),
+        helper.make_node("Mul", ["c", "hs"], ["act"], name="hardswish"),
+        helper.make_node("GlobalAveragePool", ["act"], ["squeeze"], name="squeeze"),
+        helper.make_node("Conv", ["squeeze", "se_w"], ["excite"], name="se_conv"),
+        helper.make_node("HardSigmoid", ["excite"], ["gate"], name="gate", alpha=0.2, beta=0.4),
+        helper.make_node("Mul", ["act", "gate"], ["scaled"], name="scale"),
+        helper.make_node("GlobalAveragePool", ["scaled"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hardswish_se",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def optimized_op_types(model: onnx.ModelProto, tmp_path) -> set[str]:
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+
+@pytest.mark.parametrize(
+    "flavour", [Int8Flavour("uint8", per_channel=True), Int8Flavour("int8", per_channel=False)]
+)
+def test_hard_sigmoid_runs_as_integer_ops_and_keeps_accuracy(flavour, tmp_path):
+    """ORT has no integer HardSigmoid: unfolded, each one runs DQ -> float HardSigmoid -> Q.
+    Folded, the HardSwish's becomes an Add (QLinearAdd with u8 activations) and the SE gate's
+    vanishes into its Conv's bias; no float HardSigmoid is left after ORT's optimisation, and
+    the logits stay close to FP32."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (96, 3, 16, 16)).astype(np.float32)
+    model = preprocess(hard_swish_se_model())
+    quantized = quantize_model(model, calibrate(model, x[:64]), flavour)
+    ops = [n.op_type for n in quantized.graph.node]
+    assert "HardSigmoid" not in ops and ops.count("Add") == 1  # the gate went into the bias
+    se_conv = next(n for n in quantized.graph.node if n.name == "se_conv")
+    assert len(se_conv.input) == 3  # a bias was created for the bias-free Conv
+    optimized = optimized_op_types(quantized, tmp_path)
+    assert "HardSigmoid" not in optimized
+    if flavour.activations == "uint8":  # ORT's x86 kernels fuse u8 activations, not s8
+        assert "QLinearAdd" in optimized
+    assert sqnr_db(run(model, x[64:]), run(quantized, x[64:])) > 25.0
+
+
+def test_folded_hard_sigmoid_equals_hard_sigmoid_quantized_on_its_output_range():
+    """DQ -> HardSigmoid -> Q over [0, 1] and its folded form agree to one 8-bit step."""
+
+    def scalar(value, dtype, name):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    inits = [
+        scalar(0.05, np.float32, "x_scale"),
+        scalar(120, np.uint8, "x_zero"),
+        scalar(1 / 255, np.float32, "y_scale"),
+        scalar(0, np.uint8, "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"], name="qx"),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"], name="dqx"),
+        helper.make_node("HardSigmoid", ["xd"], ["h"], name="hs", alpha=1 / 6, beta=0.5),
+        helper.make_node("QuantizeLinear", ["h", "y_scale", "y_zero"], ["hq"], name="qh"),
+        helper.make_node("DequantizeLinear", ["hq", "y_scale", "y_zero"], ["y"], name="dqh"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1001])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1001])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert fold_hard_sigmoid(folded) == 1
+    assert "HardSigmoid" not in {n.op_type for n in folded.graph.node}
+    x = np.linspace(-6, 6, 1001, dtype=np.float32)[None]
+    reference, result = run(model, x), run(folded, x)
+    assert result.min() == 0.0 and result.max() == 1.0
+    np.testing.assert_allclose(result, reference, atol=1 / 255 + 1e-6)

@@ -485,11 +485,12 @@ def fold_hard_sigmoid(model: onnx.ModelProto) -> int:
     zero points, ``alpha > 0``) the HardSigmoid becomes ``Add(x, beta / alpha)`` (the shift a
     dequantized constant, so ORT runs it as ``QLinearAdd``); its QuantizeLinear covers exactly
     ``[0, 1 / alpha]`` with the type's full range, so saturation is the clip; and the
-    DequantizeLinear after it scales by ``alpha``, giving ``[0, 1]`` on a grid of 1/255 (1/255
-    for int8 too) — HardSigmoid's whole output range, quantized exactly. When ``x`` is a Conv
-    output used by nothing else, the shift goes into the Conv's int32 bias instead and the Add
-    and ``x``'s own Q/DQ pair disappear. The HardSigmoid's output tensor is renamed
-    (``<name>_shifted`` holds the shifted values), and the Add keeps the node's name.
+    DequantizeLinear after it scales by ``alpha``: the result is HardSigmoid on a fixed grid of
+    255 steps over its whole output range ``[0, 1]`` (instead of the calibrated range). When
+    ``x`` is a Conv output used by nothing else, the shift goes into the Conv's int32 bias
+    instead, and the Add and ``x``'s own Q/DQ pair disappear. The Add keeps the node's name;
+    the tensor QuantizeLinear reads is renamed ``<HardSigmoid output>_shifted``, so nothing
+    mistakes the shifted values for the HardSigmoid's (the accuracy guard's ranking skips it).
 
     Returns:
         How many HardSigmoid nodes were rewritten.
@@ -522,7 +523,7 @@ def _foldable(index: _Graph, node: onnx.NodeProto) -> bool:
     y_dqs = index.consumers.get(q_y.output[0], [])
     return (
         bool(y_dqs)
-        and all(d.op_type == "DequantizeLinear" for d in y_dqs)
+        and all(d.op_type == "DequantizeLinear" and len(d.input) == 3 for d in y_dqs)
         and index.scalar(dq_x.input[1]) is not None
         and index.scalar(q_y.input[1]) is not None
         and _integer_zero_point(index.scalar(dq_x.input[2]))
@@ -569,10 +570,82 @@ def _fold(index: _Graph, node: onnx.NodeProto) -> None:
         "DequantizeLinear", names, [f"{base}_shift"], name=f"{base}_shift_DequantizeLinear"
     )
     add = onnx.helper.make_node("Add", [node.input[0], f"{base}_shift"], [shifted], name=base)
-    position = list(model_nodes := index.graph.node).index(node)
-    model_nodes.remove(node)
-    model_nodes.insert(position, add)
-    model_nodes.insert(position, dq_shift)
+    nodes = index.graph.node
+    position = list(nodes).index(node)
+    nodes.remove(node)
+    nodes.insert(position, add)
+    nodes.insert(position, dq_shift)
     q_y.input[0] = shifted
     index.drop_unused_initializers(stale)
 
+
+def _fold_into_bias(
+    index: _Graph,
+    dq_x: onnx.NodeProto,
+    node: onnx.NodeProto,
+    shift: float,
+    q_y: onnx.NodeProto,
+) -> bool:
+    """Add ``shift`` to the bias of the Conv whose output only this HardSigmoid reads.
+
+    ``Conv -> Q -> DQ -> HardSigmoid -> Q_y`` becomes ``Conv (bias + shift) -> Q_y``; returns
+    whether it did (``False``: nothing changed).
+    """
+    q_x = index.producer.get(dq_x.input[0])
+    if q_x is None or q_x.op_type != "QuantizeLinear":
+        return False
+    conv = index.producer.get(q_x.input[0])
+    if (
+        conv is None
+        or conv.op_type != "Conv"
+        or index.only_consumer(dq_x.output[0], "HardSigmoid") is not node
+        or index.only_consumer(q_x.output[0], "DequantizeLinear") is not dq_x
+        or index.only_consumer(conv.output[0], "QuantizeLinear") is not q_x
+    ):
+        return False
+    dq_in, dq_w = index.producer.get(conv.input[0]), index.producer.get(conv.input[1])
+    if not (dq_in and dq_w and dq_in.op_type == dq_w.op_type == "DequantizeLinear"):
+        return False
+    weight, w_scale = index.inits.get(dq_w.input[0]), index.inits.get(dq_w.input[1])
+    x_scale = index.scalar(dq_in.input[1])
+    if weight is None or w_scale is None or x_scale is None:
+        return False
+    channels = weight.dims[0]
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    dq_b = index.producer.get(conv.input[2]) if has_bias else None
+    if has_bias:
+        # quantize_static gives a quantized Conv an int32 bias with scale x_scale * w_scale.
+        if dq_b is None or dq_b.op_type != "DequantizeLinear":
+            return False
+        bias = index.inits.get(dq_b.input[0])
+        b_scale = index.inits.get(dq_b.input[1])
+        if bias is None or b_scale is None or len(index.consumers[dq_b.input[0]]) != 1:
+            return False
+        scale = onnx.numpy_helper.to_array(b_scale).astype(np.float64)
+        values = onnx.numpy_helper.to_array(bias).astype(np.int64)
+    else:
+        w = onnx.numpy_helper.to_array(w_scale).astype(np.float32)
+        scale = np.broadcast_to(np.float32(x_scale) * w, (channels,)).astype(np.float32)
+        values = np.zeros(channels, np.int64)
+    shifted = values + np.rint(shift / scale.astype(np.float64)).astype(np.int64)
+    if np.abs(shifted).max() >= 2**31:
+        return False
+    if has_bias:
+        bias.CopyFrom(onnx.numpy_helper.from_array(shifted.astype(np.int32), bias.name))
+    else:
+        base = f"{conv.name}_folded_bias"
+        inputs = [
+            index.add_initializer(f"{base}_quantized", shifted.astype(np.int32)),
+            index.add_initializer(f"{base}_scale", scale),
+        ]
+        index.graph.node.insert(
+            list(index.graph.node).index(conv),
+            onnx.helper.make_node("DequantizeLinear", inputs, [base], name=base, axis=0),
+        )
+        conv.input.append(base)
+    conv.output[0] = q_y.input[0] = f"{node.output[0]}_shifted"
+    stale = [*q_x.input[1:], *dq_x.input[1:]]
+    for dead in (q_x, dq_x, node):
+        index.graph.node.remove(dead)
+    index.drop_unused_initializers(stale)
+    return True

@@ -13,13 +13,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgec.compiler.accuracy_guard import sqnr_db
 from edgec.errors import BadInputError
+from edgec.passes.qdq_hard_sigmoid import fold_hard_sigmoid
 from edgec.passes.quantize import (
     Int8Flavour,
     QuantizeInt8Pass,
     calibrate,
-    fold_hard_sigmoid,
     preprocess,
     quantize_model,
+    stem_nodes,
 )
 
 
@@ -248,3 +249,40 @@ def test_folded_hard_sigmoid_equals_hard_sigmoid_quantized_on_its_output_range()
     reference, result = run(model, x), run(folded, x)
     assert result.min() == 0.0 and result.max() == 1.0
     np.testing.assert_allclose(result, reference, atol=1 / 255 + 1e-6)
+
+
+def test_the_stem_is_the_first_layer_on_the_input_and_its_activation():
+    """``fp32_stem`` keeps Conv -> HardSwish (as pre-processing splits it) in FP32, and only
+    them: the next Conv, which reads the stem's output, is quantized."""
+    rng = np.random.default_rng(0)
+    w0 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype("f4") * 0.2, "w0")
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype("f4") * 0.1, "w1")
+    nodes = [
+        helper.make_node("Transpose", ["input"], ["xt"], perm=[0, 3, 1, 2], name="to_nchw"),
+        helper.make_node("Conv", ["xt", "w0"], ["c0"], pads=[1] * 4, name="stem_conv"),
+        helper.make_node("HardSwish", ["c0"], ["h0"], name="stem_act"),
+        helper.make_node("Conv", ["h0", "w1"], ["c1"], pads=[1] * 4, name="body_conv"),
+        helper.make_node("Relu", ["c1"], ["y"], name="body_act"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stem",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16, 16, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [w0, w1],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pre = preprocess(model)
+    stem = stem_nodes(pre)
+    ops = {n.name: n.op_type for n in pre.graph.node}
+    assert stem[0] == "stem_conv" and "body_conv" not in stem
+    assert {ops[name] for name in stem[1:]} <= {"HardSigmoid", "Mul", "HardSwish"}
+    x = rng.standard_normal((96, 16, 16, 3)).astype(np.float32)
+    flavour = Int8Flavour(fp32_stem=True)
+    assert flavour.name == "u8s8-per-channel-fp32-stem"
+    q = quantize_model(pre, calibrate(pre, x[:64]), flavour)
+    dequantized = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    int8_convs = {n.name for n in q.graph.node if n.op_type == "Conv" and n.input[0] in dequantized}
+    assert int8_convs == {"body_conv"}
+    assert sqnr_db(run(pre, x[64:]), run(q, x[64:])) > 25.0

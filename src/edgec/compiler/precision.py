@@ -11,8 +11,10 @@ stage (:func:`decide_precision`):
 3. Candidate flavours are quantized from the same ranges:
 
    * **this machine** (target ``host``, ONNX Runtime backend): u8s8 and s8s8 activations, each
-     with per-channel and per-tensor weights (7-bit weights on x86 without VNNI). FP32 and all
-     candidates are timed interleaved in one process; each candidate is judged by the guard.
+     with per-channel and per-tensor weights (7-bit weights on x86 without VNNI), and the
+     activation type the ISA prefers (u8s8 on x86) again with the model's stem kept in FP32
+     (:func:`~edgec.passes.quantize.stem_nodes`). FP32 and all candidates are timed
+     interleaved in one process; each candidate is judged by the guard.
      The choice is the fastest candidate that passes, where candidates within 10% (or 20 us)
      of the fastest count as equally fast and the most accurate of them wins (ties: u8s8
      first);
@@ -51,7 +53,7 @@ from edgec.compiler.progress import Reporter
 from edgec.data import Dataset
 from edgec.errors import BadInputError, GateFailedError
 from edgec.passes.calibration_table import CalibrationTable, tensorrt_version_number
-from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
+from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model, stem_nodes
 from edgec.targets.descriptor import Target
 
 logger = logging.getLogger(__name__)
@@ -197,13 +199,17 @@ def rule_flavour(target: Target, backend: str) -> Int8Flavour:
 
 
 def host_candidates(target: Target) -> list[Int8Flavour]:
-    """Flavours worth timing on this machine: u8s8 and s8s8, per-channel and per-tensor."""
+    """Flavours worth timing on this machine: u8s8 and s8s8, per-channel and per-tensor, and
+    the activation type this ISA's integer kernels prefer with its stem kept in FP32."""
     x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
     reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
+    preferred = "uint8" if x86 else "int8"
     return [
-        Int8Flavour(acts, per_channel=pc, reduce_range=reduce and acts == "uint8")
+        Int8Flavour(acts, per_channel=pc, reduce_range=reduce and acts == "uint8", fp32_stem=stem)
         for acts in ("uint8", "int8")
+        for stem in (False, True)
         for pc in (True, False)
+        if not stem or acts == preferred
     ]
 
 
@@ -380,7 +386,7 @@ def decide_precision(
         "measured-host" if measured else "cost-model",
         "",
         flavour=result.flavour,
-        fp32_layers=result.excluded,
+        fp32_layers=[*(stem_nodes(pre) if result.flavour.fp32_stem else []), *result.excluded],
         calibration=table,
         calibrated_model=pre,
         verdict=result.verdict,
@@ -446,7 +452,10 @@ def _choose_on_host(
     options: PrecisionOptions,
 ) -> _Choice:
     """Quantize every host candidate, time them against FP32, judge them; pick one."""
-    models = {f.name: (f, quantize_model(pre, table, f)) for f in host_candidates(target)}
+    flavours = host_candidates(target)
+    if not stem_nodes(pre):  # nothing to keep in FP32: the stem flavours equal the others
+        flavours = [f for f in flavours if not f.fp32_stem]
+    models = {f.name: (f, quantize_model(pre, table, f)) for f in flavours}
     runners = {"fp32": fp32_runner} | {name: work.runner(m) for name, (_, m) in models.items()}
     stats = _time(work, runners, x_val, options)
     verdicts = {name: judge_model(m) for name, (_, m) in models.items()}

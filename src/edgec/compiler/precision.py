@@ -218,6 +218,25 @@ def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:
     return PrecisionDecision("fp32", model, options.requested, decided_by, reason, **extra)
 
 
+def _fp32_instead_of(
+    choice: _Choice, model, options, decided_by: str, reason: str
+) -> PrecisionDecision:
+    """FP32 after INT8 was considered: the decision keeps the INT8 candidate's numbers."""
+    return _fp32(
+        model,
+        options,
+        decided_by,
+        reason,
+        verdict=choice.verdict,
+        latency_ms=choice.latency,
+        latency_source=choice.source,
+        candidates=choice.candidates,
+        repair_steps=choice.steps,
+        int8_model=choice.model,
+        int8_flavour=choice.flavour,
+    )
+
+
 def _subset(x: np.ndarray, y: np.ndarray | None, limit: int, seed: int):
     if len(x) <= limit:
         return x, y
@@ -314,18 +333,13 @@ def decide_precision(
         slower = choice.latency["int8"] * MIN_SPEEDUP > choice.latency["fp32"]
         if options.requested == "auto" and slower:
             # Keeping layers in FP32 only makes INT8 slower still: no repair can help.
-            return _fp32(
+            return _fp32_instead_of(
+                choice,
                 model,
                 options,
                 "measured-host" if measured else "cost-model",
                 f"INT8 is not at least {MIN_SPEEDUP:g}x faster than FP32 "
                 f"({'measured on this machine' if measured else 'cost model'})",
-                verdict=choice.verdict,
-                latency_ms=choice.latency,
-                latency_source=choice.source,
-                candidates=choice.candidates,
-                int8_model=choice.model,
-                int8_flavour=choice.flavour,
             )
         if not choice.verdict.passed:
             with reporter.step(f"Accuracy guard: finding the layers INT8 breaks in '{stage}'"):
@@ -359,19 +373,7 @@ def decide_precision(
                         f"{message}; raise --max-accuracy-drop, try another --calibration, or "
                         "use --precision auto to keep FP32."
                     )
-                return _fp32(
-                    model,
-                    options,
-                    "accuracy-guard",
-                    message,
-                    verdict=repaired.verdict,
-                    latency_ms=choice.latency,
-                    latency_source=choice.source,
-                    candidates=choice.candidates,
-                    repair_steps=repaired.steps,
-                    int8_model=repaired.model,
-                    int8_flavour=choice.flavour,
-                )
+                return _fp32_instead_of(result, model, options, "accuracy-guard", message)
         if measured:
             # The verdict on speed comes from FP32 and the final INT8 model timed head to head
             # (two models share the time budget instead of five: steadier medians).
@@ -402,18 +404,12 @@ def decide_precision(
     # decide alike record the same sentence.
     where = "measured on this machine" if measured else f"cost model for {target.name}"
     if options.requested == "auto" and int8_ms * MIN_SPEEDUP > fp32_ms:
-        return _fp32(
+        return _fp32_instead_of(
+            result,
             model,
             options,
             decision.decided_by,
             f"INT8 is not at least {MIN_SPEEDUP:g}x faster than FP32 ({where})",
-            verdict=result.verdict,
-            latency_ms=result.latency,
-            latency_source=result.source,
-            candidates=result.candidates,
-            repair_steps=result.steps,
-            int8_model=result.model,
-            int8_flavour=result.flavour,
         )
     why = "--precision int8" if options.requested == "int8" else "faster than FP32"
     decision.reason = f"{why} ({where}); guard: {result.verdict.summary()}"

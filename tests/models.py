@@ -71,24 +71,25 @@ def _shape_of(graph: onnx.GraphProto, name: str) -> list[int] | None:
     return None
 
 
-def bottleneck_model() -> onnx.ModelProto:
-    """A cheap stride-4 stem (3 -> 8 channels) that shrinks the input 24x, then four heavy
-    64-channel 3x3 convolutions at 56x56: the shape device/gateway partitioning exploits."""
+def bottleneck_model(width: int = 64, depth: int = 4) -> onnx.ModelProto:
+    """A cheap stride-4 stem (3 -> 8 channels) that shrinks the input 24x in bytes, then
+    ``depth`` heavy ``width``-channel 3x3 convolutions at 56x56: the shape device/gateway
+    partitioning exploits."""
     rng = np.random.default_rng(0)
 
     def weight(name, *shape):
         return numpy_helper.from_array(rng.standard_normal(shape).astype("f4") * 0.1, name)
 
-    inits = [weight("stem", 8, 3, 4, 4), weight("fc", 10, 64)]
+    inits = [weight("stem", 8, 3, 4, 4), weight("fc", 10, width)]
     nodes = [helper.make_node("Conv", ["x", "stem"], ["s"], strides=[4, 4])]
     prev, channels = "s", 8
-    for i in range(4):
-        inits.append(weight(f"w{i}", 64, channels, 3, 3))
+    for i in range(depth):
+        inits.append(weight(f"w{i}", width, channels, 3, 3))
         nodes += [
             helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1] * 4),
             helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
         ]
-        prev, channels = f"r{i}", 64
+        prev, channels = f"r{i}", width
     nodes += [
         helper.make_node("GlobalAveragePool", [prev], ["p"]),
         helper.make_node("Flatten", ["p"], ["f"]),

@@ -2,6 +2,8 @@
 
 The device talks to the proxy, the proxy to the gateway; each chunk waits ``rtt_ms / 2`` in
 each direction (plus optional jitter), so a request–answer exchange costs one extra round trip.
+With ``bandwidth_mbps`` each direction is also a link of that rate: a chunk (up to 64 KiB, as
+read) waits until the chunks before it have gone, then takes ``bytes * 8 / rate`` to go.
 ``benchmarks/cascade.py`` uses it too. It binds 127.0.0.1
 only, and every thread and socket is bounded and closed by :meth:`DelayProxy.close`.
 """
@@ -18,14 +20,21 @@ import time
 
 class DelayProxy:
     """Forward ``127.0.0.1:<port>`` to ``upstream`` with ``rtt_ms / 2`` per direction, plus
-    exponentially distributed jitter of mean ``jitter_ms / 2`` per direction when asked."""
+    exponentially distributed jitter of mean ``jitter_ms / 2`` per direction when asked, and
+    at most ``bandwidth_mbps`` per direction when given."""
 
     def __init__(
-        self, upstream: tuple[str, int], rtt_ms: float, jitter_ms: float = 0.0, seed: int = 0
+        self,
+        upstream: tuple[str, int],
+        rtt_ms: float,
+        jitter_ms: float = 0.0,
+        seed: int = 0,
+        bandwidth_mbps: float | None = None,
     ):
         self.upstream = upstream
         self.one_way_s = rtt_ms / 2000.0
         self.jitter_s = jitter_ms / 2000.0
+        self.bits_per_s = bandwidth_mbps * 1e6 if bandwidth_mbps else None
         self._random = random.Random(seed)
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
@@ -76,6 +85,7 @@ class DelayProxy:
         self._spawn(self._write, chunks, source, sink)
 
     def _read(self, source: socket.socket, chunks: queue.Queue) -> None:
+        free_at = 0.0  # when this direction's link has sent everything queued so far
         while not self._stop.is_set():
             try:
                 chunk = source.recv(65536)
@@ -85,7 +95,11 @@ class DelayProxy:
                 chunk = b""
             with self._lock:
                 jitter = self._random.expovariate(1 / self.jitter_s) if self.jitter_s else 0.0
-            chunks.put((time.monotonic() + self.one_way_s + jitter, chunk))
+            sent_at = time.monotonic()
+            if self.bits_per_s:
+                free_at = max(sent_at, free_at) + len(chunk) * 8 / self.bits_per_s
+                sent_at = free_at
+            chunks.put((sent_at + self.one_way_s + jitter, chunk))
             if not chunk:
                 return
 

@@ -4,14 +4,17 @@ For every candidate cut (:func:`edgec.passes.partition.candidate_cuts`) and ever
 encoding of the crossing tensor (``raw`` float32, or per-tensor ``int8``), the end-to-end
 latency is
 
-    device prefix latency + RTT + bytes * 8 / bandwidth + gateway suffix latency
+    device prefix latency + RTT + overhead + bytes * 8 / bandwidth + gateway suffix latency
 
 with per-layer latencies from the roofline cost model on each side's target descriptor (so the
 result is ``estimated``), the RTT and bandwidth from the device's ``gateway.link``. The answer
-(a few logits) is small enough that its transfer is covered by the RTT. Device energy is
-``(prefix latency + transmit time) * typical power``: the board is busy while it computes and
-while its radio sends, and idles while it waits for the answer. A cut is feasible only when
-the prefix's weights plus its largest activation fit in half the device's RAM.
+(a few logits) is small enough that its transfer is covered by the RTT; the overhead is the
+cascade planner's per-request allowance for HTTP framing and dispatch
+(:data:`edgec.compiler.cascade.DEFAULT_OVERHEAD_MS`), so both planners price a request alike.
+Device energy is ``(prefix latency + transmit time) * typical power``: the board is busy while
+it computes and while its radio sends, and idles while it waits for the answer. A cut is
+feasible only when the prefix's weights plus its largest activation fit in half the device's
+RAM.
 
 Gateway-only (send the raw input) and device-only (send nothing) are candidates too, so the
 choice moves from gateway-only on a fast link to device-only on a slow one.
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import onnx
 
+from edgec.compiler.cascade import DEFAULT_OVERHEAD_MS
 from edgec.compiler.cost_model import layer_costs
 from edgec.errors import BadInputError
 from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, candidate_cuts, split_model
@@ -46,7 +50,7 @@ class CutCost:
         encoding: ``raw``, ``int8`` or ``none`` (device-only sends nothing).
         payload_bytes: Bytes sent over the link.
         device_ms: Estimated device prefix latency.
-        transfer_ms: RTT plus transmit time (0 for device-only).
+        transfer_ms: RTT, request overhead and transmit time (0 for device-only).
         gateway_ms: Estimated gateway suffix latency.
         total_ms: End-to-end latency.
         device_energy_mj: Device energy per inference in millijoules.
@@ -110,8 +114,8 @@ class PartitionPlan:
         }
 
 
-def _transfer_ms(payload_bytes: int, link: Link) -> float:
-    return link.rtt_ms + payload_bytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
+def _transmit_ms(payload_bytes: int, link: Link) -> float:
+    return payload_bytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
 
 
 def plan_partition(
@@ -163,8 +167,9 @@ def plan_partition(
         choices = ("none",) if cut.name == DEVICE_ONLY else encodings if floats else ("raw",)
         for encoding in choices:
             payload = {"none": 0, "raw": cut.raw_bytes(), "int8": cut.int8_bytes()}[encoding]
-            transfer = 0.0 if encoding == "none" else _transfer_ms(payload, link)
-            transmit = 0.0 if encoding == "none" else transfer - link.rtt_ms
+            transmit = 0.0 if encoding == "none" else _transmit_ms(payload, link)
+            fixed = 0.0 if encoding == "none" else link.rtt_ms + DEFAULT_OVERHEAD_MS
+            transfer = fixed + transmit
             options.append(
                 CutCost(
                     cut=cut,

@@ -13,7 +13,8 @@ not part of a clone) and the example digits teacher, this script:
    nothing but its defaults (QDQ, int8 activations and weights, per-tensor, MinMax, no
    pre-processing) on the same calibration inputs;
 4. times FP32, ORT-default INT8 and edgec's INT8 with ONNX Runtime (CPU, 2 threads, batch 1,
-   level ``all``) interleaved in one process, in ``--rounds`` rounds; quotes the median of the
+   level ``all``, a thread pool that does not spin: the generated runtime's settings)
+   interleaved in one process, in ``--rounds`` rounds; quotes the median of the
    rounds' medians and the best round's median;
 5. runs all three on the evaluation inputs and reports the logits' SQNR against FP32 and the
    top-1 agreement (noisy on random-weight models: reported, not judged);
@@ -243,7 +244,8 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         "pre-processing); **edgec-int8** the INT8 model `decide_precision` (what `edgec compile "
         "--precision auto -t host` runs per stage) settled on. **choice** is what edgec ships: "
         "edgec-int8, or fp32 when INT8 was not faster or missed the accuracy guard.",
-        "- Latency: ONNX Runtime CPU, 2 threads, batch 1, level `all`; all paths interleaved in "
+        "- Latency: ONNX Runtime CPU, 2 threads, batch 1, level `all`, no spinning thread pool "
+        "(what the generated runtime runs; edgec times the same way); all paths interleaved in "
         "one process; each round times every path (`interleaved_latency`); `ms` is the median "
         "of the rounds' medians, `best` the fastest round's median. Ratio = FP32 ms / path ms "
         "(>1 is faster). % of peak: 2 x MACs / latency against ~2,050 GOP/s INT8 (VNNI) or "

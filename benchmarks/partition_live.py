@@ -13,8 +13,10 @@ machine with both threads. The link is a loopback proxy (``tests/runtime_stubs/
 delay_proxy.py``) that adds the RTT and serialises each direction at the swept bandwidth
 (store-and-forward per 64 KiB chunk). For each bandwidth the table gives the median
 end-to-end latency of every option over ``--frames`` frames, and the cut
-``edgec compile --partition auto`` chooses for that link from its cost-model estimates — so
-the last column shows whether the estimate-driven choice is the measured best here.
+``edgec compile --partition auto`` chooses for that link. Both targets are this machine, so
+``auto`` times its finalists' two halves (``compiler/partition_measure.py``) and adds the link
+model (RTT + 1 ms + bytes / bandwidth). The last column shows whether that choice is the best
+measured end to end.
 
 Usage::
 
@@ -199,7 +201,8 @@ def render(rows: list[dict], facts: dict, args, wall_s: float) -> str:
         + ".",
         "- Cells: median end-to-end latency (ms) of the frames, from the device runtime "
         "receiving a frame to its answer. `auto` is the cut `edgec compile --partition auto` "
-        "chooses for that link from cost-model estimates (it does not measure).",
+        "chooses for that link: it times its finalists' halves on this machine and adds the "
+        "link model (RTT + 1 ms + bytes / bandwidth).",
         "",
         "| uplink Mbps | gateway-only ms | cut after the stem ms | device-only ms | "
         "cut vs the better of the other two | measured best | `auto` chose "
@@ -227,9 +230,8 @@ def render(rows: list[dict], facts: dict, args, wall_s: float) -> str:
         'Reading: the "device" here is only 2x slower than the gateway, so a cut can win '
         "at most about 2x, minus the link; here it is the measured best at "
         f"{', '.join(wins) or 'no'} Mbps. Neurosurgeon's larger gains come from devices an "
-        "order of magnitude slower than their server. `auto` decides from the cost model's "
-        "estimates of both sides, not from these measurements, so near a crossover it can "
-        "pick the measured second best.",
+        "order of magnitude slower than their server. `auto` times the two halves but "
+        "models the link, so near a crossover it can pick the measured second best.",
         END,
     ]
     return "\n".join(lines)

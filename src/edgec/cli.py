@@ -551,7 +551,7 @@ def _print_partition(plan) -> None:
     link = plan.link
     table = Table(
         title=f"Cuts over a {link.rtt_ms:g} ms / {link.bandwidth_mbps:g} Mbps link "
-        f"(estimated; objective: {plan.objective})"
+        f"(objective: {plan.objective}; * measured on this machine, others estimated)"
     )
     for column in (
         "cut",
@@ -569,7 +569,9 @@ def _print_partition(plan) -> None:
         chosen = option is plan.chosen
         style = "bold green" if chosen else ""
         table.add_row(
-            escape(option.cut.name) + (" ←" if chosen else ""),
+            escape(option.cut.name)
+            + ("*" if option.source != "estimated" else "")
+            + (" ←" if chosen else ""),
             option.encoding,
             f"{option.payload_bytes:,}",
             f"{option.device_ms:.3f}",

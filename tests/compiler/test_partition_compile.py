@@ -153,3 +153,31 @@ def test_int8_wire_encoding_round_trips_within_half_a_step():
         codec.decode_tensor(body, "1,8,5,5", "uint8", (1, 8, 5, 5), "float32", "int8", "0.1", "300")
     with pytest.raises(codec.WireFormatError, match="unknown encoding"):
         codec.encode_tensor(x, encoding="zip")
+
+
+def test_on_this_machine_the_finalists_are_measured_and_the_best_measured_wins(
+    bottleneck_path, tmp_path
+):
+    """Device and gateway both ``kind: host``: the best cuts by estimate, plus gateway-only and
+    device-only, are timed, and the choice is the best of those measured options."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime_stubs"))
+    from runtime_helpers import write_loopback_target
+
+    from edgec.compiler.partition import partition_model
+    from edgec.compiler.partition_measure import FINALISTS
+
+    plan = partition_model(bottleneck_path, str(write_loopback_target(tmp_path)))
+    measured = [o for o in plan.options if o.source == "measured-host"]
+    names = {o.cut.name for o in measured}
+    assert {"gateway-only", "device-only"} <= names
+    assert len(names) <= FINALISTS + 2
+    assert plan.chosen.source == "measured-host"
+    assert plan.chosen.total_ms == min(o.total_ms for o in measured)
+    for option in measured:
+        assert option.device_ms > 0 or option.cut.name == "gateway-only"
+        assert option.gateway_ms > 0 or option.cut.name == "device-only"
+    estimated = partition_model(bottleneck_path, "raspberry-pi-4")
+    assert {o.source for o in estimated.options} == {"estimated"}  # a board is not this machine

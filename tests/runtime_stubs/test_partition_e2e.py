@@ -1,10 +1,11 @@
 """End to end: a partitioned teacher, served by the generated gateway on loopback.
 
-``edgec compile --partition auto`` on the bottleneck model (a cheap stem that shrinks the input
-24x, then heavy convolutions) for the loopback target must cut after the stem. The generated
-device runtime then runs the stem, sends its output int8-encoded, and the generated gateway
-finishes. Its answers must be what the two halves give through the same encoding, computed here
-with ONNX Runtime directly. With students in front (digits), the partitioned teacher is the
+``edgec compile --partition s`` on the bottleneck model (a cheap stem that shrinks the input
+24x in bytes, then heavy convolutions) for the loopback target cuts after the stem. The
+generated device runtime then runs the stem, sends its output int8-encoded (the encoding the
+planner prefers for that cut on a 50 Mbps link), and the generated gateway finishes. Its
+answers must be what the two halves give through the same encoding, computed here with ONNX
+Runtime directly. With students in front (digits), the partitioned teacher is the
 cascade's last stage and the live run must keep the planner's accuracy and offload rate.
 """
 
@@ -40,7 +41,7 @@ def bottleneck_bundle(tmp_path_factory):
             target=str(write_loopback_target(root)),
             output=root / "bundle",
             students="none",
-            partition="auto",
+            partition="s",
             measure_seconds=0.2,
         )
     )
@@ -57,7 +58,7 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def test_auto_partition_cuts_the_bottleneck_after_its_stem(bottleneck_bundle):
+def test_a_cut_after_the_stem_gives_two_stages_and_a_small_request(bottleneck_bundle):
     manifest = bottleneck_bundle.manifest
     stages = [(s["name"], s["tier"], s["role"]) for s in manifest["stages"]]
     assert stages == [("teacher-prefix", "device", "prefix"), ("teacher", "gateway", "teacher")]

@@ -56,6 +56,8 @@ class CutCost:
         device_energy_mj: Device energy per inference in millijoules.
         device_memory_bytes: Prefix weights plus its largest activation.
         feasible: Whether the prefix fits the device's memory share.
+        source: ``estimated`` (cost model) or ``measured-host`` (timed on this machine, see
+            :mod:`edgec.compiler.partition_measure`).
     """
 
     cut: Cut
@@ -68,6 +70,7 @@ class CutCost:
     device_energy_mj: float
     device_memory_bytes: int
     feasible: bool
+    source: str = "estimated"
 
     def to_json(self) -> dict:
         """A row for ``--json`` and the manifest."""
@@ -84,7 +87,7 @@ class CutCost:
             "device_energy_mj": round(self.device_energy_mj, 4),
             "device_memory_bytes": self.device_memory_bytes,
             "feasible": self.feasible,
-            "source": "estimated",
+            "source": self.source,
         }
 
 
@@ -97,12 +100,14 @@ class PartitionPlan:
         chosen: The best feasible option for the objective.
         objective: ``latency`` or ``energy``.
         link: The link that was assumed.
+        forced: Whether the user named the cut.
     """
 
     options: tuple[CutCost, ...]
     chosen: CutCost
     objective: str
     link: Link
+    forced: bool = False
 
     def to_json(self) -> dict:
         """Machine-readable form for ``--json``."""
@@ -112,6 +117,13 @@ class PartitionPlan:
             "chosen": self.chosen.to_json(),
             "options": [option.to_json() for option in self.options],
         }
+
+
+def objective_key(objective: str):
+    """What an option is ranked by: its end-to-end latency or its device energy."""
+    if objective == "latency":
+        return lambda option: option.total_ms
+    return lambda option: option.device_energy_mj
 
 
 def _transmit_ms(payload_bytes: int, link: Link) -> float:
@@ -196,10 +208,10 @@ def plan_partition(
                 f"everything the rest of the model needs); valid cuts: {shown}{more} "
                 "(`edgec inspect --partition` lists them)."
             )
-    key = (lambda o: o.total_ms) if objective == "latency" else (lambda o: o.device_energy_mj)
+    key = objective_key(objective)
     # Ties go to the lossless encoding and then to the earlier cut.
     chosen = min(candidates, key=lambda o: (key(o), o.encoding == "int8", o.cut.after_node))
-    return PartitionPlan(tuple(options), chosen, objective, link)
+    return PartitionPlan(tuple(options), chosen, objective, link, forced=forced_cut is not None)
 
 
 def partition_model(
@@ -214,7 +226,15 @@ def partition_model(
 
     device = load_target(target)
     model = canonicalize(load_model(Path(path), input_shapes or {}).proto)
-    return plan_partition(model, device, objective=objective)
+    return _measured(plan_partition(model, device, objective=objective), model, device)
+
+
+def _measured(plan: PartitionPlan, model: onnx.ModelProto, device: Target) -> PartitionPlan:
+    """The plan with its finalists timed when the device and its gateway are this machine."""
+    # Imported here: partition_measure builds on this module's plan types.
+    from edgec.compiler.partition_measure import measure_plan
+
+    return measure_plan(plan, model, device, load_target(device.gateway.target))
 
 
 @dataclass(frozen=True)
@@ -296,7 +316,9 @@ def choose_partition(
     # Pre-processing fused in front, or any other rewrite, may have left tensors untyped.
     model = onnx.shape_inference.infer_shapes(model)
     forced = None if request == "auto" else request
-    plan = plan_partition(model, device, objective=objective, forced_cut=forced)
+    plan = _measured(
+        plan_partition(model, device, objective=objective, forced_cut=forced), model, device
+    )
     cut = plan.chosen.cut
     prefix = suffix = None
     if cut.name not in (GATEWAY_ONLY, DEVICE_ONLY):

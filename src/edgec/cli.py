@@ -449,7 +449,7 @@ def _print_summary(result) -> None:
         estimate = partition["estimate"]
         sent = f", sends {partition['tensor']}" if partition["tensor"] else ""
         _out.print(
-            f"partition: {partition['cut']} ({partition['encoding']}{sent}); estimated "
+            f"partition: {partition['cut']} ({partition['encoding']}{sent}); {estimate['source']} "
             f"{estimate['total_ms']:.3f} ms end to end",
             highlight=False,
         )

@@ -64,10 +64,10 @@ def partition_section(partition: dict) -> list[str]:
         "## Partition",
         "",
         f"- cut: `{partition['cut']}` ({partition['encoding']}) {sent}".rstrip(),
-        f"- objective: {partition['objective']}; estimated {estimate['total_ms']:.3f} ms end "
-        f"to end (device {estimate['device_ms']:.3f} + link {estimate['transfer_ms']:.3f} + "
-        f"gateway {estimate['gateway_ms']:.3f}), {estimate['device_energy_mj']:.3f} mJ on the "
-        "device",
+        f"- objective: {partition['objective']}; {estimate['source']} "
+        f"{estimate['total_ms']:.3f} ms end to end (device {estimate['device_ms']:.3f} + "
+        f"link {estimate['transfer_ms']:.3f} + gateway {estimate['gateway_ms']:.3f}), "
+        f"{estimate['device_energy_mj']:.3f} mJ on the device",
         "",
         "| cut | encoding | bytes | total ms | device mJ | fits |",
         "|---|---|---:|---:|---:|---|",

@@ -88,7 +88,7 @@ def partition_teacher(
     section = choice.manifest_section(teacher.name)
     estimate = section["estimate"]
     reporter.note(
-        f"partition: {section['cut']} ({section['encoding']}), estimated "
+        f"partition: {section['cut']} ({section['encoding']}), {estimate['source']} "
         f"{estimate['total_ms']:.3f} ms end to end, {estimate['device_energy_mj']:.3f} mJ on "
         f"the device ({config.objective} objective)"
     )

@@ -159,9 +159,12 @@ def test_link_slower_than_the_budget_answers_on_the_device_in_time(
     assert not any(a.route == "offloaded" for a in answers)
     assert all(a.stage == "small" for a in timed_out)
     # Each waits for the deadline and no longer (the answer itself would take 3x the budget).
+    # A thread preempted on this shared 2-core machine can add tens of ms to one frame, so the
+    # tail is bounded by what separates "stopped waiting" from "waited for the answer".
     waits = sorted(round(a.latency_ms, 2) for a in timed_out)
     assert waits[0] >= 0.9 * BUDGET_MS and float(np.median(waits)) <= 1.1 * BUDGET_MS, waits
-    assert waits[-1] <= 1.5 * BUDGET_MS, waits
+    assert float(np.percentile(waits, 90)) <= 1.25 * BUDGET_MS, waits
+    assert waits[-1] < 2 * BUDGET_MS, waits
     timeouts = runtime.metrics.registry.get_sample_value(
         "offload_requests_total", {"outcome": "timeout"}
     )

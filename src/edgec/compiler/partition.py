@@ -35,7 +35,7 @@ from edgec.runtime_stubs import codec
 from edgec.targets import Target, load_target
 from edgec.targets.descriptor import Link
 
-ENCODINGS = ("raw", "int8")
+ENCODINGS = codec.ENCODINGS
 RAM_SHARE = 0.5
 MAX_NAMED_CUTS = 12
 PREFIX_SUFFIX = "-prefix"
@@ -126,8 +126,34 @@ def objective_key(objective: str):
     return lambda option: option.device_energy_mj
 
 
-def _transmit_ms(payload_bytes: int, link: Link) -> float:
-    return payload_bytes * 8 / (link.bandwidth_mbps * 1e6) * 1e3
+def cost_option(
+    cut: Cut,
+    encoding: str,
+    device_ms: float,
+    gateway_ms: float,
+    memory_bytes: int,
+    feasible: bool,
+    link: Link,
+    device: Target,
+    source: str = "estimated",
+) -> CutCost:
+    """One option's link cost, total and device energy from its two sides' latencies."""
+    payload = {"none": 0, "raw": cut.raw_bytes(), "int8": cut.int8_bytes()}[encoding]
+    transmit = 0.0 if encoding == "none" else payload * 8 / (link.bandwidth_mbps * 1e3)
+    fixed = 0.0 if encoding == "none" else link.rtt_ms + DEFAULT_OVERHEAD_MS
+    return CutCost(
+        cut=cut,
+        encoding=encoding,
+        payload_bytes=payload,
+        device_ms=device_ms,
+        transfer_ms=fixed + transmit,
+        gateway_ms=gateway_ms,
+        total_ms=device_ms + fixed + transmit + gateway_ms,
+        device_energy_mj=(device_ms + transmit) * device.power.typical_w,
+        device_memory_bytes=memory_bytes,
+        feasible=feasible,
+        source=source,
+    )
 
 
 def plan_partition(
@@ -177,23 +203,11 @@ def plan_partition(
         # The int8 encoding quantizes floats; other tensors (e.g. uint8 frames) go as they are.
         floats = all(dtype.startswith("float") for dtype in cut.dtypes)
         choices = ("none",) if cut.name == DEVICE_ONLY else encodings if floats else ("raw",)
+        feasible = memory <= budget_bytes or cut.name == GATEWAY_ONLY
         for encoding in choices:
-            payload = {"none": 0, "raw": cut.raw_bytes(), "int8": cut.int8_bytes()}[encoding]
-            transmit = 0.0 if encoding == "none" else _transmit_ms(payload, link)
-            fixed = 0.0 if encoding == "none" else link.rtt_ms + DEFAULT_OVERHEAD_MS
-            transfer = fixed + transmit
             options.append(
-                CutCost(
-                    cut=cut,
-                    encoding=encoding,
-                    payload_bytes=payload,
-                    device_ms=device_ms,
-                    transfer_ms=transfer,
-                    gateway_ms=gateway_ms,
-                    total_ms=device_ms + transfer + gateway_ms,
-                    device_energy_mj=(device_ms + transmit) * device.power.typical_w,
-                    device_memory_bytes=int(memory),
-                    feasible=memory <= budget_bytes or cut.name == GATEWAY_ONLY,
+                cost_option(
+                    cut, encoding, device_ms, gateway_ms, int(memory), feasible, link, device
                 )
             )
     candidates = [o for o in options if o.feasible]
@@ -246,14 +260,12 @@ class PartitionChoice:
         requested: ``auto`` or the cut the user named.
         prefix: The device's part (``None`` for gateway-only and device-only).
         suffix: The gateway's part (``None`` likewise).
-        input_request_bytes: Bytes of a request that carries the model's input.
     """
 
     plan: PartitionPlan
     requested: str
     prefix: onnx.ModelProto | None
     suffix: onnx.ModelProto | None
-    input_request_bytes: int
 
     @property
     def split(self) -> bool:
@@ -270,15 +282,13 @@ class PartitionChoice:
 
         ``tensor``/``shape``/``dtype`` describe what crosses the link (``None`` for
         gateway-only: the input; device-only: nothing); ``request_bytes`` is one request
-        carrying it in the runtime's wire format.
+        carrying it in the runtime's wire format (0 for device-only).
         """
         chosen = self.plan.chosen
         cut = chosen.cut
-        request = self.input_request_bytes
-        if self.split:
+        request = 0
+        if cut.tensors:  # a split's tensor, or gateway-only's input
             request = codec.request_size(cut.shapes[0], cut.dtypes[0], encoding=chosen.encoding)
-        elif cut.name == GATEWAY_ONLY and chosen.encoding == "int8":
-            request = codec.request_size(cut.shapes[0], cut.dtypes[0], encoding="int8")
         return {
             "requested": self.requested,
             "objective": self.plan.objective,
@@ -301,7 +311,6 @@ def choose_partition(
     device: Target,
     request: str,
     objective: str = "latency",
-    input_request_bytes: int = 0,
 ) -> PartitionChoice:
     """Plan the split of ``model`` for ``device`` (``request``: ``auto`` or a cut) and cut it.
 
@@ -323,4 +332,4 @@ def choose_partition(
     prefix = suffix = None
     if cut.name not in (GATEWAY_ONLY, DEVICE_ONLY):
         prefix, suffix = split_model(model, cut)
-    return PartitionChoice(plan, request, prefix, suffix, input_request_bytes)
+    return PartitionChoice(plan, request, prefix, suffix)

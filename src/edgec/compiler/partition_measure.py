@@ -17,8 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from edgec.compiler.cascade import DEFAULT_OVERHEAD_MS
-from edgec.compiler.partition import PartitionPlan, objective_key
+from edgec.compiler.partition import PartitionPlan, cost_option, objective_key
 from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, split_model
 from edgec.targets import Target
 
@@ -74,24 +73,21 @@ def measure_plan(
                 for part, target in zip(parts, (device, gateway), strict=True)
             )
             measured[cut.name] = (device_ms, gateway_ms)
-    options = []
-    for option in plan.options:
-        if option.cut.name not in measured:
-            options.append(option)
-            continue
-        device_ms, gateway_ms = measured[option.cut.name]
-        fixed = plan.link.rtt_ms + DEFAULT_OVERHEAD_MS if option.encoding != "none" else 0.0
-        transmit = option.transfer_ms - fixed
-        options.append(
-            dataclasses.replace(
-                option,
-                device_ms=device_ms,
-                gateway_ms=gateway_ms,
-                total_ms=device_ms + option.transfer_ms + gateway_ms,
-                device_energy_mj=(device_ms + transmit) * device.power.typical_w,
-                source="measured-host",
-            )
+    options = [
+        option
+        if option.cut.name not in measured
+        else cost_option(
+            option.cut,
+            option.encoding,
+            *measured[option.cut.name],
+            option.device_memory_bytes,
+            option.feasible,
+            plan.link,
+            device,
+            source="measured-host",
         )
+        for option in plan.options
+    ]
     finalists = [o for o in options if o.source == "measured-host"]
     key = objective_key(plan.objective)
     chosen = min(finalists, key=lambda o: (key(o), o.encoding == "int8", o.cut.after_node))

@@ -54,7 +54,8 @@ def plan_bundle_policy(
     entries = [e for e in entries if e.get("role") != "prefix"]
     names = [entry["name"] for entry in entries]
     latency = [LatencyStats.from_json(entry["latency_ms"]) for entry in entries]
-    payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    payload = input_payload
     if partition is not None and partition["cut"] != "device-only":
         payload = partition["request_bytes"]
         if partition.get("prefix"):
@@ -84,7 +85,6 @@ def plan_bundle_policy(
         seed=seed,
     )
     policy = {**plan.to_json(), "scores": kinds}
-    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
     if policy["bandwidth_saved"] is not None and payload != input_payload:
         # Against sending every input as it is: a partition sends a different tensor.
         sent = policy["offload_rate"] * payload / input_payload

@@ -222,19 +222,7 @@ def _fp32_instead_of(
     choice: _Choice, model, options, decided_by: str, reason: str
 ) -> PrecisionDecision:
     """FP32 after INT8 was considered: the decision keeps the INT8 candidate's numbers."""
-    return _fp32(
-        model,
-        options,
-        decided_by,
-        reason,
-        verdict=choice.verdict,
-        latency_ms=choice.latency,
-        latency_source=choice.source,
-        candidates=choice.candidates,
-        repair_steps=choice.steps,
-        int8_model=choice.model,
-        int8_flavour=choice.flavour,
-    )
+    return _fp32(model, options, decided_by, reason, **choice.recorded())
 
 
 def _subset(x: np.ndarray, y: np.ndarray | None, limit: int, seed: int):
@@ -391,13 +379,7 @@ def decide_precision(
         fp32_layers=[*(stem_nodes(pre) if result.flavour.fp32_stem else []), *result.excluded],
         calibration=table,
         calibrated_model=pre,
-        verdict=result.verdict,
-        latency_ms=result.latency,
-        latency_source=result.source,
-        candidates=result.candidates,
-        repair_steps=result.steps,
-        int8_model=result.model,
-        int8_flavour=result.flavour,
+        **result.recorded(),
     )
     fp32_ms, int8_ms = result.latency["fp32"], result.latency["int8"]
     # Measured numbers stay out of the reason (they are in latency_ms), so two compiles that
@@ -427,6 +409,18 @@ class _Choice:
     candidates: list[dict]
     excluded: list[str] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+
+    def recorded(self) -> dict:
+        """What a decision records of the INT8 model considered, whichever precision wins."""
+        return {
+            "verdict": self.verdict,
+            "latency_ms": self.latency,
+            "latency_source": self.source,
+            "candidates": self.candidates,
+            "repair_steps": self.steps,
+            "int8_model": self.model,
+            "int8_flavour": self.flavour,
+        }
 
 
 def _time(work: _Workspace, runners: dict, x_val: np.ndarray, options: PrecisionOptions):

@@ -74,16 +74,9 @@ def partition_teacher(
     replaces it by its prefix (device) and the rest (gateway).
     """
     teacher = stages[-1]
-    spec = teacher.model.graph.input[0].type.tensor_type
-    shape = [d.dim_value for d in spec.shape.dim]
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(spec.elem_type)).name
     with reporter.step("Choosing where to split the teacher between device and gateway"):
         choice: PartitionChoice = choose_partition(
-            teacher.model,
-            target,
-            config.partition,
-            config.objective,
-            codec.request_size(shape, dtype),
+            teacher.model, target, config.partition, config.objective
         )
     section = choice.manifest_section(teacher.name)
     estimate = section["estimate"]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import jinja2
 
+from edgec.runtime_stubs import codec
+
 RUNTIME_DIR = "runtime"
 SHARED_MODULES = (
     "codec.py",
@@ -191,11 +193,9 @@ def runtime_context(manifest: dict) -> dict:
     output = manifest["outputs"][0]
     shape = [int(d) for d in first_input["shape"]]
     classes = output["shape"][-1] if output.get("shape") and output["shape"][-1] else None
-    input_bytes = math.prod(shape) * _itemsize(first_input["dtype"])
+    input_bytes = codec.body_bytes(shape, first_input["dtype"])
     wire = _wire(manifest, shape, first_input["dtype"])
-    wire_bytes = math.prod(wire["shape"]) * (
-        1 if wire["encoding"] == "int8" else _itemsize(wire["dtype"])
-    )
+    wire_bytes = codec.body_bytes(wire["shape"], wire["dtype"], wire["encoding"])
     backends = sorted({s["backend"] for s in stages})
     return {
         "edgec_version": manifest["edgec_version"],
@@ -252,11 +252,6 @@ def _dns_name(text: str) -> str:
     """A Kubernetes object name (RFC 1123 label) from ``text``."""
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
     return name or "edgec-gateway"
-
-
-def _itemsize(dtype: str) -> int:
-    sizes = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "int16": 2}
-    return sizes.get(dtype, 1)
 
 
 def render_files(manifest: dict) -> dict[str, str]:

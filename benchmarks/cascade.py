@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 from distill import Teacher, export_teacher, hard_digits
 
+from edgec.bundle.launch import import_runtime
 from edgec.compiler import compile_model
 from edgec.compiler.students.distill import DistillSettings, deterministic, train_student
 from edgec.config import CompileConfig
 from edgec.data import split
-from edgec.runtime_stubs.launch import import_runtime
 
 HERE = Path(__file__).resolve().parent
 from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
@@ -59,7 +59,7 @@ ARMS = ("cascade", "device only", "gateway only")
 
 
 def _test_helpers():
-    """The tests' RTT-injecting proxy and loopback helpers (``tests/runtime_stubs``)."""
+    """The tests' RTT-injecting proxy and loopback helpers (``tests/runtime``)."""
     sys.path.insert(0, str(HERE.parent / "tests" / "runtime_stubs"))
     import delay_proxy
     import runtime_helpers

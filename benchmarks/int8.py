@@ -6,7 +6,7 @@ not part of a clone) and the example digits teacher, this script:
 
 1. canonicalises the model as ``edgec compile`` does (the FP32 baseline is that model);
 2. lets edgec decide, exactly as ``edgec compile --precision auto -t host`` does for a stage
-   (:func:`edgec.compiler.precision.decide_precision`: calibration, the host flavour search,
+   (:func:`edgec.compiler.int8.precision.decide_precision`: calibration, the host flavour search,
    the accuracy guard, the speed check) and keeps both its choice and the INT8 model it
    considered;
 3. quantizes the same canonical model with ``onnxruntime.quantization.quantize_static`` and
@@ -57,11 +57,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgec.compiler.accuracy_guard import sqnr_db
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.cost_model import total_macs
+from edgec.compiler.int8.accuracy_guard import sqnr_db
+from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
 from edgec.compiler.loading import load_model
-from edgec.compiler.precision import PrecisionOptions, decide_precision
+from edgec.compiler.planning.cost_model import total_macs
 from edgec.data import Dataset, load_dataset
 from edgec.passes.quantize import ArrayCalibrationReader
 from edgec.targets import load_target

@@ -2,7 +2,7 @@
 
 For each model and device (its gateway and RTT from the device's descriptor), this script
 sweeps the uplink bandwidth and records the end-to-end latency of the cut edgec chooses
-(``edgec.compiler.partition.plan_partition``), of running everything on the device, and of
+(``edgec.compiler.planning.partition.plan_partition``), of running everything on the device, and of
 sending the raw input to the gateway. All latencies are ``estimated`` by the roofline cost
 model from the descriptors' published peaks — there is no Raspberry Pi or Jetson here — so
 the table shows where the choice moves, not what a board measures.
@@ -31,7 +31,7 @@ import onnx
 
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
-from edgec.compiler.partition import plan_partition
+from edgec.compiler.planning.partition import plan_partition
 from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY
 from edgec.targets import load_target
 from edgec.targets.descriptor import Link

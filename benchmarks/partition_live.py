@@ -9,7 +9,7 @@ runtime, with the generated gateway server in a second process.
 
 The "device" is this machine held to one thread (its descriptor says ``cores: 1``, so its
 stages are built for one intra-op thread and half this machine's peak); the gateway is this
-machine with both threads. The link is a loopback proxy (``tests/runtime_stubs/
+machine with both threads. The link is a loopback proxy (``tests/runtime/
 delay_proxy.py``) that adds the RTT and serialises each direction at the swept bandwidth
 (store-and-forward per 64 KiB chunk). For each bandwidth the table gives the median
 end-to-end latency of every option over ``--frames`` frames, and the cut
@@ -50,9 +50,9 @@ from models import bottleneck_model  # noqa: E402
 from results_md import write_section  # noqa: E402
 from runtime_helpers import GatewayProcess  # noqa: E402
 
+from edgec.bundle.launch import import_runtime  # noqa: E402
 from edgec.compiler import compile_model  # noqa: E402
 from edgec.config import CompileConfig  # noqa: E402
-from edgec.runtime_stubs.launch import import_runtime  # noqa: E402
 from edgec.targets import load_target  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"

@@ -515,19 +515,19 @@ def inspect(
     Example:
       edgec inspect examples/digits/teacher.onnx --target jetson-nano
     """
-    from edgec.compiler.inspection import inspect_model
+    from edgec.compiler.inspect.inspection import inspect_model
     from edgec.config import parse_input_shapes
 
     shapes = parse_input_shapes(input_shapes)
     report = inspect_model(model, target, shapes, canonical=not raw, precision=precision, top=top)
     explanation = None
     if precision == "int8":
-        from edgec.compiler.int8_inspect import explain_model_int8
+        from edgec.compiler.int8.explain import explain_model_int8
 
         explanation = explain_model_int8(model, target, shapes)
     partition = None
     if show_partition:
-        from edgec.compiler.partition import partition_model
+        from edgec.compiler.planning.partition import partition_model
 
         partition = partition_model(model, target, shapes, objective=objective)
     if as_json:
@@ -687,7 +687,7 @@ def check(
 @_handle_errors
 def keygen(directory: Path, force: bool) -> None:
     """Create an ed25519 key pair: DIRECTORY/edgec.key (private, 0600) and edgec.pub."""
-    from edgec.compiler import trust
+    from edgec.bundle import trust
 
     private, public = trust.generate_keys(directory, force)
     kid = trust.key_id(trust.load_public_key(public))
@@ -702,7 +702,7 @@ def keygen(directory: Path, force: bool) -> None:
 @_handle_errors
 def sign(bundle: Path, key: Path) -> None:
     """Sign BUNDLE's manifest (its files must match it) into BUNDLE/manifest.sig."""
-    from edgec.compiler import trust
+    from edgec.bundle import trust
 
     path = trust.sign_bundle(bundle, key)
     _out.print(f"signed: {path}", highlight=False)
@@ -719,7 +719,7 @@ def sign(bundle: Path, key: Path) -> None:
 @_handle_errors
 def verify(bundle: Path, key: Path | None, as_json: bool) -> None:
     """Exit 0 when BUNDLE verifies (signature, every file, no extra file), else 1 with why."""
-    from edgec.compiler import trust
+    from edgec.bundle import trust
 
     result = trust.verify_bundle(bundle, key)
     if as_json:
@@ -757,7 +757,7 @@ def install(
       edgec install out/rpi4 --into /opt/models --key edgec.pub
       edgec install --rollback --into /opt/models
     """
-    from edgec.compiler import install as installer
+    from edgec.bundle import install as installer
     from edgec.errors import BadInputError
 
     if rollback == (bundle is not None):
@@ -800,7 +800,7 @@ def run(
       edgec run out/rpi4 frames.npy --json
       edgec run out/rpi4 photo.png --gateway http://gateway:8080
     """
-    from edgec.runtime_stubs.launch import run_bundle
+    from edgec.bundle.launch import run_bundle
 
     try:
         for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
@@ -852,7 +852,7 @@ def serve(
     Example:
       edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
     """
-    from edgec.runtime_stubs.launch import serve_bundle
+    from edgec.bundle.launch import serve_bundle
 
     del tier  # only the gateway tier is served
     serve_bundle(

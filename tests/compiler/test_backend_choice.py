@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgec.cli import main
-from edgec.compiler.cost_model import _peaks, estimate_latency
+from edgec.compiler.planning.cost_model import _peaks, estimate_latency
 from edgec.targets import load_target
 
 

@@ -11,7 +11,7 @@ import pytest
 from models import tiny_conv_model
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.compiler.accuracy_guard import sqnr_db
+from edgec.compiler.int8.accuracy_guard import sqnr_db
 from edgec.errors import BadInputError
 from edgec.passes.qdq_hard_sigmoid import fold_hard_sigmoid
 from edgec.passes.quantize import (

@@ -1,4 +1,4 @@
-"""The compiler driver: loading, stage planning, bundle writing and the latency gate.
+"""The compiler: loading, canonicalising, stage planning, building and writing the bundle.
 
 Public API: :func:`compile_model`, :class:`CompileResult`, :func:`check_bundle`,
 :class:`GateResult`, :func:`load_model`, :func:`read_manifest`; trusted bundles:
@@ -13,31 +13,31 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgec.compiler.bundle import read_manifest
+    from edgec.bundle.gate import GateResult, check_bundle
+    from edgec.bundle.install import InstallResult, install_bundle, rollback
+    from edgec.bundle.io import read_manifest
+    from edgec.bundle.trust import VerifyResult, generate_keys, sign_bundle, verify_bundle
     from edgec.compiler.driver import CompileResult, compile_model
-    from edgec.compiler.gate import GateResult, check_bundle
-    from edgec.compiler.inspection import InspectReport, inspect_model
-    from edgec.compiler.install import InstallResult, install_bundle, rollback
+    from edgec.compiler.inspect.inspection import InspectReport, inspect_model
     from edgec.compiler.loading import load_model
-    from edgec.compiler.trust import VerifyResult, generate_keys, sign_bundle, verify_bundle
 
-# Imported on first use: `edgec.compiler.install` and `trust` must not pull in onnx at start.
+# Imported on first use: `edgec.bundle.install` and `trust` must not pull in onnx at start.
 _LAZY = {
     "CompileResult": "edgec.compiler.driver",
-    "GateResult": "edgec.compiler.gate",
-    "check_bundle": "edgec.compiler.gate",
+    "GateResult": "edgec.bundle.gate",
+    "check_bundle": "edgec.bundle.gate",
     "compile_model": "edgec.compiler.driver",
     "load_model": "edgec.compiler.loading",
-    "InspectReport": "edgec.compiler.inspection",
-    "inspect_model": "edgec.compiler.inspection",
-    "read_manifest": "edgec.compiler.bundle",
-    "InstallResult": "edgec.compiler.install",
-    "install_bundle": "edgec.compiler.install",
-    "rollback": "edgec.compiler.install",
-    "VerifyResult": "edgec.compiler.trust",
-    "generate_keys": "edgec.compiler.trust",
-    "sign_bundle": "edgec.compiler.trust",
-    "verify_bundle": "edgec.compiler.trust",
+    "InspectReport": "edgec.compiler.inspect.inspection",
+    "inspect_model": "edgec.compiler.inspect.inspection",
+    "read_manifest": "edgec.bundle.io",
+    "InstallResult": "edgec.bundle.install",
+    "install_bundle": "edgec.bundle.install",
+    "rollback": "edgec.bundle.install",
+    "VerifyResult": "edgec.bundle.trust",
+    "generate_keys": "edgec.bundle.trust",
+    "sign_bundle": "edgec.bundle.trust",
+    "verify_bundle": "edgec.bundle.trust",
 }
 
 

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgec.compiler.cost_model import estimate_latency
+from edgec.compiler.planning.cost_model import estimate_latency
 from edgec.compiler.progress import Reporter
 from edgec.config import CompileConfig
 from edgec.errors import BadInputError, MissingDependencyError

@@ -6,7 +6,7 @@ then build, measure (or estimate) and evaluate each stage inside a staging direc
 renamed into place only when the bundle is complete; finally, gate on the budget.
 
 With ``--partition`` the teacher is split where the partition planner
-(:mod:`edgec.compiler.partition`) says: its prefix becomes a device stage (role ``prefix``)
+(:mod:`edgec.compiler.planning.partition`) says: its prefix becomes a device stage (role ``prefix``)
 and the rest a gateway stage that takes the intermediate tensor. Both parts stay FP32 (the
 accuracy guard judges whole classifiers), and the rest is evaluated on what the link really
 delivers: the prefix's outputs, through the chosen encoding.
@@ -22,21 +22,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgec.compiler import bundle as bundle_io
-from edgec.compiler import trust
+from edgec.bundle import io as bundle_io
+from edgec.bundle import trust
+from edgec.bundle.gate import GateResult, check_bundle
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.cost_model import total_macs
 from edgec.compiler.evaluate import accuracy, agreement, predict
-from edgec.compiler.gate import GateResult, check_bundle
-from edgec.compiler.loading import LoadedModel, load_model
-from edgec.compiler.policy import policy_for_bundle
-from edgec.compiler.precision import (
+from edgec.compiler.int8.precision import (
     PrecisionOptions,
     check_request,
     decide_precision,
     write_calibration,
 )
+from edgec.compiler.loading import LoadedModel, load_model
+from edgec.compiler.planning.cost_model import total_macs
+from edgec.compiler.planning.policy import policy_for_bundle
+from edgec.compiler.planning.stages import StagePlan, link_view, partition_teacher, plan_stages
 from edgec.compiler.preprocess import (
     attach_preprocess,
     frames_dataset,
@@ -45,7 +46,6 @@ from edgec.compiler.preprocess import (
 )
 from edgec.compiler.progress import Reporter
 from edgec.compiler.report import write_report
-from edgec.compiler.stages import StagePlan, link_view, partition_teacher, plan_stages
 from edgec.compiler.students import derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
@@ -53,7 +53,7 @@ from edgec.errors import BadInputError
 from edgec.kernels.preprocess import PreprocessPlan
 from edgec.passes.instrument import PassInstrument, PassRecord
 from edgec.passes.partition import GATEWAY_ONLY
-from edgec.runtime_stubs.render import render_runtime
+from edgec.runtime.render import render_runtime
 from edgec.targets import Target, load_target
 from edgec.targets.base import Backend
 from edgec.targets.registry import choose_backend

@@ -20,7 +20,7 @@ import onnx
 import onnx.utils
 
 # The link's encodings are the generated runtime's wire format (one definition, shared).
-from edgec.runtime_stubs.codec import decode_int8, encode_int8  # noqa: F401 - re-exported
+from edgec.runtime.codec import decode_int8, encode_int8  # noqa: F401 - re-exported
 
 GATEWAY_ONLY = "gateway-only"
 DEVICE_ONLY = "device-only"

@@ -114,7 +114,7 @@ class Gateway(_Frozen):
 
 
 class CostModel(_Frozen):
-    """Efficiency factors of the roofline estimate (see :mod:`edgec.compiler.cost_model`).
+    """Efficiency factors of the roofline estimate (see :mod:`edgec.compiler.planning.cost_model`).
 
     Attributes:
         compute_efficiency: Share of peak compute a tuned backend reaches on real layers.

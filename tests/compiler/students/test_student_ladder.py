@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.cost_model import layer_costs
 from edgec.compiler.loading import load_model
+from edgec.compiler.planning.cost_model import layer_costs
 from edgec.compiler.students.ladder import (
     MIN_RATIO,
     SMALL_RATIO,

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.cost_model import total_macs
+from edgec.compiler.planning.cost_model import total_macs
 from edgec.compiler.progress import Reporter
 from edgec.compiler.students.ladder import Ladder, plan_ladder
 from edgec.config import CompileConfig

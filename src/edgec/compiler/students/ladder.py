@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgec.compiler.cost_model import layer_costs
+from edgec.compiler.planning.cost_model import layer_costs
 from edgec.targets.descriptor import Target
 
 SMALL_RATIO = 0.3

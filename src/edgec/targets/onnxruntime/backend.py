@@ -37,7 +37,7 @@ class OrtRunner:
     """An ``InferenceSession`` with the :class:`~edgec.targets.base.Runner` interface.
 
     Its thread pool does not spin (``spinning=False``), as in the generated runtime
-    (:mod:`edgec.runtime_stubs.loaders`), so what edgec times is what a bundle runs: a spinning
+    (:mod:`edgec.runtime.loaders`), so what edgec times is what a bundle runs: a spinning
     pool wakes faster between kernels (at batch 1, FP32 MobileNets measured ~30% faster here)
     but starves the other stages and threads a bundle's runtime shares the cores with.
     """

@@ -1,0 +1,119 @@
+"""From built stages to the manifest's ``policy``: the glue between the driver and the planner.
+
+The driver hands over the stage entries it wrote (tier, latency with its source), each stage's
+outputs on the validation split and the target's link; this module turns them into plain data
+for :func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
+``policy`` section, and records each stage's threshold in its own entry. The payload of a
+forwarded input is sized with the runtime's own wire format (:mod:`edgec.runtime.codec`).
+
+A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
+device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the
+prefix's latency plus the rest's, reached by sending the intermediate tensor (the partition's
+``request_bytes``) instead of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.compiler.planning.cascade import LinkModel, Policy, plan_cascade
+from edgec.config import CompileConfig
+from edgec.runtime import codec, scoring
+from edgec.targets.base import LatencyStats
+from edgec.targets.descriptor import Link
+
+
+def score_kind(outputs: np.ndarray | None) -> str:
+    """``probabilities`` when a stage's validation outputs already are, ``logits`` otherwise
+    (``auto`` without outputs: the runtime then decides per answer)."""
+    if outputs is None:
+        return "auto"
+    return "probabilities" if scoring.looks_like_probabilities(outputs) else "logits"
+
+
+def plan_bundle_policy(
+    entries: list[dict],
+    outputs: dict[str, np.ndarray | None],
+    labels: np.ndarray | None,
+    link: Link | None,
+    input_spec: dict,
+    budget_ms: float | None,
+    percentile: int,
+    confidence: str,
+    fusion: str,
+    tolerance: float,
+    seed: int = 0,
+    partition: dict | None = None,
+) -> tuple[dict, Policy]:
+    """Plan the cascade over built stages; return the manifest's ``policy`` and the plan.
+
+    Sets ``threshold`` on every classifier entry but the last (in place); ``partition`` is the
+    manifest's partition section, if any.
+    """
+    prefixes = {e["name"]: e for e in entries if e.get("role") == "prefix"}
+    entries = [e for e in entries if e.get("role") != "prefix"]
+    names = [entry["name"] for entry in entries]
+    latency = [LatencyStats.from_json(entry["latency_ms"]) for entry in entries]
+    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    payload = input_payload
+    if partition is not None and partition["cut"] != "device-only":
+        payload = partition["request_bytes"]
+        if partition.get("prefix"):
+            k = names.index(partition["stage"])
+            prefix = LatencyStats.from_json(prefixes[partition["prefix"]]["latency_ms"])
+            latency[k] = LatencyStats.total([prefix, latency[k]])
+    kinds = {name: score_kind(outputs.get(name)) for name in names}
+    have_outputs = all(outputs.get(name) is not None for name in names)
+    probs = (
+        [scoring.to_probabilities(outputs[name], kinds[name]) for name in names]
+        if have_outputs
+        else None
+    )
+    plan = plan_cascade(
+        probs,
+        latency,
+        [entry["tier"] for entry in entries],
+        LinkModel(link.rtt_ms, link.bandwidth_mbps) if link else None,
+        payload,
+        budget_ms,
+        percentile,
+        confidence,
+        fusion,
+        labels if have_outputs else None,
+        names=names,
+        tolerance=tolerance,
+        seed=seed,
+    )
+    policy = {**plan.to_json(), "scores": kinds}
+    if policy["bandwidth_saved"] is not None and payload != input_payload:
+        # Against sending every input as it is: a partition sends a different tensor.
+        sent = policy["offload_rate"] * payload / input_payload
+        policy["bandwidth_saved"] = round(1 - sent, 6)
+    for entry in entries[:-1]:
+        entry["threshold"] = policy["thresholds"][entry["name"]]
+    return policy, plan
+
+
+def policy_for_bundle(
+    manifest: dict,
+    outputs: dict[str, np.ndarray | None],
+    labels: np.ndarray | None,
+    link: Link | None,
+    config: CompileConfig,
+) -> dict:
+    """The manifest's ``policy`` for a compile (``config`` gives the budget and the options)."""
+    policy, _ = plan_bundle_policy(
+        manifest["stages"],
+        outputs,
+        labels,
+        link,
+        manifest["inputs"][0],
+        config.budget_ms,
+        config.percentile,
+        config.confidence,
+        config.fusion,
+        config.accuracy_tolerance / 100.0,
+        config.seed,
+        manifest.get("partition"),
+    )
+    return policy

@@ -1,0 +1,140 @@
+"""The INT8 accuracy guard: its verdict, the per-tensor error ranking, and the repair that
+keeps a deliberately fragile layer (a huge activation outlier) in FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from int8_helpers import fragile_teacher
+
+from edgec.compiler.int8.accuracy_guard import (
+    MIN_CONFIDENT,
+    fp32_activations,
+    judge,
+    rank_tensors,
+    sqnr_db,
+    tensor_error_db,
+)
+from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
+from edgec.data import load_dataset
+from edgec.errors import GateFailedError
+from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
+from edgec.targets import load_target
+
+
+def confident_logits(n: int, classes: int = 10, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 0.1, (n, classes))
+    logits[np.arange(n), rng.integers(0, classes, n)] += 8.0  # softmax top-1 > 0.99
+    return logits
+
+
+def test_with_labels_the_verdict_is_the_accuracy_drop_in_points():
+    fp32 = confident_logits(100)
+    labels = fp32.argmax(axis=1)
+    int8 = fp32.copy()
+    int8[:2] = -int8[:2]  # two answers flip: 100% -> 98%
+    verdict = judge(fp32, int8, labels, max_drop_points=1.0, min_sqnr_db=99.0)
+    assert verdict.basis == "accuracy" and verdict.min_sqnr_db is None
+    assert verdict.fp32_accuracy == 1.0 and verdict.int8_accuracy == 0.98
+    assert verdict.drop_points == pytest.approx(2.0) and not verdict.passed
+    assert judge(fp32, int8, labels, 2.0, 99.0).passed  # the SQNR floor is for unlabelled data
+
+
+def test_without_labels_agreement_counts_only_where_fp32_is_confident():
+    """30 confident inputs with 1 flip (3.3 points) fail a 1-point tolerance; 70 near-ties that
+    all flip under tiny noise do not count."""
+    rng = np.random.default_rng(1)
+    confident = confident_logits(30)
+    ties = rng.normal(0, 1e-3, (70, 10))
+    fp32 = np.concatenate([confident, ties])
+    int8 = fp32 + rng.normal(0, 1e-2, fp32.shape)
+    int8[0] = -int8[0]
+    verdict = judge(fp32, int8, None, max_drop_points=1.0, min_sqnr_db=0.0)
+    assert verdict.basis == "confident-agreement+sqnr"
+    assert verdict.confident_samples == 30
+    assert verdict.drop_points == pytest.approx(100 / 30)
+    assert verdict.agreement < 0.5  # plain agreement is dominated by the near-ties
+    assert not verdict.passed
+    assert judge(fp32, int8, None, max_drop_points=4.0, min_sqnr_db=0.0).passed
+
+
+def test_without_confident_inputs_only_the_sqnr_floor_decides():
+    rng = np.random.default_rng(2)
+    fp32 = rng.normal(0, 0.01, (MIN_CONFIDENT * 3, 1000))
+    int8 = fp32 + rng.normal(0, 0.001, fp32.shape)  # 20 dB
+    verdict = judge(fp32, int8, None, max_drop_points=1.0, min_sqnr_db=15.0)
+    assert verdict.basis == "sqnr" and verdict.drop_points is None
+    assert verdict.sqnr_db == pytest.approx(20.0, abs=0.3) and verdict.passed
+    assert not judge(fp32, int8, None, max_drop_points=1.0, min_sqnr_db=25.0).passed
+
+
+def test_exact_int8_reports_a_finite_capped_sqnr():
+    x = np.ones((4, 3))
+    assert sqnr_db(x, x) == 200.0
+
+
+def test_outlier_channel_scores_badly_though_its_whole_tensor_sqnr_looks_fine():
+    """One channel 1000x larger: an 8-bit per-tensor grid keeps it and zeroes the others. The
+    whole-tensor SQNR (dominated by the outlier) stays high; the per-channel score does not."""
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(0, 1, (8, 16, 6, 6)))
+    x[:, 0] *= 1000.0
+    step = x.max() / 255.0
+    fake_quantized = np.round(x / step) * step
+    assert sqnr_db(x, fake_quantized) > 30.0
+    assert tensor_error_db(x, fake_quantized) < 5.0
+
+
+@pytest.fixture(scope="module")
+def fragile():
+    model, conv = fragile_teacher()
+    return model, conv, load_dataset("digits")
+
+
+def test_ranking_puts_the_outlier_activation_first(fragile):
+    model, conv, data = fragile
+    pre = preprocess(model)
+    qdq = quantize_model(pre, calibrate(pre, data.x_train[:200]), Int8Flavour())
+    ranking = rank_tensors(qdq, fp32_activations(pre, data.x_val))
+    worst = ranking[0]
+    conv_output = next(n.output[0] for n in pre.graph.node if n.name == conv)
+    relu = next(n for n in pre.graph.node if conv_output in n.input)
+    assert worst.tensor in (conv_output, relu.output[0])
+    assert worst.sqnr_db < 3.0 < ranking[len(ranking) // 2].sqnr_db
+
+
+@pytest.mark.slow
+def test_guard_keeps_the_fragile_layer_fp32_and_meets_the_tolerance(fragile):
+    """Fully quantized, the fragile teacher loses ~80 points; the guard keeps the outlier conv
+    (and the neighbours that would quantize its output) in FP32 and the drop is back under 1
+    point, while the rest of the network stays INT8."""
+    model, conv, data = fragile
+    options = PrecisionOptions(requested="int8", compare_seconds=0.2)
+    decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
+    assert decision.precision == "int8"
+    assert conv in decision.fp32_layers
+    assert len(decision.fp32_layers) <= 4
+    assert decision.verdict.passed and decision.verdict.drop_points <= 1.0
+    assert decision.repair_steps and decision.repair_steps[0]["tensor_sqnr_db"] < 3.0
+    assert all(not c["passed"] for c in decision.candidates)  # every flavour broke first
+    quantized_ops = {n.op_type for n in decision.model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops
+    kept = {n.name for n in decision.model.graph.node if n.name in decision.fp32_layers}
+    assert kept == set(decision.fp32_layers)
+
+
+def test_guard_that_cannot_be_met_fails_with_the_numbers_under_int8(fragile):
+    model, _, data = fragile
+    options = PrecisionOptions(requested="int8", compare_seconds=0.1, max_fp32_steps=0)
+    with pytest.raises(GateFailedError, match=r"accuracy 99\.\d\d% FP32 vs \d+\.\d\d% INT8"):
+        decide_precision(model, load_target("host"), "onnxruntime", data, options)
+
+
+def test_guard_that_cannot_be_met_keeps_fp32_under_auto(fragile):
+    model, _, data = fragile
+    options = PrecisionOptions(requested="auto", compare_seconds=0.1, max_fp32_steps=0)
+    decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
+    assert decision.precision == "fp32" and decision.decided_by == "accuracy-guard"
+    assert decision.model is model
+    assert not decision.verdict.passed and "misses the accuracy guard" in decision.reason

@@ -19,7 +19,6 @@ PERCENTILES: tuple[int, ...] = (50, 90, 99)
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 
 _SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
@@ -177,6 +176,8 @@ class CompileConfig:
             raise BadInputError(f"--percentile must be 50, 90 or 99, got {self.percentile}.")
         if self.measure_seconds <= 0:
             raise BadInputError(f"--measure-seconds must be positive, got {self.measure_seconds}.")
+        from edgec.passes.quantize import CALIBRATION_METHODS  # the passes own the methods
+
         if self.calibration not in CALIBRATION_METHODS:
             raise BadInputError(
                 f"--calibration must be one of {', '.join(CALIBRATION_METHODS)}, "
@@ -215,7 +216,7 @@ class CompileConfig:
                 f"--tuning-cache {cache} is a file; give a directory (it is created if missing)."
             )
         if self.device is not None:
-            from edgec.targets.tvm.rpc import parse_device_url  # no TVM import: parsing only
+            from edgec.targets.device_url import parse_device_url
 
             parse_device_url(self.device)
         measured_by_tvm = self.tune_trials > 0 or self.device is not None

@@ -43,15 +43,17 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgec.config import CALIBRATION_METHODS
 from edgec.errors import BadInputError
 from edgec.passes.calibration_table import CalibrationTable
 from edgec.passes.qdq_hard_sigmoid import fold_hard_sigmoid
 
 logger = logging.getLogger(__name__)
 
-# Ops that carry the arithmetic INT8 is for; the others only pass quantized values along.
 _CALIBRATION_BYTES = 512 << 20
+
+#: The ``--calibration`` methods, ONNX Runtime's calibrators (see :func:`_method`).
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+# Ops that carry the arithmetic INT8 is for; the others only pass quantized values along.
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 

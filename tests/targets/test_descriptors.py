@@ -10,7 +10,7 @@ import yaml
 
 from edgec.errors import BadInputError
 from edgec.targets import load_target, shipped_target_names
-from edgec.targets.host import detect_host
+from edgec.targets.descriptor import detect_host
 
 REQUIRED = {
     "jetson-nano",

@@ -32,7 +32,8 @@ class StageLoadError(RuntimeError):
     """A stage cannot be loaded: unknown backend, missing artifact or backend runtime."""
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """CPU cores this process may use (its affinity, which is what a container really gets)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
@@ -42,8 +43,42 @@ def _threads(options: dict) -> int:
     override = os.environ.get("EDGEC_THREADS")
     if override and override.isdigit() and int(override) > 0:
         return int(override)
-    requested = int(options.get("intra_op_threads") or options.get("threads") or _cores())
-    return max(1, min(requested, _cores()))
+    requested = int(options.get("intra_op_threads") or options.get("threads") or usable_cores())
+    return max(1, min(requested, usable_cores()))
+
+
+_ORT_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(level: str, threads: int | None = None, *, spinning: bool = False):
+    """The ``onnxruntime.SessionOptions`` every ONNX Runtime session of edgec starts from.
+
+    Quiet (errors only); idle intra-op threads sleep unless ``spinning``: several sessions, a
+    prefetch thread and a network client share the cores, and spinning pools starve each other.
+    The compiler times and checks models with these same options, so what it measures is what
+    a bundle runs.
+
+    Args:
+        level: Graph optimisation: ``disabled`` (an artifact already optimised offline),
+            ``basic``, ``extended`` or ``all``.
+        threads: Intra-op threads, with one inter-op thread; ``None`` leaves ORT's defaults.
+        spinning: Let idle intra-op threads spin.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[level])
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 class OnnxRuntimeStage:
@@ -56,17 +91,11 @@ class OnnxRuntimeStage:
             raise StageLoadError(
                 f"{path} needs ONNX Runtime, which is not installed: pip install onnxruntime."
             ) from None
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session_options.intra_op_num_threads = _threads(options)
-        session_options.inter_op_num_threads = 1
-        session_options.log_severity_level = 3
-        # Several sessions, a prefetch thread and a network client share the cores: idle
-        # intra-op threads must sleep, not spin (spinning pools starve each other).
-        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
-                str(path), session_options, providers=["CPUExecutionProvider"]
+                str(path),
+                session_options("disabled", _threads(options)),
+                providers=["CPUExecutionProvider"],
             )
         except Exception as err:  # ORT raises several unrelated types
             raise StageLoadError(f"ONNX Runtime cannot load {path}: {err}") from None

@@ -11,6 +11,7 @@ its ``sources`` list. Peak throughputs are the vendor's dense numbers (no struct
 from __future__ import annotations
 
 import difflib
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgec.errors import BadInputError
+from edgec.targets.host import host_fields
 
 Precision = Literal["fp32", "fp16", "int8"]
 BackendName = str
@@ -225,6 +227,12 @@ def load_target_file(path: Path) -> Target:
         raise BadInputError(_format_validation_error(path, err)) from None
 
 
+@functools.cache
+def detect_host() -> Target:
+    """Describe this machine as a :class:`Target` named ``host`` (see :mod:`edgec.targets.host`)."""
+    return Target.model_validate(host_fields())
+
+
 def load_target(name_or_path: str) -> Target:
     """Resolve a target by registry name, ``host``, or a path to a descriptor file.
 
@@ -232,8 +240,6 @@ def load_target(name_or_path: str) -> Target:
         BadInputError: Unknown name (the message suggests the closest names) or invalid file.
     """
     if name_or_path == "host":
-        from edgec.targets.host import detect_host
-
         return detect_host()
     looks_like_path = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path
     if looks_like_path:

@@ -5,16 +5,19 @@ flags from ``/proc/cpuinfo`` on Linux (``platform`` elsewhere). Peak throughputs
 from the widest vector unit present, assuming two FMA pipes per core as on current x86 server
 cores: AVX-512 gives 64 FP32 FLOP/cycle/core, AVX2 32, anything else 8; VNNI quadruples INT8.
 They only feed the cost model: latency on the host is always measured.
+
+Detection returns plain data (the descriptor's fields); :func:`edgec.targets.descriptor.detect_host`
+validates it into a :class:`~edgec.targets.descriptor.Target`, so this module imports no
+descriptor code.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 from pathlib import Path
 
-from edgec.targets.descriptor import Cpu, Memory, Power, Target
+from edgec.runtime.loaders import usable_cores
 
 _INTERESTING_FLAGS = (
     "neon",
@@ -64,37 +67,35 @@ def _flops_per_cycle(flags: set[str]) -> tuple[int, int]:
     return fp32, int8
 
 
-@functools.cache
-def detect_host() -> Target:
-    """Describe this machine as a :class:`Target` named ``host``."""
+def host_fields() -> dict:
+    """This machine's descriptor fields (a target named ``host``), as plain data."""
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     clock_ghz = float(info.get("cpu MHz", "2000")) / 1000.0
     fp32, int8 = _flops_per_cycle(flags)
     arch = platform.machine() or "unknown"
     has_vnni = bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
-    return Target(
-        name="host",
-        kind="host",
-        description=f"this machine ({info.get('model name', arch)}, {cores} cores)",
-        sources=("detected at run time from /proc/cpuinfo and the process affinity",),
-        cpu=Cpu(
-            arch=arch,
-            model=info.get("model name", platform.processor() or arch),
-            cores=cores,
-            clock_ghz=round(clock_ghz, 2),
-            isa_features=tuple(sorted(flags & set(_INTERESTING_FLAGS))),
-            peak_gflops_fp32=round(cores * clock_ghz * fp32, 1),
-            peak_gops_int8=round(cores * clock_ghz * int8, 1),
-        ),
+    return {
+        "name": "host",
+        "kind": "host",
+        "description": f"this machine ({info.get('model name', arch)}, {cores} cores)",
+        "sources": ("detected at run time from /proc/cpuinfo and the process affinity",),
+        "cpu": {
+            "arch": arch,
+            "model": info.get("model name", platform.processor() or arch),
+            "cores": cores,
+            "clock_ghz": round(clock_ghz, 2),
+            "isa_features": tuple(sorted(flags & set(_INTERESTING_FLAGS))),
+            "peak_gflops_fp32": round(cores * clock_ghz * fp32, 1),
+            "peak_gops_int8": round(cores * clock_ghz * int8, 1),
+        },
         # Memory bandwidth is not detectable without a benchmark; 20 GB/s per core is a
         # typical share of a server socket. Only the cost model reads it.
-        memory=Memory(ram_gb=_ram_gb(), bandwidth_gbps=20.0 * cores),
-        power=Power(typical_w=15.0 * cores, max_w=25.0 * cores),
-        precisions=("fp32", "int8") if has_vnni or "avx2" in flags else ("fp32",),
-        backends=("onnxruntime", "tvm"),
-        toolchain={"python": platform.python_version()},
-        tvm_target={"kind": "llvm", "num-cores": cores},
-    )
+        "memory": {"ram_gb": _ram_gb(), "bandwidth_gbps": 20.0 * cores},
+        "power": {"typical_w": 15.0 * cores, "max_w": 25.0 * cores},
+        "precisions": ("fp32", "int8") if has_vnni or "avx2" in flags else ("fp32",),
+        "backends": ("onnxruntime", "tvm"),
+        "toolchain": {"python": platform.python_version()},
+        "tvm_target": {"kind": "llvm", "num-cores": cores},
+    }

@@ -5,7 +5,7 @@ Public API: :func:`derive_students` (what the compile driver calls), :class:`Stu
 
 * ``ladder`` — how many students and how small (MAC ratios), sized from the target;
 * ``convert`` / ``ops`` / ``shape_ops`` — ONNX -> torch (``nn.Module`` with real layers) for
-  training;
+  training; ``context`` holds the module being built and what the op translators see;
 * ``prune`` — structured pruning to a MAC ratio with torch-pruning;
 * ``distill`` — knowledge distillation from the teacher's logits;
 * ``export`` — back to ONNX, checked against torch;

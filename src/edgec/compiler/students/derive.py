@@ -33,6 +33,7 @@ from edgec.compiler.students.ladder import Ladder, plan_ladder
 from edgec.config import CompileConfig
 from edgec.data import Dataset
 from edgec.errors import BadInputError
+from edgec.runtime.loaders import session_options
 from edgec.targets.descriptor import Target
 
 logger = logging.getLogger(__name__)
@@ -236,10 +237,8 @@ def _derive_one(rung, module, example, data, logits, settings, teacher, teacher_
 
 def teacher_logits(teacher: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The teacher's outputs on ``x``, one sample at a time (its batch may be fixed to 1)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
     session = ort.InferenceSession(
-        teacher.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        teacher.SerializeToString(), session_options("all", 2), providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
     return np.concatenate(

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from edgec.compiler.students.convert import OnnxModule
+from edgec.compiler.students.context import OnnxModule
 
 HOLDOUT_SHARE = 0.1
 TRAIN_THREADS = 1

@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edgec.compiler.students.convert import OnnxModule
+from edgec.compiler.students.context import OnnxModule
+from edgec.runtime.loaders import session_options
 
 MIN_OPSET = 13
 MAX_OPSET = 20
@@ -67,7 +68,9 @@ def verify_export(
     Raises:
         ExportMismatchError: The difference exceeds ``rtol``.
     """
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), session_options("all"), providers=["CPUExecutionProvider"]
+    )
     name = session.get_inputs()[0].name
     got = np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
     module.eval()

@@ -19,7 +19,7 @@ Asymmetric padding becomes an explicit ``F.pad`` before the conv or pool (an ave
 excludes the padding divides by the pooled count of real inputs). Attributes the translation
 cannot honour (``Gemm`` with ``transA``, ``ConvTranspose`` with asymmetric pads, a computed
 ``Reshape`` shape, ``Squeeze`` of the batch axis, ...) raise
-:class:`~edgec.compiler.students.convert.UnsupportedModelError` with the reason.
+:class:`~edgec.compiler.students.context.UnsupportedModelError` with the reason.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgec.compiler.students.convert import ConversionContext
+from edgec.compiler.students.context import ConversionContext
 from edgec.compiler.students.shape_ops import (
     SHAPE_TRANSLATORS,
     as_ints,

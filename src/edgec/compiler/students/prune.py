@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch_pruning as tp
 
-from edgec.compiler.students.convert import OnnxModule
+from edgec.compiler.students.context import OnnxModule
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from edgec.compiler.students.convert import ConversionContext
+from edgec.compiler.students.context import ConversionContext
 
 
 def as_ints(value) -> list[int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import BadInputError
+from edgec.runtime.loaders import session_options
 from edgec.targets.base import (
     DEFAULT_MEASURE_POLICY,
     Artifact,
@@ -51,13 +52,7 @@ class OrtRunner:
     ):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = _ort_level(level)
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        options = session_options(level, threads, spinning=spinning)
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]
@@ -77,17 +72,6 @@ class OrtRunner:
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[-1] if text else type(err).__name__
-
-
-def _ort_level(level: str):
-    import onnxruntime as ort
-
-    return {
-        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
 
 
 def random_inputs(runner: OrtRunner, seed: int = 0) -> dict[str, np.ndarray]:
@@ -175,14 +159,10 @@ class OnnxRuntimeBackend:
         threads = options.threads or target.cpu.cores
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact_path = out_dir / ARTIFACT_NAME
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = _ort_level(level)
-        session_options.optimized_model_filepath = str(artifact_path)
-        session_options.log_severity_level = 3
+        build_options = session_options(level)
+        build_options.optimized_model_filepath = str(artifact_path)
         try:
-            ort.InferenceSession(
-                str(model_path), session_options, providers=["CPUExecutionProvider"]
-            )
+            ort.InferenceSession(str(model_path), build_options, providers=["CPUExecutionProvider"])
         except Exception as err:
             raise BadInputError(
                 f"ONNX Runtime cannot build the model: {_first_line(err)}"

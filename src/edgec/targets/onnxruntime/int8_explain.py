@@ -30,6 +30,7 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
+from edgec.runtime.loaders import session_options
 from edgec.targets.descriptor import Target, load_target
 
 _COMPUTE = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -189,19 +190,12 @@ def _model_findings(model: onnx.ModelProto, target: Target, report_signed: bool)
 def _optimised(model: onnx.ModelProto, target: Target) -> onnx.ModelProto | None:
     import onnxruntime as ort
 
-    level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if target.is_host
-        else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    )
+    level = "all" if target.is_host else "extended"
     with tempfile.TemporaryDirectory(prefix="edgec-explain-") as tmp:
         source, optimised = Path(tmp) / "model.onnx", Path(tmp) / "optimised.onnx"
         onnx.save_model(model, source)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = level
+        options = session_options(level, threads=1)
         options.optimized_model_filepath = str(optimised)
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1
         try:
             ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
         except Exception:  # an unloadable model: the static findings still stand

@@ -25,12 +25,13 @@ import os
 import sys
 import threading
 
+from edgec.runtime.loaders import usable_cores
+
 _LOCK = threading.Lock()
 
 
-def local_cores() -> int:
-    """CPU cores this process may use (its affinity, which is what a container really gets)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+#: CPU cores this process may use: the runtime's count, the one definition edgec has.
+local_cores = usable_cores
 
 
 def import_tvm(threads: int | None = None):

@@ -3,16 +3,19 @@
 A rule's ``check`` that rejects a match for a reason a user may care about (a BatchNormalization
 that stays because its weight is shared) calls :func:`refuse`, which logs the reason at
 ``debug`` and returns the failed :class:`MatchResult`. :func:`apply_rules` runs rules one at a
-time so a pass can report how often each fired.
+time so a pass can report how often each fired. :class:`RulesPass` is the pass around a rule
+set: apply, tidy up, say what changed in one line, report ``modified`` honestly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
+from typing import ClassVar
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRule, RewriteRuleSet
 
 logger = logging.getLogger("edgec.passes")
@@ -62,7 +65,7 @@ def fresh_name(graph: ir.Graph, base: str) -> str:
     return name
 
 
-def apply_rules(model: ir.Model, rules: Sequence[RewriteRule]) -> dict[str, int]:
+def apply_rules(model: ir.Model, rules: Iterable[RewriteRule]) -> dict[str, int]:
     """Apply each rule to the model (one rule at a time); return how often each fired."""
     counts: dict[str, int] = {}
     for rule in rules:
@@ -71,3 +74,64 @@ def apply_rules(model: ir.Model, rules: Sequence[RewriteRule]) -> dict[str, int]
             name = rule.name or type(rule).__name__
             counts[name] = counts.get(name, 0) + count
     return counts
+
+
+class RulesPass(ir.passes.InPlacePass):
+    """An in-place pass that applies a rewrite rule set: the rewrite tail, written once.
+
+    A subclass sets :attr:`rules` and, where the defaults do not fit, the other class
+    attributes. One run applies the rules (up to :attr:`rounds` times, until none fires), runs
+    the :attr:`finish` passes, and, when a rule fired, the :attr:`cleanup` passes. ``modified``
+    is true exactly when a rule fired or a ``finish`` pass changed the model; then one line at
+    ``info`` on the subclass's module logger says what changed (``FoldPadIntoConvPass: folded
+    2 PadIntoConv``).
+
+    Attributes:
+        rules: The rules, applied one at a time so each one's count can be reported.
+        verb: What the rules do to the nodes they match, for the summary line.
+        rounds: Apply the rules again while they fire, at most this many times (a rewrite can
+            enable another that the same round cannot see).
+        finish: ``(label, pass class)`` run after the rules every time; the nodes each removes
+            are reported under its label.
+        cleanup: Pass classes run after :attr:`finish` when a rule fired (the rewrites leave
+            unused nodes and Identity nodes behind).
+    """
+
+    rules: ClassVar[Iterable[RewriteRule]]
+    verb: ClassVar[str] = "rewrote"
+    rounds: ClassVar[int] = 1
+    finish: ClassVar[tuple[tuple[str, type[ir.passes.PassBase]], ...]] = ()
+    cleanup: ClassVar[tuple[type[ir.passes.PassBase], ...]] = (common.RemoveUnusedNodesPass,)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        """Apply the rules, then the finishing and clean-up passes; see the class docstring."""
+        counts: dict[str, int] = {}
+        for _ in range(self.rounds):
+            fired = apply_rules(model, self.rules)
+            if not fired:
+                break
+            for name, n in fired.items():
+                counts[name] = counts.get(name, 0) + n
+        fired = modified = bool(counts)
+        for label, finishing in self.finish:
+            before = _node_count(model)
+            if finishing()(model).modified:
+                modified = True
+                removed = before - _node_count(model)
+                if removed:
+                    counts[label] = counts.get(label, 0) + removed
+        if fired:
+            for tidy in self.cleanup:
+                tidy()(model)
+        if counts:
+            logging.getLogger(type(self).__module__).info(
+                "%s: %s %s",
+                type(self).__name__,
+                self.verb,
+                ", ".join(f"{n} {name}" for name, n in counts.items()),
+            )
+        return ir.passes.PassResult(model, modified=modified)
+
+
+def _node_count(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))

@@ -15,16 +15,12 @@ Each match becomes an ``Identity`` which the pass then removes with onnx_ir's
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
-from edgec.passes._rewrite import apply_rules, constant, opset_version, refuse, used_elsewhere
-
-logger = logging.getLogger(__name__)
+from edgec.passes._rewrite import RulesPass, constant, opset_version, refuse, used_elsewhere
 
 
 class _DropoutAtInference(RewriteRuleClassBase):
@@ -130,51 +126,31 @@ class _ReshapeToSameShape(RewriteRuleClassBase):
         return op.Identity(x)
 
 
-def _finish(model: ir.Model, counts: dict[str, int], name: str) -> ir.passes.PassResult:
-    if counts:
-        common.IdentityEliminationPass()(model)
-        common.RemoveUnusedNodesPass()(model)
-        logger.info("%s: removed %s", name, ", ".join(f"{v} {k}" for k, v in counts.items()))
-    return ir.passes.PassResult(model, modified=bool(counts))
-
-
-class EliminateDropoutPass(ir.passes.InPlacePass):
+class EliminateDropoutPass(RulesPass):
     """Remove Dropout nodes that are the identity at inference (see the module docstring)."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts = apply_rules(model, dropout_rules)
-        return _finish(model, counts, type(self).__name__)
+    rules = RewriteRuleSet([_DropoutAtInference.rule()])
+    verb = "removed"
+    cleanup = (common.IdentityEliminationPass, common.RemoveUnusedNodesPass)
 
 
-class EliminateNoOpsPass(ir.passes.InPlacePass):
+class EliminateNoOpsPass(RulesPass):
     """Remove ``Add 0``/``Sub 0``/``Mul 1``/``Div 1``, same-shape Reshape and Identity nodes.
 
     Identity nodes are removed by onnx_ir's ``IdentityEliminationPass`` as the last step, so a
     model with nothing else to remove still loses its Identity nodes here.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts = apply_rules(model, no_op_rules)
-        identities = common.IdentityEliminationPass()(model).modified
-        if counts:
-            common.RemoveUnusedNodesPass()(model)
-            logger.info(
-                "%s: removed %s",
-                type(self).__name__,
-                ", ".join(f"{v} {k}" for k, v in counts.items()),
-            )
-        return ir.passes.PassResult(model, modified=bool(counts) or identities)
-
-
-dropout_rules = RewriteRuleSet([_DropoutAtInference.rule()])
-no_op_rules = RewriteRuleSet(
-    [
-        _BinaryNoOp.rule("Add", 0.0),
-        _BinaryNoOp.rule("Add", 0.0, constant_first=True),
-        _BinaryNoOp.rule("Sub", 0.0),
-        _BinaryNoOp.rule("Mul", 1.0),
-        _BinaryNoOp.rule("Mul", 1.0, constant_first=True),
-        _BinaryNoOp.rule("Div", 1.0),
-        _ReshapeToSameShape.rule(),
-    ]
-)
+    rules = RewriteRuleSet(
+        [
+            _BinaryNoOp.rule("Add", 0.0),
+            _BinaryNoOp.rule("Add", 0.0, constant_first=True),
+            _BinaryNoOp.rule("Sub", 0.0),
+            _BinaryNoOp.rule("Mul", 1.0),
+            _BinaryNoOp.rule("Mul", 1.0, constant_first=True),
+            _BinaryNoOp.rule("Div", 1.0),
+            _ReshapeToSameShape.rule(),
+        ]
+    )
+    verb = "removed"
+    finish = (("Identity", common.IdentityEliminationPass),)

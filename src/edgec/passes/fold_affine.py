@@ -22,16 +22,11 @@ The rounding differs from the unfolded graph by float32 rounding of the folded p
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
-from edgec.passes._rewrite import apply_rules, constant, other_users, refuse
-
-logger = logging.getLogger(__name__)
+from edgec.passes._rewrite import RulesPass, constant, other_users, refuse
 
 _MAX_ROUNDS = 16
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
@@ -163,39 +158,23 @@ class _MergeChain(RewriteRuleClassBase):
         return op.Add(scaled, shift)
 
 
-class FoldAffinePass(ir.passes.InPlacePass):
+class FoldAffinePass(RulesPass):
     """Fold per-channel scale/shift layers into Convs and merge chains of them.
 
     See the module docstring for the math and the refusals.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts: dict[str, int] = {}
-        # Reordering a Mul past an Add enables merges the same round cannot see: repeat
-        # until nothing fires (each merge removes a node, so this ends).
-        for _ in range(_MAX_ROUNDS):
-            fired = apply_rules(model, rules)
-            if not fired:
-                break
-            for name, n in fired.items():
-                counts[name] = counts.get(name, 0) + n
-        if counts:
-            common.RemoveUnusedNodesPass()(model)
-            logger.info(
-                "%s: %s",
-                type(self).__name__,
-                ", ".join(f"{n} {name}" for name, n in counts.items()),
-            )
-        return ir.passes.PassResult(model, modified=bool(counts))
-
-
-rules = RewriteRuleSet(
-    [
-        _IntoConv.rule("Mul"),
-        _IntoConv.rule("Add"),
-        _MergeChain.rule("Mul", "Mul"),
-        _MergeChain.rule("Add", "Add"),
-        _MergeChain.rule("Add", "Mul"),
-    ],
-    commute=True,
-)
+    rules = RewriteRuleSet(
+        [
+            _IntoConv.rule("Mul"),
+            _IntoConv.rule("Add"),
+            _MergeChain.rule("Mul", "Mul"),
+            _MergeChain.rule("Add", "Add"),
+            _MergeChain.rule("Add", "Mul"),
+        ],
+        commute=True,
+    )
+    verb = "folded"
+    # Reordering a Mul past an Add enables merges the same round cannot see: repeat until
+    # nothing fires (each merge removes a node, so this ends).
+    rounds = _MAX_ROUNDS

@@ -29,11 +29,8 @@ Refused (the node stays, the reason is logged at ``debug``):
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
 # The rules live in a private module: onnxscript's package exports only the rule objects, and
@@ -45,9 +42,7 @@ from onnxscript.rewriter.rules.common._fuse_batchnorm import (
     FuseBatchNormIntoGemm,
 )
 
-from edgec.passes._rewrite import apply_rules, constant, opset_version, refuse, used_elsewhere
-
-logger = logging.getLogger(__name__)
+from edgec.passes._rewrite import RulesPass, constant, opset_version, refuse, used_elsewhere
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -165,30 +160,19 @@ class _ToScaleShift(RewriteRuleClassBase):
         return op.Add(scaled, t)
 
 
-class FoldBatchNormPass(ir.passes.InPlacePass):
+class FoldBatchNormPass(RulesPass):
     """Fold every inference BatchNormalization into its producer or into one Mul+Add.
 
     The math and the refusals are in the module docstring. Folding into a producer runs first,
     so a BatchNormalization becomes Mul+Add only where no producer can take it.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts = apply_rules(model, rules)
-        if counts:
-            common.RemoveUnusedNodesPass()(model)
-            logger.info(
-                "%s: %s",
-                type(self).__name__,
-                ", ".join(f"{n} {name}" for name, n in counts.items()),
-            )
-        return ir.passes.PassResult(model, modified=bool(counts))
-
-
-rules = RewriteRuleSet(
-    [
-        _IntoConv.rule(name="BatchNormIntoConv"),
-        _IntoConvTranspose.rule(name="BatchNormIntoConvTranspose"),
-        _IntoGemm.rule(name="BatchNormIntoGemm"),
-        _ToScaleShift.rule(name="BatchNormToMulAdd"),
-    ]
-)
+    rules = RewriteRuleSet(
+        [
+            _IntoConv.rule(name="BatchNormIntoConv"),
+            _IntoConvTranspose.rule(name="BatchNormIntoConvTranspose"),
+            _IntoGemm.rule(name="BatchNormIntoGemm"),
+            _ToScaleShift.rule(name="BatchNormToMulAdd"),
+        ]
+    )
+    verb = "folded"

@@ -13,16 +13,11 @@ batch or channel axis; negative pads (cropping); a Conv with ``auto_pad`` other 
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
-from edgec.passes._rewrite import apply_rules, constant, refuse
-
-logger = logging.getLogger(__name__)
+from edgec.passes._rewrite import RulesPass, constant, refuse
 
 
 def _pad_amounts(pad: ir.Node, rank: int) -> tuple[list[int] | None, str]:
@@ -105,15 +100,8 @@ class _PadIntoConv(RewriteRuleClassBase):
         return op.Conv(x, *conv.inputs[1:], _name=conv.name, **attributes)
 
 
-class FoldPadIntoConvPass(ir.passes.InPlacePass):
+class FoldPadIntoConvPass(RulesPass):
     """Fold constant zero Pads into the consuming Conv's ``pads`` (see the module docstring)."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts = apply_rules(model, rules)
-        if counts:
-            common.RemoveUnusedNodesPass()(model)
-            logger.info("%s: folded %d Pad nodes", type(self).__name__, sum(counts.values()))
-        return ir.passes.PassResult(model, modified=bool(counts))
-
-
-rules = RewriteRuleSet([_PadIntoConv.rule()])
+    rules = RewriteRuleSet([_PadIntoConv.rule()])
+    verb = "folded"

@@ -9,15 +9,10 @@ inputs is left alone: a chain of Adds would be more nodes, not fewer.
 
 from __future__ import annotations
 
-import logging
-
-import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase, RewriteRuleSet
 
-from edgec.passes._rewrite import apply_rules
-
-logger = logging.getLogger(__name__)
+from edgec.passes._rewrite import RulesPass
 
 
 class _SumOfTwo(RewriteRuleClassBase):
@@ -46,15 +41,8 @@ class _SumOfOne(RewriteRuleClassBase):
         return op.Identity(a)
 
 
-class ReplaceSumWithAddPass(ir.passes.InPlacePass):
+class ReplaceSumWithAddPass(RulesPass):
     """Replace ``Sum`` of two inputs by ``Add`` and of one input by nothing."""
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        counts = apply_rules(model, rules)
-        if counts:
-            common.IdentityEliminationPass()(model)
-            logger.info("%s: rewrote %d Sum nodes", type(self).__name__, sum(counts.values()))
-        return ir.passes.PassResult(model, modified=bool(counts))
-
-
-rules = RewriteRuleSet([_SumOfTwo.rule(), _SumOfOne.rule()])
+    rules = RewriteRuleSet([_SumOfTwo.rule(), _SumOfOne.rule()])
+    cleanup = (common.IdentityEliminationPass,)

@@ -8,6 +8,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from edgec.runtime.loaders import session_options
+
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -61,11 +63,8 @@ def ops(model: onnx.ModelProto) -> list[str]:
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs on ONNX Runtime with graph optimisations off (so ORT does not fuse for us)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        model.SerializeToString(), session_options("disabled"), providers=["CPUExecutionProvider"]
     )
     return session.run(None, feeds)
 

@@ -269,14 +269,7 @@ def train_student(
                 batch = order[start : start + settings.batch_size]
                 if len(batch) < 2 and seen:
                     continue  # a batch of one breaks BatchNorm in training mode
-                out = student(xt[batch])
-                loss = kd_loss(
-                    out,
-                    None if tt is None else tt[batch],
-                    None if yt is None else yt[batch],
-                    settings.temperature,
-                    settings.alpha,
-                )
+                loss = _loss_on(student(xt[batch]), tt, yt, batch, settings)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -312,11 +305,16 @@ def _evaluate(student, x_hold, target, tt, yt, hold, settings) -> tuple[float, f
     student.eval()
     with torch.no_grad():
         out = student(x_hold)
-        loss = kd_loss(
-            out,
-            None if tt is None else tt[hold],
-            None if yt is None else yt[hold],
-            settings.temperature,
-            settings.alpha,
-        )
+        loss = _loss_on(out, tt, yt, hold, settings)
     return float((out.argmax(dim=1) == target).float().mean()), float(loss)
+
+
+def _loss_on(out, tt, yt, index, settings):
+    """The distillation loss of ``out`` against the teacher's logits and labels at ``index``."""
+    return kd_loss(
+        out,
+        None if tt is None else tt[index],
+        None if yt is None else yt[index],
+        settings.temperature,
+        settings.alpha,
+    )

@@ -364,31 +364,18 @@ def _pool(ctx: ConversionContext, node: onnx.NodeProto) -> None:
     if any(2 * p > k for p, k in zip(padding, kernel, strict=True)):
         explicit, padding = onnx_pads_to_torch(pads), [0] * rank
     x = node.input[0]
+    window = {"kernel_size": kernel, "stride": strides, "padding": padding, "ceil_mode": ceil}
     if node.op_type == "MaxPool":
         if explicit is not None:
             x = _pre_pad(ctx, x, explicit, float("-inf"))
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[rank - 1]
-        pool = partial(
-            fn,
-            kernel_size=kernel,
-            stride=strides,
-            padding=padding,
-            dilation=dilations,
-            ceil_mode=ceil,
-        )
+        pool = partial(fn, **window, dilation=dilations)
     else:
         if dilations != [1] * rank:
             ctx.unsupported("is dilated")
         include = bool(ctx.attr("count_include_pad", 0))
         fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[rank - 1]
-        pool = partial(
-            fn,
-            kernel_size=kernel,
-            stride=strides,
-            padding=padding,
-            ceil_mode=ceil,
-            count_include_pad=include or explicit is not None,
-        )
+        pool = partial(fn, **window, count_include_pad=include or explicit is not None)
         if explicit is not None and not include:
             # Average over the real inputs only: pooled sum of x over pooled count of ones.
             pool = partial(_avg_pool_excluding_pads, pads=explicit, pool=pool)

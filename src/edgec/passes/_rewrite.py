@@ -18,6 +18,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRule, RewriteRuleSet
 
+from edgec.passes.instrument import count_nodes
+
 logger = logging.getLogger("edgec.passes")
 
 
@@ -36,11 +38,6 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def is_graph_input(value: ir.Value) -> bool:
-    """Whether ``value`` is a graph input (a user can feed it, so it is not constant)."""
-    return value.is_graph_input()
-
-
 def other_users(value: ir.Value, allowed: set[ir.Node]) -> list[ir.Node]:
     """Consumers of ``value`` outside ``allowed``."""
     return [user for user, _ in value.uses() if user not in allowed]
@@ -54,15 +51,6 @@ def used_elsewhere(node: ir.Node, first: int = 1) -> bool:
 def opset_version(model: ir.Model, domain: str = "") -> int:
     """The model's opset version for ``domain`` (the default domain unless given)."""
     return model.opset_imports.get(domain, model.opset_imports.get("ai.onnx", 0))
-
-
-def fresh_name(graph: ir.Graph, base: str) -> str:
-    """An initializer name based on ``base`` that the graph does not use yet."""
-    name, index = base, 1
-    while name in graph.initializers:
-        name = f"{base}_{index}"
-        index += 1
-    return name
 
 
 def apply_rules(model: ir.Model, rules: Iterable[RewriteRule]) -> dict[str, int]:
@@ -114,10 +102,10 @@ class RulesPass(ir.passes.InPlacePass):
                 counts[name] = counts.get(name, 0) + n
         fired = modified = bool(counts)
         for label, finishing in self.finish:
-            before = _node_count(model)
+            before = count_nodes(model)
             if finishing()(model).modified:
                 modified = True
-                removed = before - _node_count(model)
+                removed = before - count_nodes(model)
                 if removed:
                     counts[label] = counts.get(label, 0) + removed
         if fired:
@@ -131,7 +119,3 @@ class RulesPass(ir.passes.InPlacePass):
                 ", ".join(f"{n} {name}" for name, n in counts.items()),
             )
         return ir.passes.PassResult(model, modified=modified)
-
-
-def _node_count(model: ir.Model) -> int:
-    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))

@@ -70,9 +70,9 @@ class RulesPass(ir.passes.InPlacePass):
     A subclass sets :attr:`rules` and, where the defaults do not fit, the other class
     attributes. One run applies the rules (up to :attr:`rounds` times, until none fires), runs
     the :attr:`finish` passes, and, when a rule fired, the :attr:`cleanup` passes. ``modified``
-    is true exactly when a rule fired or a ``finish`` pass changed the model; then one line at
-    ``info`` on the subclass's module logger says what changed (``FoldPadIntoConvPass: folded
-    2 PadIntoConv``).
+    is true exactly when a rule fired or a ``finish`` pass changed the model; one line at
+    ``info`` on the subclass's module logger counts what went (``FoldPadIntoConvPass: folded
+    2 PadIntoConv``), and nothing is logged when nothing did.
 
     Attributes:
         rules: The rules, applied one at a time so each one's count can be reported.
@@ -95,10 +95,10 @@ class RulesPass(ir.passes.InPlacePass):
         """Apply the rules, then the finishing and clean-up passes; see the class docstring."""
         counts: dict[str, int] = {}
         for _ in range(self.rounds):
-            fired = apply_rules(model, self.rules)
-            if not fired:
+            this_round = apply_rules(model, self.rules)
+            if not this_round:
                 break
-            for name, n in fired.items():
+            for name, n in this_round.items():
                 counts[name] = counts.get(name, 0) + n
         fired = modified = bool(counts)
         for label, finishing in self.finish:

@@ -36,7 +36,8 @@ ORDER = [
 # Topic pages that explain a command's options in depth.
 SEE_ALSO = {
     "compile": (
-        "[targets](targets.md) (`--target`), [backends](backends.md) (`--backend`, "
+        "[targets](targets.md) (`--target`), [inputs](inputs.md) (`--input-shape`, `--data`), "
+        "[backends](backends.md) (`--backend`, "
         "`--tune-trials`, `--tuning-cache`, `--device`), [INT8](int8.md) (`--precision`, "
         "`--calibration`, `--calib-samples`, `--max-accuracy-drop`, `--min-sqnr-db`), "
         "[students](students.md) (`--students`, `--distill-epochs`, `--temperature`, "

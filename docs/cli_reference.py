@@ -66,7 +66,7 @@ EXIT_CODES = [
         "1",
         "the gate failed (over budget: by how much, at which percentile, with the latency "
         "source), or a bundle does not verify (`verify`, `install`, `sign`, and `run`/`serve` "
-        "with `--key`: every bad file is named)",
+        "with `--key`: every bad file is named), or `run` got an answer for no frame",
     ),
     (
         "2",

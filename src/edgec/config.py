@@ -16,28 +16,32 @@ from edgec.kernels.preprocess.spec import PreprocessSpec
 
 Percentile = Literal[50, 90, 99]
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
+# fp16 is not offered until a backend builds it (descriptors may still list it).
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 
-_SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
+# Dimensions are separated by 'x' only: a comma would be ambiguous with lists of flags.
+_SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*x\s*\d+)*)\s*$")
 
 
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``name=1x3x224x224`` (``,`` also separates dims) into a name and a shape.
+    """Parse ``name=1x3x224x224`` into a name and a shape.
 
     Raises:
-        BadInputError: The text is not of that form or a dimension is zero.
+        BadInputError: The text is not of that form (commas between dimensions included) or a
+            dimension is zero.
     """
     match = _SHAPE_RE.match(spec)
     if not match:
         raise BadInputError(
-            f"--input-shape '{spec}' is not of the form NAME=DIMS, e.g. input=1x3x224x224."
+            f"--input-shape '{spec}' is not of the form NAME=DIMS with dimensions separated "
+            "by 'x', e.g. input=1x3x224x224."
         )
     name, dims_text = match.groups()
-    dims = tuple(int(d) for d in re.split(r"\s*[x,]\s*", dims_text))
+    dims = tuple(int(d) for d in re.split(r"\s*x\s*", dims_text))
     if any(d <= 0 for d in dims):
         raise BadInputError(f"--input-shape '{spec}': every dimension must be positive.")
     return name, dims
@@ -95,7 +99,7 @@ class CompileConfig:
         percentile: Which latency percentile the budget applies to.
         input_shapes: Static shapes for inputs with dynamic dimensions.
         precision: ``auto`` (default: per stage, the faster of FP32 and INT8 that passes the
-            accuracy guard), ``fp32``, ``fp16`` or ``int8``.
+            accuracy guard), ``fp32`` or ``int8`` (``fp16`` is not built yet).
         backend: ``auto`` (the target's preference) or a backend name.
         data: ``--data`` source (``digits`` or an ``.npz`` path) for accuracy.
         force: Replace an existing bundle.
@@ -201,9 +205,23 @@ class CompileConfig:
             raise BadInputError(f"--temperature must be positive, got {self.temperature}.")
         if not 0 <= self.alpha <= 1:
             raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}.")
+        if self.precision == "fp16":
+            raise BadInputError("--precision fp16 is not built yet; use fp32, int8 or auto.")
         if self.precision not in PRECISIONS:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."
+            )
+        self._check_requests_have_data()
+
+    def _check_requests_have_data(self) -> None:
+        """Explicit requests that need data are refused without it (``auto`` adapts)."""
+        if self.data is not None:
+            return
+        if not isinstance(self.students, str):
+            ratios = ",".join(f"{r:g}" for r in self.students)
+            raise BadInputError(
+                f"--students {ratios} needs --data to train the students on (pass --data "
+                "digits or an .npz with x), or use --students auto or none."
             )
 
     def _check_tvm(self) -> None:

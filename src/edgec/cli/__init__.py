@@ -45,6 +45,3 @@ for _command in (
     *runtime.COMMANDS,
 ):
     main.add_command(_command)
-
-if __name__ == "__main__":
-    main()

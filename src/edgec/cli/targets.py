@@ -16,8 +16,9 @@ from edgec.cli.common import handle_errors, out, print_json, say
 
 
 def describe_backends(backends: dict[str, tuple[bool, str]]) -> str:
-    """``onnxruntime (usable), tvm (not usable)``: the reasons follow the table."""
-    return ", ".join(
+    """One backend a line, ``tvm (usable)`` or ``tensorrt (not usable)``; the reasons follow
+    the table."""
+    return "\n".join(
         f"{name} (usable)" if ok else f"{name} (not usable)" for name, (ok, _) in backends.items()
     )
 

@@ -23,7 +23,8 @@ FUSIONS: tuple[str, ...] = ("replace", "weighted")
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 
-# Dimensions are separated by 'x' only: a comma would be ambiguous with lists of flags.
+# Dimensions are separated by 'x' only, the one documented spelling: other separators are
+# refused with the expected format rather than guessed.
 _SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*x\s*\d+)*)\s*$")
 
 

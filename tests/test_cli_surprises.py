@@ -64,6 +64,25 @@ def test_explicit_students_without_data_are_refused(tmp_path, teacher_path):
         CompileConfig(model=teacher_path, target="host", output=out, students=[0.2])
 
 
+def test_explicit_students_without_the_train_extra_are_refused(tmp_path, teacher_path):
+    """Surprise 5 too: without torch, explicit ratios were skipped with a note, exit 0."""
+    out = tmp_path / "b"
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if the train extra were not installed\n"
+        "from edgec.cli import main\n"
+        f"main(['compile', {str(teacher_path)!r}, '-t', 'host', '-o', {str(out)!r}, "
+        "'--data', 'digits', '--students', '0.1,0.3'])\n"
+    )
+    done = edgec_process(["-c", code])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --students 0.1,0.3 needs the train extra (torch and torch-pruning), which is not "
+        "installed: pip install 'edgec[train]' (or use --students auto or none)."
+    )
+    assert not out.exists()
+
+
 def test_auto_students_without_data_stay_a_teacher_only_bundle_and_say_why(tmp_path, teacher_path):
     config = CompileConfig(model=teacher_path, target="host", output=tmp_path / "b")
     assert config.students == "auto" and config.data is None  # accepted

@@ -6,12 +6,13 @@ errors explain the fix.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edgec.errors import BadInputError
+from edgec.errors import BadInputError, MissingDependencyError
 from edgec.kernels.preprocess.spec import PreprocessSpec
 
 Percentile = Literal[50, 90, 99]
@@ -26,6 +27,14 @@ OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 # Dimensions are separated by 'x' only, the one documented spelling: other separators are
 # refused with the expected format rather than guessed.
 _SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*x\s*\d+)*)\s*$")
+
+
+def _importable(name: str) -> bool:
+    """Whether ``import name`` can work, without importing it (torch takes seconds)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules
+        return False
 
 
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
@@ -212,17 +221,22 @@ class CompileConfig:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."
             )
-        self._check_requests_have_data()
+        self._check_explicit_requests()
 
-    def _check_requests_have_data(self) -> None:
-        """Explicit requests that need data are refused without it (``auto`` adapts)."""
-        if self.data is not None:
+    def _check_explicit_requests(self) -> None:
+        """Explicit requests that cannot be met are refused (``auto`` adapts, with a note)."""
+        if isinstance(self.students, str):
             return
-        if not isinstance(self.students, str):
-            ratios = ",".join(f"{r:g}" for r in self.students)
+        ratios = ",".join(f"{r:g}" for r in self.students)
+        if self.data is None:
             raise BadInputError(
                 f"--students {ratios} needs --data to train the students on (pass --data "
                 "digits or an .npz with x), or use --students auto or none."
+            )
+        if not all(_importable(name) for name in ("torch", "torch_pruning")):
+            raise MissingDependencyError(
+                f"--students {ratios} needs the train extra (torch and torch-pruning), which is "
+                "not installed: pip install 'edgec[train]' (or use --students auto or none)."
             )
 
     def _check_tvm(self) -> None:

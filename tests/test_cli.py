@@ -213,3 +213,26 @@ def test_bad_flags(tmp_path, teacher_path, flag):
     out = tmp_path / "b"
     result = run("compile", str(teacher_path), "-t", "host", "-o", str(out), *flag)
     assert_bad_input(result, "", out)
+
+
+def test_check_without_budget_uses_the_manifests_and_says_so(tmp_path, teacher_path):
+    """Surprise 4: the budget a bundle was compiled for gates it, and the output says so."""
+    out = tmp_path / "b"
+    compiled = run(
+        "compile", str(teacher_path), "-t", "raspberry-pi-4", "-o", str(out), "--budget-ms", "5",
+        "--students", "none", "--precision", "fp32",
+    )  # fmt: skip
+    assert compiled.exit_code == 0, compiled.output
+    result = run("check", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "budget 5 ms at p99 from the bundle's manifest"
+    assert "within the 5 ms budget" in result.output
+
+
+def test_check_without_any_budget_is_one_sentence(tmp_path, tiny_model_path):
+    out = tmp_path / "b"
+    compiled = run(
+        "compile", str(tiny_model_path), "-t", "host", "-o", str(out), "--measure-seconds", "0.2",
+    )  # fmt: skip
+    assert compiled.exit_code == 0, compiled.output
+    assert_bad_input(run("check", str(out)), "give one with --budget-ms")

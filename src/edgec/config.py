@@ -6,37 +6,51 @@ errors explain the fix.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from edgec.errors import BadInputError
+from edgec.errors import BadInputError, MissingDependencyError
 from edgec.kernels.preprocess.spec import PreprocessSpec
 
 Percentile = Literal[50, 90, 99]
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
+# fp16 is not offered until a backend builds it (descriptors may still list it).
+PRECISIONS: tuple[str, ...] = ("fp32", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
 
-_SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
+# Dimensions are separated by 'x' only, the one documented spelling: other separators are
+# refused with the expected format rather than guessed.
+_SHAPE_RE = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*x\s*\d+)*)\s*$")
+
+
+def _importable(name: str) -> bool:
+    """Whether ``import name`` can work, without importing it (torch takes seconds)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules
+        return False
 
 
 def parse_input_shape(spec: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``name=1x3x224x224`` (``,`` also separates dims) into a name and a shape.
+    """Parse ``name=1x3x224x224`` into a name and a shape.
 
     Raises:
-        BadInputError: The text is not of that form or a dimension is zero.
+        BadInputError: The text is not of that form (commas between dimensions included) or a
+            dimension is zero.
     """
     match = _SHAPE_RE.match(spec)
     if not match:
         raise BadInputError(
-            f"--input-shape '{spec}' is not of the form NAME=DIMS, e.g. input=1x3x224x224."
+            f"--input-shape '{spec}' is not of the form NAME=DIMS with dimensions separated "
+            "by 'x', e.g. input=1x3x224x224."
         )
     name, dims_text = match.groups()
-    dims = tuple(int(d) for d in re.split(r"\s*[x,]\s*", dims_text))
+    dims = tuple(int(d) for d in re.split(r"\s*x\s*", dims_text))
     if any(d <= 0 for d in dims):
         raise BadInputError(f"--input-shape '{spec}': every dimension must be positive.")
     return name, dims
@@ -94,7 +108,7 @@ class CompileConfig:
         percentile: Which latency percentile the budget applies to.
         input_shapes: Static shapes for inputs with dynamic dimensions.
         precision: ``auto`` (default: per stage, the faster of FP32 and INT8 that passes the
-            accuracy guard), ``fp32``, ``fp16`` or ``int8``.
+            accuracy guard), ``fp32`` or ``int8`` (``fp16`` is not built yet).
         backend: ``auto`` (the target's preference) or a backend name.
         data: ``--data`` source (``digits`` or an ``.npz`` path) for accuracy.
         force: Replace an existing bundle.
@@ -202,9 +216,28 @@ class CompileConfig:
             raise BadInputError(f"--temperature must be positive, got {self.temperature}.")
         if not 0 <= self.alpha <= 1:
             raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}.")
+        if self.precision == "fp16":
+            raise BadInputError("--precision fp16 is not built yet; use fp32, int8 or auto.")
         if self.precision not in PRECISIONS:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."
+            )
+        self._check_explicit_requests()
+
+    def _check_explicit_requests(self) -> None:
+        """Explicit requests that cannot be met are refused (``auto`` adapts, with a note)."""
+        if isinstance(self.students, str):
+            return
+        ratios = ",".join(f"{r:g}" for r in self.students)
+        if self.data is None:
+            raise BadInputError(
+                f"--students {ratios} needs --data to train the students on (pass --data "
+                "digits or an .npz with x), or use --students auto or none."
+            )
+        if not all(_importable(name) for name in ("torch", "torch_pruning")):
+            raise MissingDependencyError(
+                f"--students {ratios} needs the train extra (torch and torch-pruning), which is "
+                "not installed: pip install 'edgec[train]' (or use --students auto or none)."
             )
 
     def _check_tvm(self) -> None:

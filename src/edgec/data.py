@@ -32,7 +32,8 @@ class Dataset:
     """Inputs and optional labels, split into train and validation parts.
 
     Attributes:
-        name: What the user passed (``digits`` or a path).
+        name: What the user passed (``digits`` or a path), for messages; the manifest records
+            only the file name.
         x_train: Training inputs, float32, batch first.
         y_train: Training labels (int64) or ``None`` when the data has none.
         x_val: Validation inputs.
@@ -53,9 +54,13 @@ class Dataset:
         return self.y_val is not None
 
     def summary(self) -> dict:
-        """A JSON-friendly description for the manifest."""
+        """A JSON-friendly description for the manifest.
+
+        The data is recorded by content (``sha256``) and file name: the directory it was read
+        from would make the same data give a different bundle.
+        """
         return {
-            "name": self.name,
+            "name": Path(self.name).name,
             "sha256": self.sha256,
             "train": len(self.x_train),
             "validation": len(self.x_val),

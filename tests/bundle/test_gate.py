@@ -61,3 +61,42 @@ def test_require_measured_fails_an_estimate(tmp_path, teacher_path):
 def test_bad_budget_is_bad_input(host_bundle):
     with pytest.raises(BadInputError):
         check_bundle(host_bundle, budget_ms=0)
+
+
+@pytest.fixture(scope="module")
+def budgeted_bundle(tmp_path_factory) -> Path:
+    """A bundle compiled with a 5 ms budget at p90 (its manifest's policy records both)."""
+    out = tmp_path_factory.mktemp("gate") / "budgeted"
+    teacher = Path(__file__).resolve().parents[2] / "examples/digits/teacher.onnx"
+    config = CompileConfig(
+        model=teacher,
+        target="raspberry-pi-4",
+        output=out,
+        budget_ms=5.0,
+        percentile=90,
+        students="none",
+        precision="fp32",
+    )
+    compile_model(config)
+    return out
+
+
+def test_without_a_budget_the_gate_uses_the_manifests_and_says_so(budgeted_bundle):
+    """Surprise 4: `edgec check BUNDLE` without --budget-ms gates on the compiled budget."""
+    result = check_bundle(budgeted_bundle)
+    assert (result.budget_ms, result.percentile, result.budget_source) == (5.0, 90, "manifest")
+    assert result.passed and "within the 5 ms budget" in result.summary
+    assert result.budget_note == "budget 5 ms at p90 from the bundle's manifest"
+    assert result.to_json()["budget_source"] == "manifest"
+
+
+def test_a_given_budget_wins_over_the_manifests(budgeted_bundle):
+    result = check_bundle(budgeted_bundle, budget_ms=1e-6)
+    assert not result.passed and result.budget_source == "given" and result.budget_note is None
+    assert result.percentile == 99  # a given budget is gated at p99 unless told otherwise
+
+
+def test_no_budget_anywhere_is_bad_input(host_bundle):
+    """The host bundle was compiled without a budget: the gate asks for one."""
+    with pytest.raises(BadInputError, match="compiled without a latency budget; give one with"):
+        check_bundle(host_bundle)

@@ -1,13 +1,19 @@
-"""Loading: corrupt, truncated, invalid and dynamic models are refused with one sentence."""
+"""Loading: corrupt, truncated, invalid and dynamic models are refused with one sentence;
+non-tensor outputs are dropped with a note; inputs the runtime cannot carry are refused."""
 
 from __future__ import annotations
 
-import onnx
-import pytest
-from onnx import helper
+import re
+from pathlib import Path
 
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper
+
+from edgec.compiler import compile_model
 from edgec.compiler.loading import load_model
-from edgec.config import parse_input_shape, parse_input_shapes
+from edgec.config import CompileConfig, parse_input_shape, parse_input_shapes
 from edgec.errors import BadInputError
 
 
@@ -85,13 +91,13 @@ def test_initializers_listed_as_inputs_are_not_real_inputs(tmp_path, tiny_model_
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("input=1x3x224x224", ("input", (1, 3, 224, 224))), ("x = 1,1,8,8", ("x", (1, 1, 8, 8)))],
+    [("input=1x3x224x224", ("input", (1, 3, 224, 224))), ("x = 1 x 1x8x8", ("x", (1, 1, 8, 8)))],
 )
 def test_parse_input_shape(spec, expected):
     assert parse_input_shape(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["input", "input=1xax3", "input=0x3", "=1x2"])
+@pytest.mark.parametrize("spec", ["input", "input=1xax3", "input=0x3", "=1x2", "x=1,1,8,8"])
 def test_parse_input_shape_refuses_malformed(spec):
     with pytest.raises(BadInputError):
         parse_input_shape(spec)
@@ -100,3 +106,78 @@ def test_parse_input_shape_refuses_malformed(spec):
 def test_parse_input_shapes_refuses_duplicates():
     with pytest.raises(BadInputError, match="twice"):
         parse_input_shapes(["a=1x2", "a=1x3"])
+
+
+ORT_DATASETS = Path(onnxruntime.__file__).parent / "datasets"
+ONNX_TEST_DATA = Path(onnx.__file__).parent / "backend/test/data"
+
+
+def _single_node_model(tmp_path, input_type, output_type, op="Identity", **attrs) -> Path:
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_value_info("x", input_type)],
+        [helper.make_value_info("y", output_type)],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_zipmap_output_is_dropped_with_a_note_and_the_tensor_output_kept():
+    """Surprise 7: scikit-learn's classifier with a ZipMap output was exit 3 (onnx_ir)."""
+    loaded = load_model(ORT_DATASETS / "logreg_iris.onnx")
+    assert [o.name for o in loaded.outputs] == ["label"]
+    assert [n.op_type for n in loaded.proto.graph.node] == ["LinearClassifier"]
+    assert loaded.notes == (
+        "output 'probabilities' of type seq(map(int64,tensor(float))) dropped: only tensors "
+        "flow between stages",
+    )
+
+
+def test_zipmap_model_compiles_for_the_host(tmp_path):
+    out = tmp_path / "iris"
+    config = CompileConfig(
+        model=ORT_DATASETS / "logreg_iris.onnx",
+        target="host",
+        output=out,
+        students="none",
+        precision="fp32",
+        measure_seconds=0.2,
+    )
+    result = compile_model(config)
+    assert [o["name"] for o in result.manifest["outputs"]] == ["label"]
+
+
+def test_a_model_with_no_tensor_output_names_the_type(tmp_path):
+    tensor = helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 3])
+    path = _single_node_model(
+        tmp_path, tensor, helper.make_sequence_type_proto(tensor), op="SequenceConstruct"
+    )
+    with pytest.raises(BadInputError, match=r"No output of m.onnx is a numeric tensor \('y' seq"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("elem", "shown"),
+    [(TensorProto.STRING, "is of type tensor(string)"), (TensorProto.DOUBLE, "is float64")],
+)
+def test_inputs_the_runtime_cannot_carry_are_refused_by_type(tmp_path, elem, shown):
+    tensor = helper.make_tensor_type_proto(elem, [1, 3])
+    with pytest.raises(BadInputError, match=rf"Input 'x' of m.onnx {re.escape(shown)}"):
+        load_model(_single_node_model(tmp_path, tensor, tensor))
+
+
+def test_training_operators_are_refused():
+    """onnx's Gradient test model: valid ONNX, but a training graph (was exit 3)."""
+    with pytest.raises(BadInputError, match=r"training operators \(Gradient from ai.onnx"):
+        load_model(ONNX_TEST_DATA / "simple/test_gradient_of_add/model.onnx")
+
+
+def test_input_shape_with_commas_names_the_separator():
+    """Surprise 8: commas were taken as separators without a word."""
+    with pytest.raises(
+        BadInputError, match=r"dimensions separated by .x., e\.g\. input=1x3x224x224"
+    ):
+        parse_input_shape("x=1,1,8,8")

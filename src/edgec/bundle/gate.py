@@ -5,6 +5,10 @@ The gate reads the bundle's manifest. The pipeline latency at a percentile is th
 stage). Each stage is reported too. Its verdict names the percentile, the margin and the
 latency source, because an ``estimated`` pass is weaker evidence than a ``measured`` one;
 ``require_measured`` turns an estimate into a failure.
+
+Without a budget from the caller, the gate uses the one the bundle was compiled for (the
+manifest's ``policy.budget_ms``, at the policy's percentile) and says so; a bundle compiled
+without a budget then needs one given.
 """
 
 from __future__ import annotations
@@ -46,12 +50,21 @@ class GateResult:
         budget_ms: The budget.
         percentile: The percentile checked.
         checks: The pipeline check first, then one per stage (informational).
+        budget_source: ``given`` (by the caller) or ``manifest`` (the bundle's own budget).
     """
 
     bundle: str
     budget_ms: float
     percentile: int
     checks: tuple[GateCheck, ...]
+    budget_source: str = "given"
+
+    @property
+    def budget_note(self) -> str | None:
+        """Where the budget came from, when the caller did not give it; else ``None``."""
+        if self.budget_source != "manifest":
+            return None
+        return f"budget {self.budget_ms:g} ms at p{self.percentile} from the bundle's manifest"
 
     @property
     def passed(self) -> bool:
@@ -69,6 +82,7 @@ class GateResult:
             "bundle": self.bundle,
             "budget_ms": self.budget_ms,
             "percentile": self.percentile,
+            "budget_source": self.budget_source,
             "passed": self.passed,
             "checks": [c.__dict__ for c in self.checks],
         }
@@ -104,23 +118,52 @@ def _verdict(name, latency, source, budget_ms, percentile, require_measured) -> 
     return GateCheck(name, round(latency, 4), source, fits and measured_ok, msg)
 
 
+def manifest_budget(manifest: dict, bundle: Path) -> tuple[float, int]:
+    """The budget (and its percentile) the bundle was compiled for.
+
+    Raises:
+        BadInputError: The bundle was compiled without a budget.
+    """
+    policy = manifest.get("policy") or {}
+    budget = policy.get("budget_ms")
+    if budget is None:
+        raise BadInputError(
+            f"Bundle {bundle} was compiled without a latency budget; give one with --budget-ms."
+        )
+    return float(budget), int(policy.get("percentile", 99))
+
+
 def check_bundle(
     bundle: Path,
-    budget_ms: float,
-    percentile: int = 99,
+    budget_ms: float | None = None,
+    percentile: int | None = None,
     require_measured: bool = False,
     junit: Path | None = None,
 ) -> GateResult:
     """Gate a bundle on its latency budget; optionally write a JUnit XML report.
 
+    Args:
+        bundle: The bundle directory.
+        budget_ms: The budget; ``None`` uses the one in the bundle's manifest.
+        percentile: The percentile gated; ``None`` is the manifest's when its budget is used,
+            else 99.
+        require_measured: Fail an estimated latency.
+        junit: Also write the verdict as JUnit XML here.
+
     Raises:
-        BadInputError: Not a bundle, a non-positive budget or an unknown percentile.
+        BadInputError: Not a bundle, a non-positive budget, an unknown percentile, or no budget
+            given to a bundle compiled without one.
     """
-    if budget_ms <= 0:
+    if budget_ms is not None and budget_ms <= 0:
         raise BadInputError(f"--budget-ms must be positive, got {budget_ms}.")
-    if percentile not in (50, 90, 99):
+    if percentile is not None and percentile not in (50, 90, 99):
         raise BadInputError(f"--percentile must be 50, 90 or 99, got {percentile}.")
     manifest = read_manifest(bundle)
+    source = "given"
+    if budget_ms is None:
+        budget_ms, compiled_at = manifest_budget(manifest, bundle)
+        percentile, source = percentile or compiled_at, "manifest"
+    percentile = percentile or 99
     total = pipeline_latency(manifest)
     checks = [
         _verdict(
@@ -139,7 +182,7 @@ def check_bundle(
                 require_measured,
             )
         )
-    result = GateResult(str(bundle), budget_ms, percentile, tuple(checks))
+    result = GateResult(str(bundle), budget_ms, percentile, tuple(checks), source)
     if junit is not None:
         write_junit(result, junit)
     return result

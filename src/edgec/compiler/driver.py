@@ -142,8 +142,6 @@ def edgec_version() -> str:
 def _check_precision(config: CompileConfig, target: Target) -> str:
     """The precision stages are planned at; ``auto`` plans FP32 and decides per stage later."""
     precision = "fp32" if config.precision == "auto" else config.precision
-    if precision == "fp16":
-        raise BadInputError("--precision fp16 is not supported by this edgec yet; use fp32.")
     check_request(config.precision, target, config.data is not None)
     return precision
 
@@ -288,6 +286,8 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     backend = primary_backend(target, config)
     with reporter.step(f"Loading {config.model}"):
         loaded = load_model(config.model, config.input_shapes)
+    for note in loaded.notes:
+        reporter.note(note)
     frames = plan_for_model(config.preprocess, loaded) if config.preprocess else None
     data = _load_data(config, loaded, frames)
     instrument = None

@@ -3,6 +3,11 @@
 Dynamic input dimensions are fixed with ``--input-shape``; without it a dynamic model is
 refused with a message that names the input and shows the flag to pass. After shapes are fixed,
 ONNX shape inference runs in strict mode so later passes and the cost model see every shape.
+
+Only tensors flow between edgec's stages: outputs of other types (a scikit-learn classifier's
+``ZipMap`` probabilities, a sequence) are dropped with a note when a tensor output remains, and
+a model whose inputs, or all of whose outputs, are not numeric tensors is refused by name, as is
+an input of a type the bundle's runtime cannot carry (``float64``, ``bool``).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from edgec.errors import BadInputError
+from edgec.runtime import codec
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class LoadedModel:
         proto: The model, shapes fixed and inferred.
         inputs: Real inputs (initializers listed as inputs are excluded).
         outputs: Graph outputs.
+        notes: One line each about what loading changed (e.g. a dropped non-tensor output).
     """
 
     path: Path
@@ -59,6 +66,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def opset(self) -> int:
@@ -147,6 +155,104 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
         raise BadInputError(f"Model {path} cannot be checked: {err}") from None
 
 
+TRAINING_DOMAIN = "ai.onnx.preview.training"
+
+
+def _elem_name(elem: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem).lower()
+
+
+def _type_name(type_proto: onnx.TypeProto) -> str:
+    """ONNX's spelling of a type, e.g. ``tensor(float)`` or ``seq(map(int64,tensor(float)))``."""
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({_elem_name(type_proto.tensor_type.elem_type)})"
+    if kind == "sequence_type":
+        return f"seq({_type_name(type_proto.sequence_type.elem_type)})"
+    if kind == "map_type":
+        key = _elem_name(type_proto.map_type.key_type)
+        return f"map({key},{_type_name(type_proto.map_type.value_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_name(type_proto.optional_type.elem_type)})"
+    return kind or "no type"
+
+
+def _is_numeric_tensor(type_proto: onnx.TypeProto) -> bool:
+    if type_proto.WhichOneof("value") != "tensor_type":
+        return False
+    elem = type_proto.tensor_type.elem_type
+    return elem not in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING)
+
+
+def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove nodes none of whose outputs is used (after outputs were dropped)."""
+    while True:
+        used = {o.name for o in graph.output}
+        for node in graph.node:
+            used.update(node.input)
+            for attr in node.attribute:  # subgraphs read outer values by name
+                for sub in [attr.g, *attr.graphs]:
+                    for inner in sub.node:
+                        used.update(inner.input)
+        dead = [n for n in graph.node if not any(o in used for o in n.output if o)]
+        if not dead:
+            return
+        for node in dead:
+            graph.node.remove(node)
+
+
+def keep_tensor_io(model: onnx.ModelProto, path: Path) -> list[str]:
+    """Drop outputs that are not numeric tensors (with a note each) and the nodes only they used.
+
+    Returns:
+        One note per dropped output.
+
+    Raises:
+        BadInputError: An input is not a numeric tensor (or not one the runtime carries), no
+            output is, or the graph uses training operators.
+    """
+    for value in _real_inputs(model):
+        if not _is_numeric_tensor(value.type):
+            raise BadInputError(
+                f"Input '{value.name}' of {path.name} is of type {_type_name(value.type)}; "
+                "edgec compiles models whose inputs are numeric tensors."
+            )
+        dtype = _dtype_name(value.type)
+        if dtype not in codec.DTYPES:
+            raise BadInputError(
+                f"Input '{value.name}' of {path.name} is {dtype}, which edgec's runtime does not "
+                f"carry (it carries {', '.join(codec.DTYPES)}); convert that input, e.g. to "
+                "float32."
+            )
+    training = sorted({n.op_type for n in model.graph.node if n.domain == TRAINING_DOMAIN})
+    if training:
+        raise BadInputError(
+            f"{path.name} uses training operators ({', '.join(training)} from "
+            f"{TRAINING_DOMAIN}); edgec compiles inference models: export the model for inference."
+        )
+    graph = model.graph
+    dropped = [o for o in graph.output if not _is_numeric_tensor(o.type)]
+    if not dropped:
+        return []
+    if len(dropped) == len(graph.output):
+        types = ", ".join(f"'{o.name}' {_type_name(o.type)}" for o in dropped)
+        raise BadInputError(
+            f"No output of {path.name} is a numeric tensor ({types}); edgec compiles models "
+            "with at least one."
+        )
+    for output in dropped:
+        graph.output.remove(output)
+    _prune_dead_nodes(graph)
+    names = {o for n in graph.node for o in n.output}
+    kept = [v for v in graph.value_info if v.name in names and _is_numeric_tensor(v.type)]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return [
+        f"output '{o.name}' of type {_type_name(o.type)} dropped: only tensors flow between stages"
+        for o in dropped
+    ]
+
+
 def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {init.name for init in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
@@ -227,6 +333,7 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     path = Path(path)
     model = _parse(path)
     _check(model, path)
+    notes = keep_tensor_io(model, path)
     model = _fix_shapes(model, dict(input_shapes or {}), path)
     model = _infer(model, path)
     inputs = tuple(
@@ -247,4 +354,5 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
         proto=model,
         inputs=inputs,
         outputs=outputs,
+        notes=tuple(notes),
     )

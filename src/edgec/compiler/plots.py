@@ -6,38 +6,105 @@ software or date metadata, so the same policy draws the same bytes on the same m
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+# The Pareto points must fill at least this share of the x axis (log scale): a budget far
+# to their right is drawn as a marker at the edge instead of stretching the axis.
+MIN_POINT_SHARE = 0.5
+_BLUE, _RED, _GREY = "#4477aa", "#cc3311", "#777777"
 
-def write_pareto_plot(path: Path, policy: dict) -> Path:
-    """Draw the policy's Pareto front, the chosen point and the budget into ``path`` (PNG)."""
+
+def _x_limits(xs: list[float], budget: float | None) -> tuple[float, float, bool]:
+    """Log-axis limits around the points, and whether the budget fits on the axis."""
+    low, high = min(xs), max(xs)
+    real = math.log10(high / low)
+    span = max(real, 0.02)  # a single point still gets a readable axis
+    pad = 0.08 * span + (span - real) / 2
+    lo, hi = low / 10**pad, high * 10**pad
+    if budget is None or budget <= 0:
+        return lo, hi, False
+    new_lo, new_hi = min(lo, budget / 10**pad), max(hi, budget * 10**pad)
+    if span / math.log10(new_hi / new_lo) >= MIN_POINT_SHARE:
+        return new_lo, new_hi, True
+    return lo, hi, False
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` ticks evenly spaced (in log) inside ``[lo, hi]``, rounded to the fewest
+    significant digits that keep at least three of them apart."""
+    step = math.log10(hi / lo) / (count + 1)
+    raw = [lo * 10 ** (i * step) for i in range(1, count + 1)]
+    ticks: list[float] = []
+    for digits in (1, 2, 3, 4):
+        ticks = sorted({r for v in raw if lo <= (r := float(f"{v:.{digits}g}")) <= hi})
+        if len(ticks) >= 3:
+            break
+    return ticks
+
+
+def pareto_figure(policy: dict):
+    """The Pareto front, the chosen point (labelled) and the budget as a matplotlib Figure.
+
+    The x axis is logarithmic and spans the points (they fill most of its width); the budget
+    is a dashed line when it fits, else an arrow at the right edge saying where it is. Ticks
+    are a few round values in plain numbers, so their labels never overlap.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     front = policy.get("pareto") or []
-    figure = Figure(figsize=(6.4, 4.2), dpi=100)
-    axes = figure.add_subplot()
-    xs = [p["expected_latency_ms"] for p in front]
-    ys = [100 * p["accuracy"] for p in front]
-    axes.step(xs, ys, where="post", color="#4477aa", label="Pareto front", linewidth=1.2)
-    axes.scatter(xs, ys, s=14, color="#4477aa", zorder=3)
     chosen_x = policy["expected_latency_ms"]
     chosen_y = 100 * (policy.get("expected_accuracy") or 0.0)
-    axes.scatter(
-        [chosen_x], [chosen_y], s=90, marker="*", color="#cc3311", zorder=4, label="chosen"
-    )
-    if policy.get("budget_ms") is not None:
-        axes.axvline(policy["budget_ms"], color="#999999", linestyle="--", label="budget")
-    basis = policy.get("accuracy_basis", "labels")
+    xs = [p["expected_latency_ms"] for p in front] or [chosen_x]
+    ys = [100 * p["accuracy"] for p in front] or [chosen_y]
+    budget = policy.get("budget_ms")
+    lo, hi, budget_fits = _x_limits([*xs, chosen_x], budget)
+
+    figure = Figure(figsize=(6.4, 4.2), dpi=100)
+    axes = figure.add_subplot()
     axes.set_xscale("log")
+    axes.set_xlim(lo, hi)
+    axes.xaxis.set_major_locator(FixedLocator(_ticks(lo, hi)))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.step(xs, ys, where="post", color=_BLUE, label="Pareto front", linewidth=1.2)
+    axes.scatter(xs, ys, s=14, color=_BLUE, zorder=3)
+    axes.scatter([chosen_x], [chosen_y], s=90, marker="*", color=_RED, zorder=4, label="chosen")
+    axes.annotate(
+        f"chosen: {chosen_x:.3g} ms, {chosen_y:.2f}%",
+        (chosen_x, chosen_y),
+        xytext=(12, -14),
+        textcoords="offset points",
+        color=_RED,
+        fontsize="small",
+        gid="chosen-label",
+    )
+    if budget is not None and budget_fits:
+        axes.axvline(budget, color=_GREY, linestyle="--", label=f"budget {budget:g} ms")
+    elif budget is not None:  # far right of the points: said in the legend, not drawn
+        axes.plot(
+            [], [], color=_GREY, linestyle="--", label=f"budget {budget:g} ms (off the axis, right)"
+        )
+    basis = policy.get("accuracy_basis", "labels")
     axes.set_xlabel("expected latency (ms, log scale)")
     axes.set_ylabel("accuracy (%)" if basis == "labels" else "agreement with the teacher (%)")
+    low_y, high_y = min([*ys, chosen_y]), max([*ys, chosen_y])
+    margin = max(0.1 * (high_y - low_y), 0.05)
+    axes.set_ylim(low_y - margin, high_y + margin)
     axes.set_title("Cascade policies on the validation split")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
+    return figure
+
+
+def write_pareto_plot(path: Path, policy: dict) -> Path:
+    """Draw :func:`pareto_figure` into ``path`` (PNG, without software or date metadata)."""
+    figure = pareto_figure(policy)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", metadata={"Software": None})
     return path

@@ -22,7 +22,7 @@ class Reporter:
     """
 
     def __init__(self, quiet: bool = False, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)  # never hard-wrapped
         self.quiet = quiet
         self._status = None
         self._step = ""

@@ -197,5 +197,16 @@ class OnnxRuntimeBackend:
             raise BadInputError(
                 f"The onnxruntime backend measures only on this machine, not '{where}'."
             )
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
         runner = self.load(artifact)
-        return time_runner(runner, random_inputs(runner), policy or DEFAULT_MEASURE_POLICY)
+        inputs = random_inputs(runner)
+        try:  # a valid model may refuse random values (indices out of range, bad shapes)
+            runner.run(inputs)
+        except (Fail, InvalidArgument) as err:
+            raise BadInputError(
+                f"ONNX Runtime cannot run the model on the random inputs edgec times it with: "
+                f"{_first_line(err)} (integer inputs such as indices or shapes need values "
+                "edgec cannot guess)."
+            ) from None
+        return time_runner(runner, inputs, policy or DEFAULT_MEASURE_POLICY)

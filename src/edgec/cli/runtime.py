@@ -1,0 +1,105 @@
+"""Runtime commands: ``run`` (a bundle's device runtime) and ``serve`` (its gateway).
+
+Both are thin: the work is in :mod:`edgec.bundle.launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgec.cli import options
+from edgec.cli.common import handle_errors
+
+_VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify against it."
+
+
+@click.command("run")
+@options.bundle_argument()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--gateway", metavar="URL", help="Gateway to offload to, e.g. http://gw:8080.")
+@options.public_key_option(_VERIFY_KEY_HELP)
+@click.option("--device-id", help="This device's name in logs and requests.")
+@options.json_option("One JSON object per input, one a line.")
+@handle_errors
+def run(
+    bundle: Path,
+    inputs: tuple[Path, ...],
+    gateway: str | None,
+    key: Path | None,
+    device_id: str | None,
+    as_json: bool,
+) -> None:
+    """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
+
+    \b
+    Examples:
+      edgec run out/rpi4 frames.npy --json
+      edgec run out/rpi4 photo.png --gateway http://gateway:8080
+    """
+    from edgec.bundle.launch import run_bundle
+
+    try:
+        for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
+            if as_json:
+                click.echo(json.dumps(item))
+            else:
+                click.echo(
+                    f"{item['input']}: class {item['prediction']} "
+                    f"(p={item['confidence']:.3f}) from {item['stage']} "
+                    f"in {item['latency_ms']:.3f} ms [{item['route']}]"
+                )
+    except BrokenPipeError:  # the reader (e.g. `| head`) has gone: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@click.command("serve")
+@options.bundle_argument()
+@click.option(
+    "--tier",
+    type=click.Choice(["gateway"]),
+    default="gateway",
+    show_default=True,
+    help="The tier to serve (devices run `edgec run`).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free).")
+@click.option("--queue-size", type=int, help="Requests that may wait; beyond that, 429.")
+@click.option("--workers", type=int, help="Inference threads.")
+@options.public_key_option(_VERIFY_KEY_HELP)
+@handle_errors
+def serve(
+    bundle: Path,
+    tier: str,
+    host: str,
+    port: int,
+    queue_size: int | None,
+    workers: int | None,
+    key: Path | None,
+) -> None:
+    """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
+
+    \b
+    Example:
+      edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
+    """
+    from edgec.bundle.launch import serve_bundle
+
+    del tier  # only the gateway tier is served
+    serve_bundle(
+        bundle,
+        host,
+        port,
+        queue_size,
+        workers,
+        key,
+        announce=lambda line: click.echo(line),
+    )
+
+
+COMMANDS = (run, serve)

@@ -101,14 +101,14 @@ def generate_keys(directory: Path, force: bool = False) -> tuple[Path, Path]:
     )
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(private_path, private_pem, mode=0o600)
-        _write_atomic(public_path, public_pem, mode=0o644)
+        write_atomic(private_path, private_pem, mode=0o600)
+        write_atomic(public_path, public_pem, mode=0o644)
     except OSError as err:
         raise BadInputError(f"Cannot write keys into {directory}: {err.strerror}.") from None
     return private_path, public_path
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` via a temporary file created with ``mode`` and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -281,7 +281,7 @@ def sign_bundle(bundle: Path, private_key: Ed25519PrivateKey | Path) -> Path:
     signature = key.sign((bundle / _verify.MANIFEST).read_bytes())
     path = bundle / SIGNATURE
     try:
-        _write_atomic(path, signature, mode=0o644)
+        write_atomic(path, signature, mode=0o644)
     except OSError as err:
         raise BadInputError(f"Cannot write {path}: {err.strerror}.") from None
     return path

@@ -143,8 +143,8 @@ def run_bundle(
 
     Each dict has ``input``, ``prediction``, ``confidence``, ``stage``, ``latency_ms`` and
     ``route`` (how the answer came about). The first frame the gateway fails to answer (down,
-    refusing, erroring) logs one warning; a run in which no frame got an answer raises once
-    every frame has been yielded.
+    refusing, erroring) prints one warning on stderr; a run in which no frame got an answer
+    raises once every frame has been yielded.
 
     Raises:
         BadInputError: Bad bundle, inputs or gateway URL.
@@ -173,12 +173,12 @@ def run_bundle(
                 answered += answer.prediction >= 0
                 if not warned and answer.route in _GATEWAY_FAILURES:
                     warned = True
-                    logger.warning(
-                        "The gateway %s did not answer (%s); frames meant for it are answered "
-                        "on the device%s.",
-                        gateway_url,
-                        answer.route.removeprefix("fallback-"),
-                        "" if answer.prediction >= 0 else " or get no answer",
+                    # Once, in words, on stderr: stdout may be a --json stream.
+                    print(
+                        f"warning: the gateway {gateway_url} did not answer "
+                        f"({answer.route.removeprefix('fallback-')}); frames meant for it are "
+                        "answered on the device, or get no answer without a device stage.",
+                        file=sys.stderr,
                     )
                 yield answer.to_json(index)
         except device.inputs.InputFileError as err:

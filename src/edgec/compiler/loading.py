@@ -147,6 +147,53 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
         raise BadInputError(f"Model {path} cannot be checked: {err}") from None
 
 
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse weights that hold NaN or infinity: the bundle would answer NaN for every frame.
+
+    Every floating-point initializer (of the main graph and its subgraphs) and ``Constant``
+    node value is checked.
+
+    Raises:
+        BadInputError: Names the first initializer with a non-finite value.
+    """
+    tensors = [(init.name, init) for graph in _graphs(model.graph) for init in graph.initializer]
+    tensors += [
+        (node.output[0] if node.output else node.name, attr.t)
+        for graph in _graphs(model.graph)
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.type == onnx.AttributeProto.TENSOR
+    ]
+    for name, tensor in tensors:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = onnx.numpy_helper.to_array(tensor, base_dir=str(path.parent))
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            example = values[~np.isfinite(values)].flat[0]
+            raise BadInputError(
+                f"Model {path.name} has non-finite weights: initializer {name!r} holds {bad} "
+                f"NaN or infinite value(s) (e.g. {example}); fix or retrain the model, a "
+                "bundle built from it would answer NaN."
+            )
+
+
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
 def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {init.name for init in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
@@ -227,6 +274,7 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     path = Path(path)
     model = _parse(path)
     _check(model, path)
+    check_finite_weights(model, path)
     model = _fix_shapes(model, dict(input_shapes or {}), path)
     model = _infer(model, path)
     inputs = tuple(

@@ -211,21 +211,21 @@ def test_a_dead_gateway_is_one_warning_and_the_device_answers(cascade_bundle, va
 def test_a_stage_that_outputs_nan_never_prints_nan_and_exits_1(
     teacher_bundle, val_frames, tmp_path
 ):
-    """A bundle whose model gives NaN (edited after the build; unsigned so it runs): every
-    --json line is valid JSON with no answer (-1, route non-finite), and since no frame got
-    an answer the run exits 1. Before, it printed "confidence": NaN and exited 0."""
+    """A bundle whose model gives NaN (its artifact replaced after the build by the FP32
+    teacher with NaN weights; unsigned so it runs): every --json line is valid JSON with no
+    answer (-1, route non-finite), and since no frame got an answer the run exits 1. Before,
+    it printed "confidence": NaN and exited 0."""
     import onnx
     from onnx import numpy_helper
+    from runtime_helpers import TEACHER
 
     bundle = tmp_path / "nan"
     shutil.copytree(teacher_bundle, bundle)
-    artifact = bundle / read_manifest(bundle)["stages"][0]["artifact"]
-    model = onnx.load(artifact)
-    first = model.graph.initializer[0]
-    weights = numpy_helper.to_array(first).copy()
-    weights.flat[0] = np.nan
-    first.CopyFrom(numpy_helper.from_array(weights, first.name))
-    onnx.save(model, artifact)
+    model = onnx.load(TEACHER)
+    init = max(model.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    weights = np.full(tuple(init.dims), np.nan, np.float32)
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    onnx.save(model, bundle / read_manifest(bundle)["stages"][0]["artifact"])
     result = run("run", str(bundle), str(val_frames[0]), "--json")
     assert result.exit_code == 1, result.output
     lines = [

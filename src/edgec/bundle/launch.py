@@ -29,8 +29,6 @@ from edgec.errors import BadInputError, GateFailedError, VerificationError
 from edgec.runtime import verify_bundle as _verify
 from edgec.runtime.render import RUNTIME_DIR
 
-logger = logging.getLogger(__name__)
-
 
 def open_bundle(bundle: Path, public_key: Path | None) -> tuple[Path, dict, dict | None]:
     """Resolve ``bundle`` once and, with a key, verify it with edgec's own verifier.

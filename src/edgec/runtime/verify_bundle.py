@@ -87,9 +87,9 @@ def load_public_key(data: bytes):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, streamed."""
+    """Hex sha256 of a file, streamed; a symbolic link is not followed (``OSError``)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -177,7 +177,10 @@ def _check_file(root: Path, rel: str, entry: object) -> list[str]:
         return [f"{rel}: listed in the manifest but missing"]
     if not path.is_file():
         return [f"{rel}: is not a regular file"]
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as err:  # e.g. swapped for a link since the check above
+        return [f"{rel}: cannot be read ({err.strerror})"]
     size = path.stat().st_size
     if size != entry["bytes"]:
         return [
@@ -209,7 +212,8 @@ def _check_unlisted(root: Path, files: dict) -> list[str]:
         for name in sorted(filenames):
             rel = (base / name).relative_to(root).as_posix()
             if rel not in files and rel not in UNLISTED:
-                problems.append(f"{rel}: present but not listed in the manifest")
+                link = " (a symbolic link)" if (base / name).is_symlink() else ""
+                problems.append(f"{rel}: present but not listed in the manifest{link}")
     return problems
 
 

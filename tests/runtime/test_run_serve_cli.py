@@ -235,3 +235,11 @@ def test_a_stage_that_outputs_nan_never_prints_nan_and_exits_1(
     assert len(lines) == 60
     assert all(line["prediction"] == -1 and line["route"] == "non-finite" for line in lines)
     assert "No frame of 60 got an answer" in result.stderr
+
+
+def test_serve_bundle_takes_a_request_timeout_and_refuses_a_non_positive_one(cascade_bundle):
+    from edgec.bundle.launch import serve_bundle
+    from edgec.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="request timeout must be positive"):
+        serve_bundle(cascade_bundle, port=0, request_timeout_s=0.0)

@@ -200,8 +200,12 @@ def serve_bundle(
     workers: int | None = None,
     public_key: Path | None = None,
     announce: Callable[[str], None] = print,
+    request_timeout_s: float | None = None,
 ) -> None:
     """Serve the bundle's gateway stages with its generated gateway server until stopped.
+
+    ``request_timeout_s`` is the time a whole request may take to arrive (default: the
+    bundle's, 10 s).
 
     Raises:
         BadInputError: Bad bundle, no gateway stages, bad options or the port is taken.
@@ -229,6 +233,7 @@ def serve_bundle(
             defaults["queue_size"] if queue_size is None else queue_size,
             defaults["workers"] if workers is None else workers,
             logger=log,
+            **({} if request_timeout_s is None else {"request_timeout_s": request_timeout_s}),
         )
     except ValueError as err:
         text = str(err)

@@ -47,24 +47,44 @@ def test_a_teacher_with_one_non_finite_weight_is_bad_input_naming_it(tmp_path, v
     assert not out.exists()
 
 
-def test_a_constant_node_with_inf_is_refused_too(tmp_path):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    big = numpy_helper.from_array(np.array([[1, np.inf, 1, 1]], np.float32), "c")
+def _two_op_model(path: Path, op: str, c: np.ndarray, as_constant: bool) -> Path:
+    """x[1,4] -> op(x, c) -> y, with ``c`` an initializer or a Constant node."""
+    nodes = [helper.make_node(op, ["x", "c"], ["y"])]
+    inits = [numpy_helper.from_array(c, "c")]
+    if as_constant:
+        nodes.insert(0, helper.make_node("Constant", [], ["c"], value=inits.pop()))
+    out_dim = c.shape[-1] if op == "MatMul" else 4
     graph = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["c"], value=big),
-            helper.make_node("Add", ["x", "c"], ["y"]),
-        ],
+        nodes,
         "g",
-        [x],
-        [y],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_dim])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, tmp_path / "const.onnx")
-    result = _compile(tmp_path / "const.onnx", "--target", "host", "-o", tmp_path / "out")
+    onnx.save(model, path)
+    return path
+
+
+def test_an_inf_weight_in_a_constant_node_is_refused_too(tmp_path):
+    weights = np.ones((4, 3), np.float32)
+    weights[1, 2] = np.inf
+    path = _two_op_model(tmp_path / "const.onnx", "MatMul", weights, as_constant=True)
+    result = _compile(path, "--target", "host", "--students", "none", "-o", tmp_path / "out")
     assert_one_error(result, "non-finite weights", "'c'")
+
+
+def test_a_nan_anywhere_is_refused_but_an_intended_infinity_is_not(tmp_path):
+    """NaN is never meant; -inf added as a mask (or Clip's max=inf) is, and must compile."""
+    nan = _two_op_model(tmp_path / "nan.onnx", "Add", np.array([[1, np.nan, 1, 1]], "f4"), False)
+    result = _compile(nan, "--target", "host", "--students", "none", "-o", tmp_path / "a")
+    assert_one_error(result, "non-finite weights", "'c'")
+    mask = _two_op_model(tmp_path / "mask.onnx", "Add", np.array([[0, -np.inf, 0, 0]], "f4"), False)
+    result = _compile(
+        mask, "--target", "host", "--students", "none", "--precision", "fp32", "-o", tmp_path / "b"
+    )
+    assert result.exit_code == 0, result.output
 
 
 def test_a_stage_whose_validation_outputs_overflow_fails_the_build(tmp_path):

@@ -148,21 +148,45 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
 
 
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+# Ops whose constant inputs are weights: an infinity there is corruption. Elsewhere it can be
+# meant (Clip's max=inf, an attention mask of -inf added before Softmax), so only NaN counts.
+_WEIGHT_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Einsum",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "PRelu",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "LSTM",
+        "GRU",
+        "RNN",
+    }
+)
 
 
 def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
     """Refuse weights that hold NaN or infinity: the bundle would answer NaN for every frame.
 
-    Every floating-point initializer (of the main graph and its subgraphs) and ``Constant``
-    node value is checked.
+    Every floating-point initializer and ``Constant`` value (of the main graph and its
+    subgraphs) is checked: NaN is refused anywhere, infinity where an op takes the tensor as a
+    weight (:data:`_WEIGHT_OPS`).
 
     Raises:
         BadInputError: Names the first initializer with a non-finite value.
     """
-    tensors = [(init.name, init) for graph in _graphs(model.graph) for init in graph.initializer]
+    graphs = list(_graphs(model.graph))
+    weights = {name for g in graphs for n in g.node if n.op_type in _WEIGHT_OPS for name in n.input}
+    tensors = [(init.name, init) for graph in graphs for init in graph.initializer]
     tensors += [
         (node.output[0] if node.output else node.name, attr.t)
-        for graph in _graphs(model.graph)
+        for graph in graphs
         for node in graph.node
         if node.op_type == "Constant"
         for attr in node.attribute
@@ -172,13 +196,12 @@ def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
         if tensor.data_type not in _FLOAT_TYPES:
             continue
         values = onnx.numpy_helper.to_array(tensor, base_dir=str(path.parent))
-        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-        if bad:
-            example = values[~np.isfinite(values)].flat[0]
+        bad = np.isnan(values) | (np.isinf(values) if name in weights else False)
+        if bad.any():
             raise BadInputError(
-                f"Model {path.name} has non-finite weights: initializer {name!r} holds {bad} "
-                f"NaN or infinite value(s) (e.g. {example}); fix or retrain the model, a "
-                "bundle built from it would answer NaN."
+                f"Model {path.name} has non-finite weights: initializer {name!r} holds "
+                f"{int(bad.sum())} NaN or infinite value(s) (e.g. {values[bad].flat[0]}); fix "
+                "or retrain the model, a bundle built from it would answer NaN."
             )
 
 

@@ -211,3 +211,26 @@ def test_edgec_run_with_a_dead_gateway_and_no_answer_warns_once_and_exits_1(
     assert [line["prediction"] for line in lines] == [-1, -1, -1]
     assert result.stderr.count("did not answer") == 1, result.stderr
     assert "No frame of 3 got an answer" in result.stderr
+
+
+def test_the_standalone_device_runtime_with_a_dead_gateway_warns_once_and_exits_1(
+    bottleneck_bundle, tmp_path
+):
+    """`python -B -m runtime.device` on a device without edgec: the same contract."""
+    import subprocess
+    import sys
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.zeros((3, 3, 224, 224), np.float32))
+    command = [sys.executable, "-B", "-m", "runtime.device", str(frames), "--json", "--quiet"]
+    result = subprocess.run(
+        [*command, "--gateway", "http://127.0.0.1:9"],
+        cwd=bottleneck_bundle.bundle,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.count("warning: the gateway did not answer") == 1, result.stderr
+    assert "no frame of 3 got an answer" in result.stderr

@@ -262,6 +262,28 @@ def test_a_symlinked_file_fails_even_with_the_same_content(signed, bundle, tmp_p
     )
 
 
+def test_symlinks_are_refused_without_opening_what_they_point_to(signed, bundle, tmp_path):
+    """A listed file and an unlisted one, both links to a FIFO: opening either would block,
+    so the verifier finishing (in a subprocess with a timeout) shows it never followed them."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    codec = bundle / "runtime" / "codec.py"
+    codec.unlink()
+    codec.symlink_to(fifo)
+    (bundle / "runtime" / "extra.py").symlink_to(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgec", "verify", str(bundle), "--key", str(signed.public)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "runtime/codec.py: is a symbolic link" in result.stderr
+    assert "runtime/extra.py: present but not listed in the manifest (a symbolic link)" in (
+        result.stderr
+    )
+
+
 def test_a_manifest_listing_a_path_outside_the_bundle_fails(signed, bundle, tmp_path):
     """Even when properly signed: a signer's mistake must not read outside the bundle."""
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -13,6 +13,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,131 @@ def test_malformed_requests_are_400s_and_the_server_keeps_serving(cascade_bundle
     answer = json.loads(reply)
     assert answer["stage"] == "teacher" and abs(sum(answer["probs"]) - 1) < 1e-4
     assert gateway.process.poll() is None
+
+
+def _raw_reply(port: int, data: bytes) -> tuple[str, dict]:
+    """Status line and JSON body of the answer to raw bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0].decode(), json.loads(body)
+
+
+def test_other_methods_broken_request_lines_and_conflicting_lengths_are_json_errors(
+    cascade_bundle, start_gateway
+):
+    """HEAD, OPTIONS and unknown methods: 405 JSON; a malformed request line: 400 JSON;
+    conflicting duplicate Content-Length (a request-smuggling shape): 400."""
+    gateway = start_gateway(cascade_bundle)
+    for method in ("HEAD", "OPTIONS", "BREW"):
+        line, body = _raw_reply(
+            gateway.port, f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        assert " 405 " in line and body["error"], (method, line)
+    for broken in (b"HELLO\r\n\r\n", b"GET / HTTP/9\r\n\r\n", b"GET /a b c d\r\n\r\n"):
+        line, body = _raw_reply(gateway.port, broken)
+        assert " 400 " in line and body["error"], (broken, line)
+    x = _input(cascade_bundle)
+    good, headers = codec.encode_tensor(x)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != "Content-Length")
+    request = (
+        f"POST {codec.PATH} HTTP/1.1\r\nHost: x\r\n{head}"
+        f"Content-Length: {len(good)}\r\nContent-Length: 4\r\n\r\n"
+    ).encode() + good
+    line, body = _raw_reply(gateway.port, request)
+    assert " 400 " in line and "Content-Length" in body["error"]
+    assert _post(gateway.port, good, headers)[0] == 200
+
+
+@pytest.fixture
+def in_process_gateway(cascade_bundle):
+    """Start the bundle's gateway server in this process with chosen settings."""
+    servers = []
+    gateway = import_runtime(cascade_bundle, "gateway")
+    runtime = gateway.GatewayRuntime(cascade_bundle)
+
+    def start(wrap=None, **settings):
+        server = gateway.GatewayServer(
+            wrap(runtime) if wrap else runtime, "127.0.0.1", 0, **settings
+        )
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def _trickle(port: int, stop: threading.Event, closed_after: list[float]) -> None:
+    """Send a request one byte every 0.2 s until the server closes the connection."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(0.2)
+        for byte in f"POST {codec.PATH} HTTP/1.1\r\nHost: x\r\nX-Pad: {'a' * 200}".encode():
+            if stop.is_set():
+                return
+            try:
+                sock.send(bytes([byte]))
+                if sock.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+    closed_after.append(time.monotonic() - started)
+
+
+def test_slow_trickling_clients_cannot_hold_healthz_metrics_or_inference(
+    cascade_bundle, in_process_gateway
+):
+    """As many connections as the limit trickle a byte every 0.2 s: /healthz, /metrics and
+    an inference are still answered at once (the oldest trickler is evicted), and every
+    trickler is cut off by the whole-request deadline (1 s here), not kept by per-read
+    timeouts."""
+    limit = 6
+    server = in_process_gateway(max_connections=limit, request_timeout_s=1.0)
+    port = server.address[1]
+    stop, closed_after = threading.Event(), []
+    tricklers = [
+        threading.Thread(target=_trickle, args=(port, stop, closed_after), daemon=True)
+        for _ in range(limit)
+    ]
+    try:
+        for thread in tricklers:
+            thread.start()
+        assert wait_until(lambda: server.status()["connections"] == limit, 5.0)
+        started = time.monotonic()
+        assert _get(port, "/healthz")[0] == 200
+        assert _get(port, "/metrics")[0] in (200, 503)
+        good, headers = codec.encode_tensor(_input(cascade_bundle))
+        assert _post(port, good, headers)[0] == 200
+        assert time.monotonic() - started < 1.0
+        for thread in tricklers:
+            thread.join(timeout=10)
+    finally:
+        stop.set()
+    assert len(closed_after) == limit and max(closed_after) < 2.5, closed_after
+
+
+def test_an_answer_that_finishes_after_its_deadline_is_a_504(cascade_bundle, in_process_gateway):
+    """The stage takes 300 ms, the request allows 100 ms: it was taken in time (not 504 at
+    dequeue), but its late answer is a 504, never a 200."""
+
+    class Slow:
+        def __init__(self, inner):
+            self.inner, self.model_version = inner, inner.model_version
+
+        def infer(self, x, deadline_ms=None):
+            time.sleep(0.3)
+            return self.inner.infer(x, deadline_ms)
+
+    server = in_process_gateway(wrap=Slow, workers=1)
+    x = _input(cascade_bundle)
+    status, reply = _post(server.address[1], *codec.encode_tensor(x, deadline_ms=100.0))
+    assert status == 504 and json.loads(reply)["error"]
+    assert _post(server.address[1], *codec.encode_tensor(x, deadline_ms=5000.0))[0] == 200

@@ -123,6 +123,28 @@ def test_the_gateway_refuses_the_raw_input_and_a_missing_scale(bottleneck_bundle
         connection.close()
 
 
+def test_an_int8_scale_that_overflows_is_a_400_and_no_answer_carries_nan(
+    bottleneck_bundle, start_gateway
+):
+    """X-Edgec-Scale: 1e38 decodes to Inf: a 400 with valid JSON (it used to be a 200 with
+    "probs": [NaN, ...]), and the server answers a good request afterwards."""
+    gateway = start_gateway(bottleneck_bundle.bundle)
+    x = np.random.default_rng(0).random((1, 8, 56, 56)).astype(np.float32)
+    body, headers = codec.encode_tensor(x, encoding="int8")
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    try:
+        connection.request("POST", codec.PATH, body, {**headers, codec.HEADER_SCALE: "1e38"})
+        response = connection.getresponse()
+        reply = json.loads(response.read(), parse_constant=lambda name: pytest.fail(name))
+        assert response.status == 400 and "overflows" in reply["error"]
+        connection.request("POST", codec.PATH, body, headers)
+        response = connection.getresponse()
+        reply = json.loads(response.read(), parse_constant=lambda name: pytest.fail(name))
+        assert response.status == 200 and len(reply["probs"]) == 10
+    finally:
+        connection.close()
+
+
 def test_without_its_gateway_a_partitioned_pipeline_says_it_has_no_answer(bottleneck_bundle):
     root = bottleneck_bundle.bundle
     device = import_runtime(root, "device")
@@ -167,3 +189,48 @@ def test_students_then_a_partitioned_teacher_keep_the_planned_accuracy(tmp_path,
     assert offloaded == pytest.approx(policy["offload_rate"], abs=0.02)
     classifiers = {s["name"] for s in result.manifest["stages"] if s["role"] != "prefix"}
     assert {a.stage for a in answers} <= classifiers
+
+
+def test_edgec_run_with_a_dead_gateway_and_no_answer_warns_once_and_exits_1(
+    bottleneck_bundle, tmp_path
+):
+    """Every frame needs the gateway and it is down: one warning on stderr (not one per
+    frame), a line per frame saying there is no answer, and exit 1 (it used to be 0)."""
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.zeros((3, 3, 224, 224), np.float32))
+    root = bottleneck_bundle.bundle
+    result = CliRunner().invoke(
+        main, ["run", str(root), str(frames), "--gateway", "http://127.0.0.1:9", "--json"]
+    )
+    assert result.exit_code == 1, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prediction"] for line in lines] == [-1, -1, -1]
+    assert result.stderr.count("did not answer") == 1, result.stderr
+    assert "No frame of 3 got an answer" in result.stderr
+
+
+def test_the_standalone_device_runtime_with_a_dead_gateway_warns_once_and_exits_1(
+    bottleneck_bundle, tmp_path
+):
+    """`python -B -m runtime.device` on a device without edgec: the same contract."""
+    import subprocess
+    import sys
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.zeros((3, 3, 224, 224), np.float32))
+    command = [sys.executable, "-B", "-m", "runtime.device", str(frames), "--json", "--quiet"]
+    result = subprocess.run(
+        [*command, "--gateway", "http://127.0.0.1:9"],
+        cwd=bottleneck_bundle.bundle,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.count("warning: the gateway did not answer") == 1, result.stderr
+    assert "no frame of 3 got an answer" in result.stderr

@@ -193,3 +193,53 @@ def test_stream_prepares_the_next_frame_while_the_current_one_runs(teacher_bundl
             if index + 1 < len(x):
                 assert started[index + 1].wait(5.0), f"frame {index + 1} was not prefetched"
     assert all(name.startswith("edgec-prepare") for name in threads)
+
+
+def test_a_dead_gateway_is_one_warning_and_the_device_answers(cascade_bundle, val_frames):
+    """Every offload falls back: exit 0 (the device stages answered), one warning on stderr
+    in words (it used to be silent), not one per frame."""
+    path = val_frames[0]
+    result = run("run", str(cascade_bundle), str(path), "--gateway", "http://127.0.0.1:9", "--json")
+    assert result.exit_code == 0, result.output
+    lines = _json_lines(result.stdout)
+    assert len(lines) == 60 and all(line["prediction"] >= 0 for line in lines)
+    assert any(line["route"].startswith("fallback-") for line in lines)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "did not answer" in warnings[0], result.stderr
+
+
+def test_a_stage_that_outputs_nan_never_prints_nan_and_exits_1(
+    teacher_bundle, val_frames, tmp_path
+):
+    """A bundle whose model gives NaN (its artifact replaced after the build by the FP32
+    teacher with NaN weights; unsigned so it runs): every --json line is valid JSON with no
+    answer (-1, route non-finite), and since no frame got an answer the run exits 1. Before,
+    it printed "confidence": NaN and exited 0."""
+    import onnx
+    from onnx import numpy_helper
+    from runtime_helpers import TEACHER
+
+    bundle = tmp_path / "nan"
+    shutil.copytree(teacher_bundle, bundle)
+    model = onnx.load(TEACHER)
+    init = max(model.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    weights = np.full(tuple(init.dims), np.nan, np.float32)
+    init.CopyFrom(numpy_helper.from_array(weights, init.name))
+    onnx.save(model, bundle / read_manifest(bundle)["stages"][0]["artifact"])
+    result = run("run", str(bundle), str(val_frames[0]), "--json")
+    assert result.exit_code == 1, result.output
+    lines = [
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+        for line in result.stdout.splitlines()
+    ]
+    assert len(lines) == 60
+    assert all(line["prediction"] == -1 and line["route"] == "non-finite" for line in lines)
+    assert "No frame of 60 got an answer" in result.stderr
+
+
+def test_serve_bundle_takes_a_request_timeout_and_refuses_a_non_positive_one(cascade_bundle):
+    from edgec.bundle.launch import serve_bundle
+    from edgec.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="request timeout must be positive"):
+        serve_bundle(cascade_bundle, port=0, request_timeout_s=0.0)

@@ -96,6 +96,23 @@ def test_malformed_requests_are_wire_format_errors(body, shape, dtype, message):
         codec.decode_tensor(body, shape, dtype, (1, 1, 8, 8), "float32")
 
 
+def test_an_int8_body_whose_scale_overflows_is_refused():
+    """A finite scale of 1e38 times 255 codes is Inf in float32: refused, not decoded."""
+    codes = np.full((1, 1, 8, 8), 255, np.uint8).tobytes()
+    with pytest.raises(codec.WireFormatError, match="overflows"):
+        codec.decode_tensor(codes, "1,1,8,8", "uint8", (1, 1, 8, 8), "float32", "int8", "1e38", "0")
+
+
+def test_an_answer_never_carries_nan_or_inf():
+    """JSON has no NaN: a non-finite output cannot be encoded, and an answer holding one is
+    refused by the device."""
+    for bad in (np.nan, np.inf):
+        with pytest.raises(codec.WireFormatError, match="NaN or infinite"):
+            codec.encode_answer("teacher", np.array([[bad, 0.5]]), 1.0)
+    with pytest.raises(codec.WireFormatError):
+        codec.decode_answer(b'{"stage": "t", "probs": [NaN, 0.5]}', 2)
+
+
 def test_answers_round_trip_and_malformed_answers_are_refused():
     """The gateway's JSON answer decodes to the stage and its probabilities."""
     payload = codec.encode_answer("teacher", np.array([[0.25, 0.75]]), 1.23456)

@@ -6,7 +6,15 @@ An install directory looks like this::
       current  -> versions/<sha256 of manifest.json>   (what the runtime loads)
       previous -> versions/<sha256 of the one before>  (what --rollback goes back to)
       versions/<sha256>/...                             (complete, verified bundles, never edited)
+      trust/launch.py, trust/verify_bundle.py           (the trust root: verifier and launcher)
+      trust/edgec.pub                                   (the pinned public key, after --key)
       .lock                                             (serialises installers)
+
+``trust/`` lies outside every bundle: it is edgec's own verifier (never the copy a bundle
+carries) and a launcher that verifies ``current`` before it imports anything from it, for
+devices without edgec (``python3 -B DIR/trust/launch.py device ...``). The key given to the
+first ``--key`` install is pinned there; later installs and rollbacks without ``--key`` are
+checked against the pinned key, and a new ``--key`` replaces it.
 
 ``install_bundle`` verifies the bundle, copies it into ``versions/.staging-*`` (fsyncing every
 file), verifies the copy again, renames it to ``versions/<sha256>`` and only then points
@@ -41,8 +49,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgec.bundle import trust
@@ -55,6 +65,8 @@ CURRENT = "current"
 PREVIOUS = "previous"
 VERSIONS = "versions"
 LOCK = ".lock"
+TRUST = "trust"
+TRUST_FILES = {"launch.py": "launcher.py", "verify_bundle.py": "verify_bundle.py"}
 _VERSION_RE = re.compile(r"^[0-9a-f]{64}(\.[0-9]+)?$")
 _TMP_LINK_RE = re.compile(rf"^\.({CURRENT}|{PREVIOUS})\.[0-9a-f]+\.tmp$")
 _CHUNK = 1 << 20
@@ -120,8 +132,9 @@ def install_bundle(
             is running there.
         VerificationError: The bundle (or the copy just made) does not verify.
     """
-    key = trust.as_public_key(public_key)
     bundle, into = Path(bundle), Path(into)
+    given = trust.as_public_key(public_key)
+    key = given or pinned_key(into)
     trust.require_valid(trust.verify_bundle(bundle, key))
     digest = _verify.manifest_digest(bundle)
     _prepare(into)
@@ -129,6 +142,7 @@ def install_bundle(
         current, previous = _read_link(into, CURRENT), _read_link(into, PREVIOUS)
         _collect_garbage(into, keep={current, previous}, keep_digest=digest)
         version = _find_valid_copy(into, digest, key) or _copy_in(bundle, into, digest, key)
+        _write_trust_root(into, given)  # before current moves: the launcher is there first
         if version == current:
             return InstallResult(str(into), "already-current", current, previous, key is not None)
         if current is not None and _digest_of(current) != digest:
@@ -147,8 +161,8 @@ def rollback(into: Path, public_key: Ed25519PublicKey | Path | None = None) -> I
         BadInputError: ``into`` is not an install directory or has no previous version.
         VerificationError: The previous version no longer verifies (nothing is changed).
     """
-    key = trust.as_public_key(public_key)
     into = Path(into)
+    key = trust.as_public_key(public_key) or pinned_key(into)
     if not (into / VERSIONS).is_dir():
         raise BadInputError(
             f"{into} is not an install directory (no {VERSIONS}/); install a bundle there first."
@@ -180,6 +194,36 @@ def current_bundle(into: Path) -> Path | None:
     """The resolved directory ``into/current`` points to, or ``None`` before the first install."""
     name = _read_link(Path(into), CURRENT)
     return (Path(into) / VERSIONS / name).resolve() if name else None
+
+
+def pinned_key(into: Path) -> Ed25519PublicKey | None:
+    """The public key pinned in ``into/trust/edgec.pub`` by an earlier ``--key`` install."""
+    path = Path(into) / TRUST / trust.PUBLIC_KEY_NAME
+    return trust.load_public_key(path) if path.is_file() else None
+
+
+def _write_trust_root(into: Path, key: Ed25519PublicKey | None) -> None:
+    """Write (or refresh) the verifier, the launcher and, when given, the pinned key."""
+    directory = into / TRUST
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise BadInputError(
+            f"{directory} is not a directory; edgec install manages it: move it away."
+        )
+    directory.mkdir(exist_ok=True)
+    files = {
+        name: (resources.files("edgec.runtime") / source).read_bytes()
+        for name, source in TRUST_FILES.items()
+    }
+    if key is not None:
+        files[trust.PUBLIC_KEY_NAME] = key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    for name, data in files.items():
+        path = directory / name
+        if not path.is_symlink() and path.is_file() and path.read_bytes() == data:
+            continue
+        trust.write_atomic(path, data, mode=0o644)
+    _fsync_dir(directory)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -340,6 +384,9 @@ def _collect_garbage(into: Path, keep: set[str | None], keep_digest: str | None 
             _remove(trash)
     for child in into.iterdir():
         if _TMP_LINK_RE.match(child.name) and child.is_symlink():
+            child.unlink()
+    if (into / TRUST).is_dir():  # a trust file write cut short
+        for child in (into / TRUST).glob(".*.tmp"):
             child.unlink()
 
 

@@ -2,68 +2,121 @@
 
 The code that runs is the bundle's ``runtime/`` package, imported from the bundle under a
 name unique to it (so two bundles can be loaded in one process), never a copy inside edgec.
-The runtime's own errors (a bundle that does not verify, a stage that cannot be loaded, an
-unreadable input) become :class:`~edgec.errors.BadInputError` or
-:class:`~edgec.errors.VerificationError`, one sentence each.
+With a public key, the bundle is verified first by edgec's own verifier
+(:mod:`edgec.runtime.verify_bundle` as installed with edgec), never by the copy inside the
+bundle: until it verifies, nothing in it runs and no file it points to is read. The runtime's
+sources are then checked against the verified manifest as they are imported, so a file swapped
+after the check is refused too. Without a key nothing is verified (as documented), but a
+runtime file that is a symbolic link is still refused.
+
+The runtime's own errors (a stage that cannot be loaded, an unreadable input) become
+:class:`~edgec.errors.BadInputError`, one sentence each.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+from edgec.bundle import trust
 from edgec.bundle.io import read_manifest
-from edgec.errors import BadInputError, VerificationError
+from edgec.errors import BadInputError, GateFailedError, VerificationError
+from edgec.runtime import verify_bundle as _verify
 from edgec.runtime.render import RUNTIME_DIR
 
 
-def import_runtime(bundle: Path, module: str) -> ModuleType:
-    """Import ``module`` (``device`` or ``gateway``) of the bundle's generated runtime.
+def open_bundle(bundle: Path, public_key: Path | None) -> tuple[Path, dict, dict | None]:
+    """Resolve ``bundle`` once and, with a key, verify it with edgec's own verifier.
+
+    Returns:
+        The resolved bundle directory (load from it, not from a ``current`` link that may
+        move), its manifest, and the verified manifest (``None`` without a key).
 
     Raises:
-        BadInputError: Not a bundle, or a bundle without a generated runtime.
+        BadInputError: Not a bundle, or the key file is unusable.
+        VerificationError: A key is given and the bundle does not verify.
     """
     bundle = Path(bundle)
-    read_manifest(bundle)
-    package_dir = (bundle / RUNTIME_DIR).resolve()
-    init = package_dir / "__init__.py"
-    if not (package_dir / "device.py").is_file() or not init.is_file():
+    if not bundle.is_dir():
+        raise BadInputError(f"Bundle {bundle} does not exist or is not a directory.")
+    root = bundle.resolve()
+    if public_key is None:
+        return root, read_manifest(root), None
+    verified = trust.verified_manifest(root, public_key)
+    return root, verified, verified
+
+
+def import_runtime(bundle: Path, module: str, verified: dict | None = None) -> ModuleType:
+    """Import ``module`` (``device`` or ``gateway``) of the bundle's generated runtime.
+
+    Args:
+        bundle: The bundle directory (resolved, as :func:`open_bundle` returns it).
+        module: ``device`` or ``gateway``.
+        verified: The manifest the bundle verified with; each source file must match it.
+
+    Raises:
+        BadInputError: Not a bundle, a bundle without a generated runtime, or a runtime file
+            that is a symbolic link (without a key).
+        VerificationError: A runtime file differs from the verified manifest.
+    """
+    bundle = Path(bundle)
+    if verified is None:
+        read_manifest(bundle)
+    package_dir = bundle / RUNTIME_DIR
+    if not package_dir.is_symlink() and not (
+        (package_dir / "device.py").exists() or (package_dir / "device.py").is_symlink()
+    ):
         raise BadInputError(
             f"Bundle {bundle} has no generated runtime ({RUNTIME_DIR}/device.py); recompile it "
             "with this edgec."
         )
-    digest = hashlib.sha256(str(package_dir).encode()).hexdigest()[:16]
+    if verified is None:
+        _refuse_links(bundle, package_dir)
+    digest = hashlib.sha256(str(package_dir.absolute()).encode()).hexdigest()[:16]
     name = f"edgec_bundle_runtime_{digest}"
     # No __pycache__ inside the bundle: it would be an unlisted file, and stale bytecode
     # next to verified sources is exactly what verification must not let run.
     writes_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
-        if name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(
-                name, init, submodule_search_locations=[str(package_dir)]
-            )
-            package = importlib.util.module_from_spec(spec)
-            sys.modules[name] = package
-            try:
-                spec.loader.exec_module(package)
-            except BaseException:
-                del sys.modules[name]
-                raise
-        return importlib.import_module(f"{name}.{module}")
+        return _verify.import_verified(bundle, module, name, verified)
+    except _verify.BundleVerificationError as err:
+        reasons = "; ".join(err.problems)
+        if verified is not None:
+            raise VerificationError(
+                f"Refusing to run {bundle}: it does not verify: {reasons}."
+            ) from None
+        raise BadInputError(
+            f"Bundle {bundle} cannot run: {reasons}; a bundle holds regular files only "
+            "(recompile or reinstall it)."
+        ) from None
     except ModuleNotFoundError as err:
-        if err.name == f"{name}.{module}":
+        if err.name in (name, f"{name}.{module}"):
             raise BadInputError(
                 f"Bundle {bundle} has no {module} runtime ({RUNTIME_DIR}/{module}.py)."
             ) from None
         raise
     finally:
         sys.dont_write_bytecode = writes_bytecode
+
+
+def _refuse_links(bundle: Path, package_dir: Path) -> None:
+    """Refuse a runtime with a symbolic link anywhere in it (checked without following it)."""
+    links = [package_dir] if package_dir.is_symlink() else []
+    for dirpath, dirnames, filenames in os.walk(package_dir):
+        links += [
+            Path(dirpath, n) for n in (*dirnames, *filenames) if Path(dirpath, n).is_symlink()
+        ]
+    if links:
+        rel = links[0].relative_to(bundle).as_posix()
+        raise BadInputError(
+            f"Bundle {bundle} cannot run: {rel} is a symbolic link; a bundle holds regular "
+            "files only (recompile or reinstall it)."
+        )
 
 
 def _bundle_error(device: ModuleType, err: Exception) -> Exception:
@@ -87,32 +140,56 @@ def run_bundle(
     """Answer every input frame with the bundle's device runtime; one dict per frame.
 
     Each dict has ``input``, ``prediction``, ``confidence``, ``stage``, ``latency_ms`` and
-    ``route`` (how the answer came about).
+    ``route`` (how the answer came about). The first frame the gateway fails to answer (down,
+    refusing, erroring) prints one warning on stderr; a run in which no frame got an answer
+    raises once every frame has been yielded.
 
     Raises:
         BadInputError: Bad bundle, inputs or gateway URL.
         VerificationError: A public key is given and the bundle does not verify.
+        GateFailedError: No frame got an answer (e.g. a gateway-only bundle whose gateway is
+            down).
     """
     if not inputs:
         raise BadInputError("Give at least one input: .npy/.npz arrays or images.")
-    device = import_runtime(bundle, "device")
-    logger = device.observability.json_logger("edgec.runtime.device", _log_level())
+    root, _, verified = open_bundle(bundle, public_key)
+    device = import_runtime(root, "device", verified)
+    log = device.observability.json_logger("edgec.runtime.device", _log_level())
     try:
+        # Already verified above by edgec's own verifier: the bundle's copy is not asked.
         runtime = device.DeviceRuntime(
-            bundle,
-            gateway_url=gateway_url,
-            public_key=public_key,
-            device_id=device_id,
-            logger=logger,
+            root, gateway_url=gateway_url, public_key=None, device_id=device_id, logger=log
         )
     except device.BundleError as err:
         raise _bundle_error(device, err) from None
+    answered = frames = 0
+    warned = False
     with runtime:
         try:
             for index, answer in enumerate(runtime.run_paths(inputs)):
+                frames += 1
+                answered += answer.prediction >= 0
+                if not warned and answer.route in _GATEWAY_FAILURES:
+                    warned = True
+                    # Once, in words, on stderr: stdout may be a --json stream.
+                    print(
+                        f"warning: the gateway {gateway_url} did not answer "
+                        f"({answer.route.removeprefix('fallback-')}); frames meant for it are "
+                        "answered on the device, or get no answer without a device stage.",
+                        file=sys.stderr,
+                    )
                 yield answer.to_json(index)
         except device.inputs.InputFileError as err:
             raise BadInputError(str(err).rstrip(".") + ".") from None
+    if frames and not answered:
+        where = f" (the gateway {gateway_url} never answered)" if gateway_url else ""
+        raise GateFailedError(
+            f"No frame of {frames} got an answer{where}; check that the gateway runs "
+            "(`edgec serve`) and is reachable."
+        )
+
+
+_GATEWAY_FAILURES = frozenset({"fallback-error", "fallback-down", "fallback-refused"})
 
 
 def serve_bundle(
@@ -123,24 +200,28 @@ def serve_bundle(
     workers: int | None = None,
     public_key: Path | None = None,
     announce: Callable[[str], None] = print,
+    request_timeout_s: float | None = None,
 ) -> None:
     """Serve the bundle's gateway stages with its generated gateway server until stopped.
+
+    ``request_timeout_s`` is the time a whole request may take to arrive (default: the
+    bundle's, 10 s).
 
     Raises:
         BadInputError: Bad bundle, no gateway stages, bad options or the port is taken.
         VerificationError: A public key is given and the bundle does not verify.
     """
-    manifest = read_manifest(bundle)
+    root, manifest, verified = open_bundle(bundle, public_key)
     if not any(stage.get("tier") == "gateway" for stage in manifest["stages"]):
         raise BadInputError(
             f"Bundle {bundle} has no gateway stages (its target has no gateway, or it has no "
             "students): there is nothing to serve; run it with `edgec run`."
         )
-    gateway = import_runtime(bundle, "gateway")
-    device = import_runtime(bundle, "device")
-    logger = gateway.observability.json_logger("edgec.runtime.gateway", _log_level())
+    gateway = import_runtime(root, "gateway", verified)
+    device = import_runtime(root, "device", verified)
+    log = gateway.observability.json_logger("edgec.runtime.gateway", _log_level())
     try:
-        runtime = gateway.GatewayRuntime(bundle, public_key=public_key)
+        runtime = gateway.GatewayRuntime(root, public_key=None)
     except device.BundleError as err:
         raise _bundle_error(device, err) from None
     defaults = gateway.config.GATEWAY
@@ -151,7 +232,8 @@ def serve_bundle(
             port,
             defaults["queue_size"] if queue_size is None else queue_size,
             defaults["workers"] if workers is None else workers,
-            logger=logger,
+            logger=log,
+            **({} if request_timeout_s is None else {"request_timeout_s": request_timeout_s}),
         )
     except ValueError as err:
         text = str(err)

@@ -101,14 +101,14 @@ def generate_keys(directory: Path, force: bool = False) -> tuple[Path, Path]:
     )
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        _write_atomic(private_path, private_pem, mode=0o600)
-        _write_atomic(public_path, public_pem, mode=0o644)
+        write_atomic(private_path, private_pem, mode=0o600)
+        write_atomic(public_path, public_pem, mode=0o644)
     except OSError as err:
         raise BadInputError(f"Cannot write keys into {directory}: {err.strerror}.") from None
     return private_path, public_path
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` via a temporary file created with ``mode`` and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -210,6 +210,29 @@ def verify_bundle(bundle: Path, public_key: Ed25519PublicKey | Path | None = Non
     return VerifyResult(str(bundle), True, (), _verify.manifest_digest(bundle), kid)
 
 
+def verified_manifest(bundle: Path, public_key: Ed25519PublicKey | Path) -> dict:
+    """Verify ``bundle`` against ``public_key`` with edgec's own verifier; return its manifest.
+
+    This is the check ``edgec run``, ``serve`` and ``install`` make before anything inside the
+    bundle is read as code: the verifier is the one installed with edgec, never the bundle's.
+
+    Raises:
+        BadInputError: The bundle directory does not exist or the key file is unusable.
+        VerificationError: The bundle does not verify (exit code 1), naming every problem.
+    """
+    bundle = Path(bundle)
+    key = as_public_key(public_key)
+    if not bundle.is_dir():
+        raise BadInputError(f"Bundle {bundle} does not exist or is not a directory.")
+    try:
+        return _verify.verify_bundle(bundle, key)
+    except _verify.BundleVerificationError as err:
+        result = VerifyResult(str(bundle), False, err.problems)
+        raise VerificationError(
+            f"Refusing to run {bundle}: it does not verify: {_reasons(result)}."
+        ) from None
+
+
 def _digest_or_none(bundle: Path) -> str | None:
     try:
         return _verify.manifest_digest(bundle)
@@ -258,7 +281,7 @@ def sign_bundle(bundle: Path, private_key: Ed25519PrivateKey | Path) -> Path:
     signature = key.sign((bundle / _verify.MANIFEST).read_bytes())
     path = bundle / SIGNATURE
     try:
-        _write_atomic(path, signature, mode=0o644)
+        write_atomic(path, signature, mode=0o644)
     except OSError as err:
         raise BadInputError(f"Cannot write {path}: {err.strerror}.") from None
     return path

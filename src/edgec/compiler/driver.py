@@ -260,6 +260,13 @@ def _build_stage(
         with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
             runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
             logits = predict(runner, x_val)
+        if not np.isfinite(logits).all():  # the bundle would answer NaN: fail the build
+            raise BadInputError(
+                f"Stage '{stage.name}' gives NaN or infinite outputs on "
+                f"{int((~np.isfinite(logits.reshape(len(logits), -1))).any(axis=1).sum())} of "
+                f"{len(logits)} validation samples; check the model's numerics and the data's "
+                "scale."
+            )
         if evaluated_with:
             entry["accuracy_measured_with"] = evaluated_with
         if stage.role == "prefix":  # intermediate tensors: nothing to score

@@ -253,6 +253,76 @@ def keep_tensor_io(model: onnx.ModelProto, path: Path) -> list[str]:
     ]
 
 
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+# Ops whose constant inputs are weights: an infinity there is corruption. Elsewhere it can be
+# meant (Clip's max=inf, an attention mask of -inf added before Softmax), so only NaN counts.
+_WEIGHT_OPS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Einsum",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+        "PRelu",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "LSTM",
+        "GRU",
+        "RNN",
+    }
+)
+
+
+def check_finite_weights(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse weights that hold NaN or infinity: the bundle would answer NaN for every frame.
+
+    Every floating-point initializer and ``Constant`` value (of the main graph and its
+    subgraphs) is checked: NaN is refused anywhere, infinity where an op takes the tensor as a
+    weight (:data:`_WEIGHT_OPS`).
+
+    Raises:
+        BadInputError: Names the first initializer with a non-finite value.
+    """
+    graphs = list(_graphs(model.graph))
+    weights = {name for g in graphs for n in g.node if n.op_type in _WEIGHT_OPS for name in n.input}
+    tensors = [(init.name, init) for graph in graphs for init in graph.initializer]
+    tensors += [
+        (node.output[0] if node.output else node.name, attr.t)
+        for graph in graphs
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attr in node.attribute
+        if attr.type == onnx.AttributeProto.TENSOR
+    ]
+    for name, tensor in tensors:
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        values = onnx.numpy_helper.to_array(tensor, base_dir=str(path.parent))
+        bad = np.isnan(values) | (np.isinf(values) if name in weights else False)
+        if bad.any():
+            raise BadInputError(
+                f"Model {path.name} has non-finite weights: initializer {name!r} holds "
+                f"{int(bad.sum())} NaN or infinite value(s) (e.g. {values[bad].flat[0]}); fix "
+                "or retrain the model, a bundle built from it would answer NaN."
+            )
+
+
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph in it (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs(sub)
+
+
 def _real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {init.name for init in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
@@ -334,6 +404,7 @@ def load_model(path: Path, input_shapes: dict[str, tuple[int, ...]] | None = Non
     model = _parse(path)
     _check(model, path)
     notes = keep_tensor_io(model, path)
+    check_finite_weights(model, path)
     model = _fix_shapes(model, dict(input_shapes or {}), path)
     model = _infer(model, path)
     inputs = tuple(

@@ -162,7 +162,14 @@ def decode_tensor(
     if encoding == "int8":
         scale, zero_point = _parse_quantization(scale_text, zero_point_text)
         codes = decode_tensor(body, shape_text, dtype_text, expected_shape, "uint8")
-        return decode_int8(codes, scale, zero_point).astype(expected_dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = decode_int8(codes, scale, zero_point).astype(expected_dtype)
+        # A finite scale can still overflow (1e38 * 255 is inf in float32).
+        if not np.isfinite(array).all():
+            raise WireFormatError(
+                f"{HEADER_SCALE} {scale!r} overflows: the decoded tensor holds infinite values"
+            )
+        return array
     shape = _parse_shape(shape_text)
     if tuple(shape) != tuple(expected_shape):
         raise WireFormatError(
@@ -184,8 +191,15 @@ def decode_tensor(
 
 
 def encode_answer(stage: str, probs: np.ndarray, latency_ms: float) -> bytes:
-    """The gateway's JSON answer for one input."""
+    """The gateway's JSON answer for one input.
+
+    Raises:
+        WireFormatError: ``probs`` holds NaN or infinite values (JSON has no such numbers:
+            an answer never carries them).
+    """
     row = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if not np.isfinite(row).all() or not math.isfinite(latency_ms):
+        raise WireFormatError(f"stage {stage}'s output holds NaN or infinite values")
     k = int(row.argmax())
     return json.dumps(
         {
@@ -194,7 +208,8 @@ def encode_answer(stage: str, probs: np.ndarray, latency_ms: float) -> bytes:
             "prediction": k,
             "confidence": float(row[k]),
             "latency_ms": round(latency_ms, 4),
-        }
+        },
+        allow_nan=False,
     ).encode()
 
 

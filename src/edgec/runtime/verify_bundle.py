@@ -19,6 +19,14 @@ What is checked, in order:
 Every problem is collected, so one run names every changed, missing or extra file. A loader
 should verify, then load from the directory it verified (resolve ``current`` once).
 
+:func:`import_verified` then imports a module of the bundle's ``runtime/`` package from that
+directory, checking every source file against the verified manifest's sha256 as it is read (so
+a file swapped between the check and the import is refused, not run), opening none through a
+symbolic link and writing no bytecode. The code that verifies must not come from the bundle it
+verifies: a tampered bundle could carry a verifier that says yes. So edgec uses its own copy of
+this module, and a device without edgec uses the copy ``edgec install`` puts beside
+``current`` (the trust root); the copy inside a bundle's ``runtime/`` is for reading only.
+
 Example::
 
     from verify_bundle import BundleVerificationError, verify_bundle
@@ -32,9 +40,13 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
@@ -75,9 +87,9 @@ def load_public_key(data: bytes):
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, streamed."""
+    """Hex sha256 of a file, streamed; a symbolic link is not followed (``OSError``)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -165,7 +177,10 @@ def _check_file(root: Path, rel: str, entry: object) -> list[str]:
         return [f"{rel}: listed in the manifest but missing"]
     if not path.is_file():
         return [f"{rel}: is not a regular file"]
-    actual = sha256_file(path)
+    try:
+        actual = sha256_file(path)
+    except OSError as err:  # e.g. swapped for a link since the check above
+        return [f"{rel}: cannot be read ({err.strerror})"]
     size = path.stat().st_size
     if size != entry["bytes"]:
         return [
@@ -197,5 +212,108 @@ def _check_unlisted(root: Path, files: dict) -> list[str]:
         for name in sorted(filenames):
             rel = (base / name).relative_to(root).as_posix()
             if rel not in files and rel not in UNLISTED:
-                problems.append(f"{rel}: present but not listed in the manifest")
+                link = " (a symbolic link)" if (base / name).is_symlink() else ""
+                problems.append(f"{rel}: present but not listed in the manifest{link}")
     return problems
+
+
+# ----------------------------------------------------------------------- verified imports
+RUNTIME_DIR = "runtime"
+
+
+class _PinnedLoader(importlib.abc.Loader):
+    """Executes one source file of a bundle's runtime after checking it against the manifest."""
+
+    def __init__(self, path: Path, rel: str, hashes: dict | None):
+        self.path = path
+        self.rel = rel
+        self.hashes = hashes
+
+    def create_module(self, spec):
+        return None  # the default module object
+
+    def exec_module(self, module: ModuleType) -> None:
+        source = _read_no_follow(self.path, self.rel)
+        if self.hashes is not None:
+            entry = self.hashes.get(self.rel)
+            expected = entry.get("sha256") if isinstance(entry, dict) else None
+            if hashlib.sha256(source).hexdigest() != expected:
+                raise BundleVerificationError(
+                    self.path.parents[1],
+                    [f"{self.rel}: changed after the bundle was verified (or not listed)"],
+                )
+        # compile() from the checked bytes: no bytecode is read or written.
+        exec(compile(source, str(self.path), "exec", dont_inherit=True), module.__dict__)
+
+
+class _BundleFinder(importlib.abc.MetaPathFinder):
+    """Finds ``<package>`` and ``<package>.<module>`` in one bundle's ``runtime/`` only."""
+
+    def __init__(self, package: str, directory: Path, hashes: dict | None):
+        self.package = package
+        self.directory = directory
+        self.hashes = hashes
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.package:
+            name, is_package = "__init__", True
+        elif (
+            fullname.startswith(self.package + ".") and "." not in fullname[len(self.package) + 1 :]
+        ):
+            name, is_package = fullname[len(self.package) + 1 :], False
+        else:
+            return None
+        file = self.directory / f"{name}.py"
+        if not os.path.lexists(file):
+            return None
+        loader = _PinnedLoader(file, f"{RUNTIME_DIR}/{name}.py", self.hashes)
+        return importlib.util.spec_from_file_location(
+            fullname,
+            file,
+            loader=loader,
+            submodule_search_locations=[str(self.directory)] if is_package else None,
+        )
+
+
+def _read_no_follow(path: Path, rel: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        problem = (
+            "is a symbolic link" if os.path.islink(path) else f"cannot be read ({err.strerror})"
+        )
+        raise BundleVerificationError(path.parents[1], [f"{rel}: {problem}"]) from None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def import_verified(
+    bundle: str | os.PathLike, module: str, package: str, manifest: dict | None = None
+) -> ModuleType:
+    """Import ``runtime/<module>.py`` of ``bundle`` as ``<package>.<module>``.
+
+    Args:
+        bundle: The bundle directory (resolved: the one that was verified).
+        module: ``device`` or ``gateway``.
+        package: A module name for the bundle's ``runtime/`` package, unique to this bundle.
+        manifest: The manifest :func:`verify_bundle` returned; every source file must match its
+            sha256 as it is read. ``None`` (no verification) still refuses symbolic links.
+
+    Raises:
+        BundleVerificationError: A source file is a symbolic link, or differs from the manifest.
+        ModuleNotFoundError: The module does not exist.
+    """
+    directory = Path(bundle) / RUNTIME_DIR
+    if os.path.islink(directory):
+        raise BundleVerificationError(bundle, [f"{RUNTIME_DIR}: is a symbolic link"])
+    hashes = None if manifest is None else dict(manifest.get("files") or {})
+    if package not in sys.modules:
+        finder = _BundleFinder(package, directory, hashes)
+        sys.meta_path.insert(0, finder)
+        try:
+            __import__(package)
+        except BaseException:
+            sys.meta_path.remove(finder)
+            sys.modules.pop(package, None)
+            raise
+    return importlib.import_module(f"{package}.{module}")

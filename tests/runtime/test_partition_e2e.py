@@ -211,6 +211,11 @@ def test_edgec_run_with_a_dead_gateway_and_no_answer_warns_once_and_exits_1(
     assert [line["prediction"] for line in lines] == [-1, -1, -1]
     assert result.stderr.count("did not answer") == 1, result.stderr
     assert "No frame of 3 got an answer" in result.stderr
+    text = CliRunner().invoke(
+        main, ["run", str(root), str(frames), "--gateway", "http://127.0.0.1:9"]
+    )
+    assert text.exit_code == 1
+    assert text.stdout.count("no answer") == 3 and "class -1" not in text.stdout, text.stdout
 
 
 def test_the_standalone_device_runtime_with_a_dead_gateway_warns_once_and_exits_1(

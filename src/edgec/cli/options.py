@@ -254,7 +254,7 @@ graph_options = compose(
         metavar="SPEC",
         help="Fuse camera-frame pre-processing into the model, e.g. "
         "'uint8,nhwc,bgr,size=480x640,resize=bilinear,mean=127.5,scale=0.0078125'; "
-        "the bundle's input becomes the frame (see the README).",
+        "the bundle's input becomes the frame (docs/preprocess.md).",
     ),
     click.option(
         "--time-passes", is_flag=True, help="Print each graph pass's time and node-count change."

@@ -47,15 +47,20 @@ def run(
             if as_json:
                 click.echo(json.dumps(item))
             else:
-                click.echo(
-                    f"{item['input']}: class {item['prediction']} "
-                    f"(p={item['confidence']:.3f}) from {item['stage']} "
-                    f"in {item['latency_ms']:.3f} ms [{item['route']}]"
-                )
+                click.echo(_describe(item))
     except BrokenPipeError:  # the reader (e.g. `| head`) has gone: stop quietly
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _describe(item: dict) -> str:
+    """One line per answered input; a frame nobody answered says so instead of 'class -1'."""
+    if item["prediction"] < 0:
+        answer = "no answer"
+    else:
+        answer = f"class {item['prediction']} (p={item['confidence']:.3f}) from {item['stage']}"
+    return f"{item['input']}: {answer} in {item['latency_ms']:.3f} ms [{item['route']}]"
 
 
 @click.command("serve")
@@ -71,6 +76,12 @@ def run(
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free).")
 @click.option("--queue-size", type=int, help="Requests that may wait; beyond that, 429.")
 @click.option("--workers", type=int, help="Inference threads.")
+@click.option(
+    "--request-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Longest time a whole request (line, headers and body) may take to arrive; a slow "
+    "client is cut off after it (default: the bundle's, 10 s).",
+)
 @options.public_key_option(_VERIFY_KEY_HELP)
 @handle_errors
 def serve(
@@ -80,6 +91,7 @@ def serve(
     port: int,
     queue_size: int | None,
     workers: int | None,
+    request_timeout_s: float | None,
     key: Path | None,
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
@@ -99,6 +111,7 @@ def serve(
         workers,
         key,
         announce=lambda line: click.echo(line),
+        request_timeout_s=request_timeout_s,
     )
 
 

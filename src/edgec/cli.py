@@ -460,6 +460,8 @@ def _print_summary(result) -> None:
     if result.gate is not None:
         colour = "green" if result.gate.passed else "red"
         _out.print(f"[{colour}]{result.gate.summary}[/{colour}]", highlight=False)
+    for note in result.notes:  # plain echo: never wrapped, no markup
+        click.echo(f"note: {note}", err=True)
 
 
 # ---------------------------------------------------------------------------------- inspect

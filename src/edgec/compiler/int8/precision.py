@@ -198,6 +198,12 @@ def rule_flavour(target: Target, backend: str) -> Int8Flavour:
     return Int8Flavour("int8", per_channel=True)
 
 
+def _saturates_u8s8(target: Target) -> bool:
+    """Whether the target's INT8 kernels saturate u8 x s8 products (x86 without VNNI)."""
+    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
+    return x86 and not (set(target.cpu.isa_features) & _VNNI)
+
+
 def host_candidates(target: Target) -> list[Int8Flavour]:
     """Flavours worth timing on this machine: u8s8 and s8s8, per-channel and per-tensor, and
     the activation type this ISA's integer kernels prefer with its stem kept in FP32."""
@@ -242,13 +248,18 @@ class _Workspace:
         self.tmp = tmp
         self.level = "all" if target.is_host else "extended"
         self.threads = target.cpu.cores if target.is_host else None
+        # Another target's INT8 is judged by its own arithmetic: exact, unless it is an x86
+        # CPU without VNNI, whose u8s8 kernels saturate (as this machine's may, or may not).
+        self.exact_int8 = not target.is_host and not _saturates_u8s8(target)
         self._count = 0
 
     def runner(self, model: onnx.ModelProto):
         self._count += 1
         path = self.tmp / f"m{self._count}.onnx"
         onnx.save_model(model, path)
-        return self._runner(path, threads=self.threads, level=self.level)
+        return self._runner(
+            path, threads=self.threads, level=self.level, exact_int8=self.exact_int8
+        )
 
 
 def decide_precision(

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import onnx
 
-from edgec.errors import BadInputError
+from edgec.errors import BadInputError, MissingDependencyError
 from edgec.targets.tvm._env import import_tvm
-from edgec.targets.tvm.targets import TvmTarget
+from edgec.targets.tvm.targets import TvmTarget, install_hint
 
 
 def import_onnx(model_path: Path):
@@ -116,10 +116,19 @@ def export(executable, path: Path, spec: TvmTarget) -> None:
     import_tvm()
     from tvm.support import cc
 
-    if spec.cross_compiler:
-        executable.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
-    else:
-        executable.export_library(str(path))
+    try:
+        if spec.cross_compiler:
+            executable.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
+        else:
+            executable.export_library(str(path))
+    except RuntimeError as err:  # TVM's cc reports a failed link with the linker's output
+        linker = spec.cross_compiler or "this machine's C compiler"
+        how = install_hint(spec.arch) if spec.cross_compiler else "apt-get install gcc libc6-dev"
+        last = next((line for line in reversed(str(err).splitlines()) if line.strip()), "")
+        raise MissingDependencyError(
+            f"Linking the {spec.arch} shared object with {linker} failed ({last.strip()}); "
+            f"check the toolchain: {how}."
+        ) from None
 
 
 @contextlib.contextmanager

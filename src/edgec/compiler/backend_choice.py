@@ -135,7 +135,8 @@ def _candidates(
     if config.backend != "auto":
         return [primary], {}, False
     on_device = stage_target.name == device_target.name
-    if on_device and (config.device or config.tune_trials > 0):
+    tunes_a_board = config.tune_trials > 0 and not stage_target.is_host
+    if on_device and (config.device or tunes_a_board):
         return [primary], {}, False  # the backend that measures on the device, or tunes
     if not stage_target.is_host:
         record, chosen = {}, []

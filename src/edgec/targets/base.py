@@ -166,6 +166,7 @@ class Backend(Protocol):
     * ``tunes``: ``build`` honours ``tune_trials`` / ``tuning_cache``;
     * ``needs_tuning_on_cpu``: untuned, its CPU code is too slow to be worth building as a
       candidate against the others on this machine;
+    * ``symmetric_int8_activations``: its INT8 needs activations with zero point 0;
     * ``can_build(target)``: whether it can build for that target here (toolchains included);
     * ``uses_accelerator(target)``: whether its artifact for that target runs on the target's
       accelerator (GPU, TPU), not its CPU;
@@ -179,6 +180,7 @@ class Backend(Protocol):
     measures_on_device: bool
     tunes: bool
     needs_tuning_on_cpu: bool
+    symmetric_int8_activations: bool
     op_support_source: str
 
     def available(self) -> tuple[bool, str]:
@@ -225,6 +227,7 @@ class BackendBase:
     measures_on_device: bool = False
     tunes: bool = False
     needs_tuning_on_cpu: bool = False
+    symmetric_int8_activations: bool = False
     op_support_source: str = "no documented op list"
 
     def available(self) -> tuple[bool, str]:

@@ -55,6 +55,7 @@ from edgec.errors import BadInputError, GateFailedError
 from edgec.passes.calibration_table import CalibrationTable, tensorrt_version_number
 from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model, stem_nodes
 from edgec.targets.descriptor import Target
+from edgec.targets.registry import backend_names, get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def rule_flavour(target: Target, backend: str) -> Int8Flavour:
     """The INT8 flavour for a target that cannot be measured, from its backend and ISA."""
     arch = target.cpu.arch.lower()
     features = set(target.cpu.isa_features)
-    if backend == "tensorrt":
+    if backend in backend_names() and get_backend(backend).symmetric_int8_activations:
         return Int8Flavour("int8", per_channel=True, symmetric_activations=True)
     if arch.startswith(("aarch64", "arm")):
         return Int8Flavour("int8", per_channel=True)

@@ -19,6 +19,7 @@ class TensorRTBackend(BackendBase):
 
     name = "tensorrt"
     op_support_source = ops.SOURCE
+    symmetric_int8_activations = True  # TensorRT's INT8 takes zero point 0 only
 
     def available(self) -> tuple[bool, str]:
         """TensorRT is importable only with NVIDIA's wheel and a GPU driver."""

@@ -124,7 +124,10 @@ def export(executable, path: Path, spec: TvmTarget) -> None:
     except RuntimeError as err:  # TVM's cc reports a failed link with the linker's output
         linker = spec.cross_compiler or "this machine's C compiler"
         how = install_hint(spec.arch) if spec.cross_compiler else "apt-get install gcc libc6-dev"
-        last = next((line for line in reversed(str(err).splitlines()) if line.strip()), "")
+        # The linker's own last word, not TVM's "Command line:" echo of the call.
+        said = [line for line in str(err).splitlines() if line.strip()]
+        said = [line for line in said if not line.startswith(("Command line:", "Compilation"))]
+        last = said[-1] if said else type(err).__name__
         raise MissingDependencyError(
             f"Linking the {spec.arch} shared object with {linker} failed ({last.strip()}); "
             f"check the toolchain: {how}."

@@ -107,7 +107,8 @@ def install_hint(arch: str) -> str:
 
 @functools.cache
 def _links(compiler: str) -> bool:
-    """Whether ``compiler`` finds the C start files a shared object links against."""
+    """Whether the compiler at path ``compiler`` finds the C start files (``crti.o``) a shared
+    object links against (asked once per compiler)."""
     try:
         found = subprocess.run(
             [compiler, "-print-file-name=crti.o"],
@@ -125,12 +126,13 @@ def _cross_compiler(arch: str) -> str | None:
     if arch == this_machine_arch():
         return None
     compiler = _CROSS_COMPILERS.get(arch, (f"{arch}-linux-gnu-gcc", ()))[0]
-    if shutil.which(compiler) is None:
+    found = shutil.which(compiler)
+    if found is None:
         raise MissingDependencyError(
             f"Linking TVM code for {arch} needs the cross compiler {compiler}, which is not "
             f"on PATH: {install_hint(arch)}."
         )
-    if not _links(compiler):
+    if not _links(found):
         raise MissingDependencyError(
             f"Linking TVM code for {arch} needs the {arch} C library, which {compiler} does "
             f"not find (no crti.o): {install_hint(arch)}."

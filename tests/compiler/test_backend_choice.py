@@ -198,7 +198,8 @@ def test_a_failing_link_is_exit_2_never_an_internal_error(
     tmp_path, teacher_path, no_cross_compiler
 ):
     """A cross compiler that passes the start-file check but fails the link (as a broken
-    sysroot does) is exit 2 with the linker's last line and what to install, not exit 3."""
+    sysroot does) is exit 2 with the linker's last line and what to install, not exit 3;
+    under auto the Nano's stage falls back to ONNX Runtime and records TVM's failure."""
     fake_compiler(
         no_cross_compiler,
         'case "$1" in -print-file-name*) echo /bin/sh; exit 0;; esac\n'
@@ -213,6 +214,15 @@ def test_a_failing_link_is_exit_2_never_an_internal_error(
     last = result.stderr.strip().splitlines()[-1]
     assert "cannot find crti.o" in last and "libc6-dev-arm64-cross" in last
     assert not out.exists()
+    nano = tmp_path / "nano"
+    result = compile_cli(
+        str(teacher_path), "-t", "jetson-nano", "--students", "none", "-o", str(nano)
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (stage,) = manifest_of(nano)["stages"]
+    assert stage["backend"] == "onnxruntime"
+    assert "cannot find crti.o" in stage["backend_candidates"]["tvm"]["failed"]
+    assert stage["backend_fallback"]["wanted"] == "tensorrt"
 
 
 # ---------------------------------------------------------- backend facts, not backend names

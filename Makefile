@@ -1,11 +1,12 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if missing
-# and installs what it needs, pinned by constraints.txt.
+# and installs what it needs, pinned by constraints.txt; `make test` also installs the system
+# packages the aarch64 TVM tests need (apt, where it can) and the aarch64 TVM runtime.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,18 @@ demo: $(VENV)/.demo-installed
 		--data digits --budget-ms 5 -o out/demo --force
 	$(BIN)/edgec check out/demo --budget-ms 5
 
-test: $(VENV)/.test-installed
+# The aarch64 cross compiler, its C library and qemu-user (apt-get, --no-install-recommends);
+# without apt or root it warns, and the tests that need them skip and say why.
+system-deps:
+	@.ci/system-deps.sh
+
+# The aarch64 TVM runtime the qemu test runs the Raspberry Pi build on (from the pinned
+# wheels); without it (offline) that test skips and says why.
+$(VENV)/aarch64-tvm-runtime/libtvm_runtime.so: $(VENV)/.test-installed
+	@PYTHON=$(BIN)/python .ci/aarch64-tvm-runtime.sh $(VENV)/aarch64-tvm-runtime \
+		|| echo "warning: no aarch64 TVM runtime; the qemu test will skip" >&2
+
+test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/pytest

@@ -39,7 +39,9 @@ _CACHE: dict[str, SignedBundles] = {}
 def make_signed_bundles(root: Path) -> SignedBundles:
     """Generate keys and compile the teacher into signed bundles under ``root``."""
     private, public = trust.generate_keys(root / "keys")
-    options = {"model": TEACHER, "students": "none", "precision": "fp32"}
+    # ONNX Runtime on every machine: the same bundles with or without TVM and the aarch64
+    # cross toolchain (under auto, TVM would build the Jetson's stage when both are there).
+    options = {"model": TEACHER, "students": "none", "precision": "fp32", "backend": "onnxruntime"}
     bundles = []
     for target in TARGETS:
         config = CompileConfig(target=target, output=root / target, sign_key=private, **options)

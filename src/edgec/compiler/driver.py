@@ -72,6 +72,8 @@ class CompileResult:
         archive: The ``.tar.gz`` when requested.
         signed_by: Id of the key that signed the bundle (``--sign-key``), else ``None``.
         passes: One record per pass run (``--time-passes`` / ``--dump-ir``), else empty.
+        notes: One line per thing the user should know, e.g. a stage built with a fallback
+            backend (``backend_fallback``).
     """
 
     bundle: Path
@@ -80,6 +82,7 @@ class CompileResult:
     archive: Path | None = None
     signed_by: str | None = None
     passes: tuple[PassRecord, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         """Machine-readable summary for ``--json``."""
@@ -108,6 +111,7 @@ class CompileResult:
             "policy": self.manifest["policy"],
             "partition": _partition_summary(self.manifest.get("partition")),
             "gate": self.gate.to_json() if self.gate else None,
+            "notes": list(self.notes),
             **({"passes": [r.to_json() for r in self.passes]} if self.passes else {}),
         }
 
@@ -386,4 +390,5 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         archive=archive,
         signed_by=signed_by,
         passes=tuple(instrument.records) if instrument else (),
+        notes=tuple(s["backend_fallback"]["note"] for s in entries if "backend_fallback" in s),
     )

@@ -34,6 +34,9 @@ def render_report(manifest: dict) -> str:
             f"{stage['precision']} | {stage['macs']:,} | {_fmt_ms(stage['latency_ms'])} | "
             f"{_fmt_share(stage.get('accuracy'))} |"
         )
+    fallbacks = [s["backend_fallback"] for s in manifest["stages"] if s.get("backend_fallback")]
+    if fallbacks:
+        lines += ["", *(f"- note: {f['note']}" for f in fallbacks)]
     policy = manifest["policy"]
     lines += ["", "## Policy", ""]
     if policy.get("budget_ms") is not None:

@@ -157,12 +157,50 @@ class Runner(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """One compiler/runtime behind the same fixed phases."""
+    """One compiler/runtime behind the same fixed phases.
+
+    Besides the phases, a backend answers the questions the compiler asks before choosing it
+    (the compiler never branches on a backend's name):
+
+    * ``measures_on_device``: ``measure`` takes a device URL (``rpc://HOST:PORT``);
+    * ``tunes``: ``build`` honours ``tune_trials`` / ``tuning_cache``;
+    * ``needs_tuning_on_cpu``: untuned, its CPU code is too slow to be worth building as a
+      candidate against the others on this machine;
+    * ``symmetric_int8_activations``: its INT8 needs activations with zero point 0;
+    * ``can_build(target)``: whether it can build for that target here (toolchains included);
+    * ``uses_accelerator(target)``: whether its artifact for that target runs on the target's
+      accelerator (GPU, TPU), not its CPU;
+    * ``runs_here(artifact)``: whether this machine can run the artifact;
+    * ``supports_op(...)`` / ``op_support_source``: its documented ONNX op list.
+
+    :class:`BackendBase` gives every question a conservative default answer.
+    """
 
     name: str
+    measures_on_device: bool
+    tunes: bool
+    needs_tuning_on_cpu: bool
+    symmetric_int8_activations: bool
+    op_support_source: str
 
     def available(self) -> tuple[bool, str]:
         """Whether the backend can build here, and why not when it cannot."""
+        ...
+
+    def can_build(self, target: Target) -> tuple[bool, str]:
+        """Whether the backend can build for ``target`` here, and why not when it cannot."""
+        ...
+
+    def uses_accelerator(self, target: Target) -> bool:
+        """Whether an artifact for ``target`` runs on the target's accelerator."""
+        ...
+
+    def runs_here(self, artifact: Artifact) -> bool:
+        """Whether this machine can run ``artifact``."""
+        ...
+
+    def supports_op(self, op_type: str, domain: str = "", dtypes: tuple[str, ...] = ()) -> bool:
+        """Whether the backend's documented op list has ``op_type`` (with these dtypes)."""
         ...
 
     def build(self, model_path: Path, target: Target, out_dir: Path, options: BuildOptions):
@@ -178,6 +216,39 @@ class Backend(Protocol):
     ) -> LatencyStats:
         """Time the artifact ``where`` (``host`` here, or a device URL where supported)."""
         ...
+
+
+class BackendBase:
+    """Default answers to the :class:`Backend` questions: measures only here, does not tune,
+    builds for any target when available, runs on the target's CPU, runs nothing here, and
+    documents no op. Backends subclass it and override what differs."""
+
+    name: str = ""
+    measures_on_device: bool = False
+    tunes: bool = False
+    needs_tuning_on_cpu: bool = False
+    symmetric_int8_activations: bool = False
+    op_support_source: str = "no documented op list"
+
+    def available(self) -> tuple[bool, str]:
+        """Whether the backend can build here (subclasses say)."""
+        return False, f"the {self.name} backend does not say whether it is available"
+
+    def can_build(self, target: Target) -> tuple[bool, str]:
+        """Available means able to build for any target, unless a subclass knows better."""
+        return self.available()
+
+    def uses_accelerator(self, target: Target) -> bool:
+        """Artifacts run on the target's CPU."""
+        return False
+
+    def runs_here(self, artifact: Artifact) -> bool:
+        """Nothing is known to run here."""
+        return False
+
+    def supports_op(self, op_type: str, domain: str = "", dtypes: tuple[str, ...] = ()) -> bool:
+        """No documented op list: nothing counts as supported."""
+        return False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from edgec.targets.base import Backend
 from edgec.targets.descriptor import Target
 
 _BUILTIN = {
+    "edgetpu": "edgec.targets.edgetpu:EdgeTpuBackend",
     "onnxruntime": "edgec.targets.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "edgec.targets.tensorrt:TensorRTBackend",
     "tvm": "edgec.targets.tvm:TvmBackend",
@@ -60,23 +61,52 @@ def availability(name: str) -> tuple[bool, str]:
     return get_backend(name).available()
 
 
+def buildable(name: str, target: Target) -> tuple[bool, str]:
+    """Whether backend ``name`` can build for ``target`` here (toolchains included), and why
+    not; unknown names cannot."""
+    if name not in _table():
+        return False, f"no '{name}' backend is registered in this edgec install"
+    return get_backend(name).can_build(target)
+
+
+def preferences(target: Target) -> tuple[str, ...]:
+    """The backends ``--backend auto`` tries for ``target``, best first (ONNX Runtime last
+    when the descriptor does not list it)."""
+    return tuple(dict.fromkeys((*target.backends, "onnxruntime")))
+
+
 def choose_backend(target: Target, requested: str | None = None) -> Backend:
-    """The backend for a target: ``requested``, else the target's first usable preference.
+    """The backend for a target: ``requested``, else the target's first preference that can
+    build for it here (:func:`choose_with_reasons`).
 
     Raises:
-        MissingDependencyError: The requested backend (or every preferred one) is unusable here.
+        MissingDependencyError: The requested backend (or every preferred one) cannot build
+            for the target here; the message names what to install.
+    """
+    return choose_with_reasons(target, requested)[0]
+
+
+def choose_with_reasons(
+    target: Target, requested: str | None = None
+) -> tuple[Backend, dict[str, str]]:
+    """The backend for a target and, under ``auto``, why each preference before it was passed
+    over (backend name -> reason; empty when the first preference builds).
+
+    Raises:
+        MissingDependencyError: As :func:`choose_backend`.
     """
     if requested and requested != "auto":
-        ok, why = availability(requested)
+        ok, why = buildable(requested, target)
         if not ok:
-            raise MissingDependencyError(f"Backend '{requested}' cannot be used here: {why}.")
-        return get_backend(requested)
-    reasons = []
-    for name in (*target.backends, "onnxruntime"):
-        ok, why = availability(name)
+            raise MissingDependencyError(
+                f"Backend '{requested}' cannot build for {target.name} here: {why}."
+            )
+        return get_backend(requested), {}
+    passed_over: dict[str, str] = {}
+    for name in preferences(target):
+        ok, why = buildable(name, target)
         if ok:
-            return get_backend(name)
-        reasons.append(f"{name}: {why}")
-    raise MissingDependencyError(
-        f"No backend for target '{target.name}' works here ({'; '.join(reasons)})."
-    )
+            return get_backend(name), passed_over
+        passed_over[name] = why
+    reasons = "; ".join(f"{name}: {why}" for name, why in passed_over.items())
+    raise MissingDependencyError(f"No backend for target '{target.name}' works here ({reasons}).")

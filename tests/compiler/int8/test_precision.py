@@ -180,6 +180,9 @@ def test_target_without_int8_keeps_fp32_under_auto(teacher_and_digits):
 
 
 def test_arm_target_is_decided_by_the_cost_model_and_guarded(teacher_and_digits):
+    """The Pi's INT8 is judged by its own (exact) integer arithmetic on any x86 build machine:
+    on one without VNNI, ORT's default u8s8 kernels saturate, and the guard saw 18.9 dB SQNR
+    and 98.9% agreement where the Pi gets 39 dB and 100%."""
     model, data = teacher_and_digits
     decision = decide_precision(
         model, load_target("raspberry-pi-4"), "onnxruntime", data, PrecisionOptions()
@@ -189,6 +192,7 @@ def test_arm_target_is_decided_by_the_cost_model_and_guarded(teacher_and_digits)
     assert decision.latency_ms["int8"] < decision.latency_ms["fp32"]
     assert decision.flavour.name == "s8s8-per-channel"
     assert decision.verdict.passed and decision.verdict.agreement >= 0.99
+    assert decision.verdict.sqnr_db > 30.0
 
 
 def _tensorrt8_descriptor(tmp_path: Path) -> Path:

@@ -152,6 +152,9 @@ def test_cuda_builds_need_no_gpu(target, sm, machine, teacher_path_module, tmp_p
     """CUDA builds for the Nano (aarch64 host code) and the T4 carry CUDA kernels for their sm
     and host code for their CPU; loading one here, where there is no GPU, is a clear error."""
     backend = get_backend("tvm")
+    ok, why = backend.can_build(load_target(target))
+    if not ok:  # the Nano's host code needs the aarch64 cross toolchain (make test installs it)
+        pytest.skip(why)
     artifact = backend.build(teacher_path_module, load_target(target), tmp_path, BuildOptions())
     meta = artifact.metadata
     assert meta["device"] == "cuda" and meta["cuda_arch"] == sm

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,11 @@ def rpc_server(tmp_path_factory):
     command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--port-end", str(port + 50)]
     with log.open("w") as sink:
-        server = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        # Its own process group: the server serves from a child (a TVM popen worker), which
+        # must end with it.
+        server = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 120
         bound = None
@@ -60,7 +65,7 @@ def rpc_server(tmp_path_factory):
             time.sleep(0.2)
         yield f"rpc://127.0.0.1:{bound.group(1)}"
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
 

@@ -86,7 +86,7 @@ class InspectReport:
     canonical: bool
     layers: tuple[LayerReport, ...]
     top: int = 10
-    sources: dict[str, str] = field(default_factory=lambda: dict(op_support.SOURCES))
+    sources: dict[str, str] = field(default_factory=op_support.sources)
 
     def totals(self) -> dict:
         """Sums over all layers, with the latency's source."""

@@ -55,6 +55,7 @@ from edgec.errors import BadInputError, GateFailedError
 from edgec.passes.calibration_table import CalibrationTable, tensorrt_version_number
 from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model, stem_nodes
 from edgec.targets.descriptor import Target
+from edgec.targets.registry import backend_names, get_backend
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +190,19 @@ def rule_flavour(target: Target, backend: str) -> Int8Flavour:
     """The INT8 flavour for a target that cannot be measured, from its backend and ISA."""
     arch = target.cpu.arch.lower()
     features = set(target.cpu.isa_features)
-    if backend == "tensorrt":
+    if backend in backend_names() and get_backend(backend).symmetric_int8_activations:
         return Int8Flavour("int8", per_channel=True, symmetric_activations=True)
     if arch.startswith(("aarch64", "arm")):
         return Int8Flavour("int8", per_channel=True)
     if arch in ("x86_64", "amd64", "x86"):
         return Int8Flavour("uint8", per_channel=True, reduce_range=not (features & _VNNI))
     return Int8Flavour("int8", per_channel=True)
+
+
+def _saturates_u8s8(target: Target) -> bool:
+    """Whether the target's INT8 kernels saturate u8 x s8 products (x86 without VNNI)."""
+    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
+    return x86 and not (set(target.cpu.isa_features) & _VNNI)
 
 
 def host_candidates(target: Target) -> list[Int8Flavour]:
@@ -242,13 +249,18 @@ class _Workspace:
         self.tmp = tmp
         self.level = "all" if target.is_host else "extended"
         self.threads = target.cpu.cores if target.is_host else None
+        # Another target's INT8 is judged by its own arithmetic: exact, unless it is an x86
+        # CPU without VNNI, whose u8s8 kernels saturate (as this machine's may, or may not).
+        self.exact_int8 = not target.is_host and not _saturates_u8s8(target)
         self._count = 0
 
     def runner(self, model: onnx.ModelProto):
         self._count += 1
         path = self.tmp / f"m{self._count}.onnx"
         onnx.save_model(model, path)
-        return self._runner(path, threads=self.threads, level=self.level)
+        return self._runner(
+            path, threads=self.threads, level=self.level, exact_int8=self.exact_int8
+        )
 
 
 def decide_precision(

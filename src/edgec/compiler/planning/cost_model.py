@@ -28,8 +28,8 @@ import onnx
 
 from edgec.targets.base import LatencyStats
 from edgec.targets.descriptor import Target
+from edgec.targets.registry import backend_names, get_backend
 
-_ACCELERATOR_BACKENDS = {"tensorrt", "tvm-cuda"}
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
@@ -145,10 +145,11 @@ def layer_costs(
 
 
 def _uses_accelerator(target: Target, backend: str) -> bool:
-    """TensorRT always runs on the accelerator; TVM when the target's TVM build is CUDA."""
-    if backend in _ACCELERATOR_BACKENDS:
-        return True
-    return backend == "tvm" and (target.tvm_target or {}).get("kind") == "cuda"
+    """Whether the backend's artifact for ``target`` runs on its accelerator (the backend
+    says; an unregistered name runs on the CPU)."""
+    if backend not in backend_names():
+        return False
+    return get_backend(backend).uses_accelerator(target)
 
 
 def _peaks(target: Target, backend: str, precision: str) -> tuple[float, float]:

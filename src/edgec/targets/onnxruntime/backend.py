@@ -24,6 +24,7 @@ from edgec.runtime.loaders import session_options
 from edgec.targets.base import (
     DEFAULT_MEASURE_POLICY,
     Artifact,
+    BackendBase,
     BuildOptions,
     LatencyStats,
     MeasurePolicy,
@@ -49,10 +50,14 @@ class OrtRunner:
         threads: int | None = None,
         level: str = "all",
         spinning: bool = False,
+        exact_int8: bool = False,
     ):
         import onnxruntime as ort
 
         options = session_options(level, threads, spinning=spinning)
+        if exact_int8:
+            # x86 CPUs without VNNI saturate u8s8 products to int16; ORT's U8U8 path does not.
+            options.add_session_config_entry("session.x64quantprecision", "1")
         try:
             self.session = ort.InferenceSession(
                 str(model_path), options, providers=["CPUExecutionProvider"]
@@ -136,10 +141,22 @@ def _rename_created(graph, known: set[str], prefix: str) -> bool:
     return changed
 
 
-class OnnxRuntimeBackend:
+_ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
+
+
+class OnnxRuntimeBackend(BackendBase):
     """Builds, loads and measures ONNX models with ONNX Runtime's CPU execution provider."""
 
     name = "onnxruntime"
+    op_support_source = "every standard ONNX op (ai.onnx, ai.onnx.ml) and com.microsoft contrib ops"
+
+    def runs_here(self, artifact: Artifact) -> bool:
+        """An optimised ONNX model runs on any CPU ONNX Runtime runs on."""
+        return True
+
+    def supports_op(self, op_type: str, domain: str = "", dtypes: tuple[str, ...] = ()) -> bool:
+        """ONNX Runtime implements every op of the standard and contrib domains on its CPU."""
+        return domain in _ORT_DOMAINS
 
     def available(self) -> tuple[bool, str]:
         """ONNX Runtime is a core dependency, so it is available unless the install is broken."""

@@ -7,7 +7,8 @@ that need it import it inside their functions (``TVM_NUM_THREADS`` must be set f
 Modules: :mod:`.targets` (descriptor -> TVM target dict and linker), :mod:`.build` (ONNX ->
 Relax -> shared object), :mod:`.tuning` (MetaSchedule, tuning database and cache),
 :mod:`.runner` (runtime-only loading, what a device needs), :mod:`.rpc` (measuring and tuning
-on a device through TVM RPC), :mod:`.backend` (the protocol).
+on a device through TVM RPC), :mod:`.ops` (the ONNX ops it imports), :mod:`.backend` (the
+protocol).
 """
 
 from __future__ import annotations

@@ -23,12 +23,14 @@ from edgec.errors import BadInputError, MissingDependencyError
 from edgec.targets.base import (
     DEFAULT_MEASURE_POLICY,
     Artifact,
+    BackendBase,
     BuildOptions,
     LatencyStats,
     MeasurePolicy,
     time_runner,
 )
 from edgec.targets.descriptor import Target
+from edgec.targets.tvm import ops
 from edgec.targets.tvm.targets import tvm_target_for
 
 ARTIFACT_NAME = "model.tvm.so"
@@ -77,11 +79,19 @@ def _importable(name: str) -> bool:
         return False
 
 
-class TvmBackend:
-    """Builds with Apache TVM (optionally tuned), runs with its runtime, here or over RPC."""
+class TvmBackend(BackendBase):
+    """Builds with Apache TVM (optionally tuned), runs with its runtime, here or over RPC.
+
+    It is the backend that measures on a device (TVM RPC) and tunes (MetaSchedule). Untuned,
+    TVM 0.27 has no CPU schedules for convolutions: its CPU code runs 10-200x slower than
+    ONNX Runtime (``benchmarks/RESULTS.md``), hence ``needs_tuning_on_cpu``.
+    """
 
     name = "tvm"
     measures_on_device = True
+    tunes = True
+    needs_tuning_on_cpu = True
+    op_support_source = ops.SOURCE
 
     def available(self) -> tuple[bool, str]:
         """TVM is an extra: available when ``apache-tvm`` and ``tvm_ffi`` are installed."""
@@ -92,6 +102,26 @@ class TvmBackend:
         except importlib.metadata.PackageNotFoundError:
             version = "from source"
         return True, f"apache-tvm {version}"
+
+    def can_build(self, target: Target) -> tuple[bool, str]:
+        """Available, and the target's TVM target and linker (cross compiler, C library) are
+        usable here."""
+        ok, why = self.available()
+        if not ok:
+            return ok, why
+        try:
+            tvm_target_for(target)
+        except MissingDependencyError as err:
+            return False, str(err).rstrip(".")
+        return True, why
+
+    def uses_accelerator(self, target: Target) -> bool:
+        """TVM builds CUDA for targets whose ``tvm_target`` is CUDA (the Jetsons, the T4)."""
+        return (target.tvm_target or {}).get("kind") == "cuda"
+
+    def supports_op(self, op_type: str, domain: str = "", dtypes: tuple[str, ...] = ()) -> bool:
+        """The Relax ONNX importer's converters (:mod:`edgec.targets.tvm.ops`)."""
+        return ops.supports(op_type, domain)
 
     def _require(self) -> None:
         ok, why = self.available()

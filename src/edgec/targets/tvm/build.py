@@ -24,9 +24,9 @@ from pathlib import Path
 
 import onnx
 
-from edgec.errors import BadInputError
+from edgec.errors import BadInputError, MissingDependencyError
 from edgec.targets.tvm._env import import_tvm
-from edgec.targets.tvm.targets import TvmTarget
+from edgec.targets.tvm.targets import TvmTarget, install_hint
 
 
 def import_onnx(model_path: Path):
@@ -116,10 +116,22 @@ def export(executable, path: Path, spec: TvmTarget) -> None:
     import_tvm()
     from tvm.support import cc
 
-    if spec.cross_compiler:
-        executable.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
-    else:
-        executable.export_library(str(path))
+    try:
+        if spec.cross_compiler:
+            executable.export_library(str(path), fcompile=cc.cross_compiler(spec.cross_compiler))
+        else:
+            executable.export_library(str(path))
+    except RuntimeError as err:  # TVM's cc reports a failed link with the linker's output
+        linker = spec.cross_compiler or "this machine's C compiler"
+        how = install_hint(spec.arch) if spec.cross_compiler else "apt-get install gcc libc6-dev"
+        # The linker's own last word, not TVM's "Command line:" echo of the call.
+        said = [line for line in str(err).splitlines() if line.strip()]
+        said = [line for line in said if not line.startswith(("Command line:", "Compilation"))]
+        last = said[-1] if said else type(err).__name__
+        raise MissingDependencyError(
+            f"Linking the {spec.arch} shared object with {linker} failed ({last.strip()}); "
+            f"check the toolchain: {how}."
+        ) from None
 
 
 @contextlib.contextmanager

@@ -9,25 +9,32 @@ CPU code of accelerator builds). Two gaps are filled here:
 * A CPU target needs ``num-cores`` for MetaSchedule; the descriptor's core count is used.
 
 Shared objects for another architecture are linked with that architecture's GCC cross
-compiler (Debian: ``gcc-aarch64-linux-gnu``); a missing one is a clear error, not a linker
-traceback. Nothing here imports TVM at module import.
+compiler and its C library (Debian: ``gcc-aarch64-linux-gnu``, which only *recommends*
+``libc6-dev-arm64-cross``: without it every link fails on ``crti.o``). A missing one is a
+:class:`~edgec.errors.MissingDependencyError` naming the packages to install, never a linker
+traceback; ``--backend auto`` then falls back to the target's next backend. Nothing here
+imports TVM at module import.
 """
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgec.errors import MissingDependencyError
 from edgec.targets.descriptor import Target
 
-# Target triple architecture -> (GCC cross compiler, Debian package that ships it).
+# Target triple architecture -> (GCC cross compiler, the Debian packages a link needs: the
+# compiler and the C library it links against).
 _CROSS_COMPILERS = {
-    "aarch64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-    "arm": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
-    "armv7": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
-    "x86_64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"),
+    "aarch64": ("aarch64-linux-gnu-gcc", ("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross")),
+    "arm": ("arm-linux-gnueabihf-gcc", ("gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross")),
+    "armv7": ("arm-linux-gnueabihf-gcc", ("gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross")),
+    "x86_64": ("x86_64-linux-gnu-gcc", ("gcc-x86-64-linux-gnu", "libc6-dev-amd64-cross")),
 }
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
@@ -90,15 +97,45 @@ def _triple_arch(spec: dict) -> str:
     return triple.split("-", 1)[0] if triple else this_machine_arch()
 
 
+def install_hint(arch: str) -> str:
+    """What to install to link shared objects for ``arch`` on a Debian/Ubuntu machine."""
+    packages = _CROSS_COMPILERS.get(arch, (None, ()))[1]
+    if packages:
+        return f"apt-get install {' '.join(packages)}"
+    return f"install a {arch} GCC cross compiler and its C library"
+
+
+@functools.cache
+def _links(compiler: str) -> bool:
+    """Whether the compiler at path ``compiler`` finds the C start files (``crti.o``) a shared
+    object links against (asked once per compiler)."""
+    try:
+        found = subprocess.run(
+            [compiler, "-print-file-name=crti.o"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return Path(found).is_absolute() and Path(found).is_file()
+
+
 def _cross_compiler(arch: str) -> str | None:
     if arch == this_machine_arch():
         return None
-    compiler, package = _CROSS_COMPILERS.get(arch, (f"{arch}-linux-gnu-gcc", None))
-    if shutil.which(compiler) is None:
-        how = f"apt-get install {package}" if package else f"install a {arch} GCC cross compiler"
+    compiler = _CROSS_COMPILERS.get(arch, (f"{arch}-linux-gnu-gcc", ()))[0]
+    found = shutil.which(compiler)
+    if found is None:
         raise MissingDependencyError(
             f"Linking TVM code for {arch} needs the cross compiler {compiler}, which is not "
-            f"on PATH: {how}."
+            f"on PATH: {install_hint(arch)}."
+        )
+    if not _links(found):
+        raise MissingDependencyError(
+            f"Linking TVM code for {arch} needs the {arch} C library, which {compiler} does "
+            f"not find (no crti.o): {install_hint(arch)}."
         )
     return compiler
 

@@ -398,6 +398,7 @@ def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> 
         f_export=functools.partial(export_shared_object, cross_compiler=cross),
         on_batch=progress.building,
     )
+    runner = None
     try:
         # Worker processes take seconds to start: the builder's (started above) and the
         # runner's start while this process imports the tensor intrinsics.
@@ -408,6 +409,11 @@ def _run_metaschedule(tasks, spec, trials, database, device, seed, progress) -> 
         _tune_tasks(tasks, trials, database, seed, progress, builder, runner)
     finally:
         pool.shutdown()
+        # MetaSchedule's runners keep a worker pool that only garbage collection would end
+        # (the runner is held by TVM objects): end it here, so no worker outlives tuning.
+        runner_pool = getattr(runner, "pool", None)
+        if runner_pool is not None:
+            runner_pool.shutdown()
 
 
 def _runner(device: DeviceUrl | None):

@@ -36,8 +36,9 @@ from edgec.compiler.int8.precision import (
 )
 from edgec.compiler.loading import LoadedModel, load_model
 from edgec.compiler.planning.cost_model import total_macs
+from edgec.compiler.planning.link import gateway_target, link_view
 from edgec.compiler.planning.policy import policy_for_bundle
-from edgec.compiler.planning.stages import StagePlan, link_view, partition_teacher, plan_stages
+from edgec.compiler.planning.stages import StagePlan, partition_teacher, plan_stages
 from edgec.compiler.preprocess import (
     attach_preprocess,
     frames_dataset,
@@ -152,14 +153,14 @@ def _apply_precision(
     stage: StagePlan,
     root: Path,
     target: Target,
+    stage_target: Target,
     backend: Backend,
     data: Dataset | None,
     config: CompileConfig,
     reporter: Reporter,
 ) -> None:
-    """Decide the stage's precision (INT8 or FP32) on the target it runs on (the gateway's for
-    gateway stages) and write its calibration files."""
-    stage_target = _tier_target(stage, target)
+    """Decide the stage's precision (INT8 or FP32) on ``stage_target``, the target it runs on
+    (the gateway's for gateway stages), and write its calibration files."""
     if stage_target.name != target.name:
         backend = choose_backend(stage_target, config.backend)
     options = PrecisionOptions(
@@ -201,10 +202,11 @@ def _load_data(
     return dataset
 
 
-def _tier_target(stage: StagePlan, target: Target) -> Target:
-    """The target a stage runs on: the gateway's for gateway stages, else the device's."""
-    if stage.tier == "gateway" and target.gateway is not None:
-        return load_target(target.gateway.target)
+def _tier_target(stage: StagePlan, target: Target, gateway: Target | None) -> Target:
+    """The target a stage runs on: ``gateway`` (the resolved gateway target) for gateway
+    stages, else the device's."""
+    if stage.tier == "gateway" and gateway is not None:
+        return gateway
     return target
 
 
@@ -282,6 +284,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     """
     reporter = reporter or Reporter(quiet=True)
     target = load_target(config.target)
+    gateway = gateway_target(target)  # resolved once, passed to whatever runs there
     bundle_io.check_output(config.output, config.force)
     signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
     precision = _check_precision(config, target)
@@ -307,7 +310,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 stage.model = attach_preprocess(stage.model, frames)
     partition = None
     if config.partition != "off":
-        stages, partition = partition_teacher(stages, target, config, reporter)
+        stages, partition = partition_teacher(stages, target, gateway, config, reporter)
 
     with bundle_io.staging_dir(config.output, force=config.force) as root:
         entries, teacher_logits, outputs, x_eval = [], None, {}, None
@@ -317,12 +320,13 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         # report agreement with it.
         build_order = {"prefix": 0, "teacher": 1}
         for stage in sorted(stages, key=lambda s: build_order.get(s.role, 2)):
+            stage_target = _tier_target(stage, target, gateway)
             if stage.role != "prefix" and "partition_input" not in stage.extra:
-                _apply_precision(stage, root, target, backend, data, config, reporter)
+                _apply_precision(stage, root, target, stage_target, backend, data, config, reporter)
             entry, logits = _build_stage(
                 stage,
                 root,
-                _tier_target(stage, target),
+                stage_target,
                 backend,
                 data,
                 teacher_logits,

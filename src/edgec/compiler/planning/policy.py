@@ -3,8 +3,9 @@
 The driver hands over the stage entries it wrote (tier, latency with its source), each stage's
 outputs on the validation split and the target's link; this module turns them into plain data
 for :func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
-``policy`` section, and records each stage's threshold in its own entry. The payload of a
-forwarded input is sized with the runtime's own wire format (:mod:`edgec.runtime.codec`).
+``policy`` section, and records each stage's threshold in its own entry. A forwarded request is
+sized and priced by :mod:`edgec.compiler.planning.link` (the runtime's own wire format), as
+the partition planner prices its requests.
 
 A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
 device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.compiler.planning.cascade import LinkModel, Policy, plan_cascade
+from edgec.compiler.planning.cascade import Policy, plan_cascade
+from edgec.compiler.planning.link import LinkModel, request_bytes
 from edgec.config import CompileConfig
-from edgec.runtime import codec, scoring
+from edgec.runtime import scoring
 from edgec.targets.base import LatencyStats
 from edgec.targets.descriptor import Link
 
@@ -54,7 +56,7 @@ def plan_bundle_policy(
     entries = [e for e in entries if e.get("role") != "prefix"]
     names = [entry["name"] for entry in entries]
     latency = [LatencyStats.from_json(entry["latency_ms"]) for entry in entries]
-    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    input_payload = request_bytes(input_spec["shape"], input_spec["dtype"])
     payload = input_payload
     if partition is not None and partition["cut"] != "device-only":
         payload = partition["request_bytes"]
@@ -73,7 +75,7 @@ def plan_bundle_policy(
         probs,
         latency,
         [entry["tier"] for entry in entries],
-        LinkModel(link.rtt_ms, link.bandwidth_mbps) if link else None,
+        LinkModel.from_link(link) if link else None,
         payload,
         budget_ms,
         percentile,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
 from edgec.compiler.planning.partition import PartitionChoice, choose_partition
@@ -19,7 +18,6 @@ from edgec.compiler.progress import Reporter
 from edgec.compiler.students import Student
 from edgec.config import CompileConfig
 from edgec.errors import BadInputError
-from edgec.runtime import codec
 from edgec.targets import Target
 
 
@@ -65,10 +63,14 @@ def plan_stages(
 
 
 def partition_teacher(
-    stages: list[StagePlan], target: Target, config: CompileConfig, reporter: Reporter
+    stages: list[StagePlan],
+    target: Target,
+    gateway: Target | None,
+    config: CompileConfig,
+    reporter: Reporter,
 ) -> tuple[list[StagePlan], dict]:
-    """Apply ``--partition`` to the last stage (the teacher); return the stages and the
-    manifest's ``partition`` section.
+    """Apply ``--partition`` to the last stage (the teacher) for ``target`` and its ``gateway``
+    target; return the stages and the manifest's ``partition`` section.
 
     Gateway-only moves the teacher to the gateway, device-only to the device; a middle cut
     replaces it by its prefix (device) and the rest (gateway).
@@ -76,7 +78,7 @@ def partition_teacher(
     teacher = stages[-1]
     with reporter.step("Choosing where to split the teacher between device and gateway"):
         choice: PartitionChoice = choose_partition(
-            teacher.model, target, config.partition, config.objective
+            teacher.model, target, gateway, config.partition, config.objective
         )
     section = choice.manifest_section(teacher.name)
     estimate = section["estimate"]
@@ -105,12 +107,3 @@ def partition_teacher(
     teacher.model, teacher.precision = choice.suffix, "fp32"
     teacher.extra.update({"partition_input": section["tensor"], "precision_note": note})
     return [*stages[:-1], prefix, teacher], section
-
-
-def link_view(x: np.ndarray, encoding: str) -> np.ndarray:
-    """What the gateway receives for each sample of ``x`` (batch 1 per request)."""
-    if encoding != "int8":
-        return x
-    return np.concatenate(
-        [codec.decode_int8(*codec.encode_int8(x[i : i + 1])) for i in range(len(x))]
-    )

@@ -14,6 +14,7 @@ delivers: the prefix's outputs, through the chosen encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import onnx
 from edgec.bundle import io as bundle_io
 from edgec.bundle import trust
 from edgec.bundle.gate import GateResult, check_bundle
+from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
@@ -221,7 +223,7 @@ def _build_stage(
     device_target: Target,
     config: CompileConfig,
     x_eval: np.ndarray | None = None,
-) -> tuple[dict, np.ndarray | None]:
+) -> tuple[StageEntry, np.ndarray | None]:
     """Build, time and evaluate one stage; return its manifest entry and its outputs on the
     validation split (``x_eval`` replaces its inputs: a partition's rest takes the prefix's
     outputs)."""
@@ -242,37 +244,33 @@ def _build_stage(
         config,
         reporter,
     )
-    backend, artifact, latency = built.backend, built.artifact, built.latency
-    entry = {
-        "name": stage.name,
-        "tier": stage.tier,
-        "role": stage.role,
-        "macs": total_macs(stage.model),
-        "model": model_path.relative_to(root).as_posix(),
-        "artifact": artifact.path.relative_to(root).as_posix(),
-        "backend": backend.name,
-        "backend_options": artifact.metadata,
-        "precision": stage.precision,
-        "latency_ms": latency.to_json(),
-        "accuracy": None,
-        **built.manifest_fields(),
-        **stage.extra,
-    }
-    logits = None
-    if data is not None:
-        x_val = data.x_val if x_eval is None else x_eval
-        with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
-            runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
-            logits = predict(runner, x_val)
-        if evaluated_with:
-            entry["accuracy_measured_with"] = evaluated_with
-        if stage.role == "prefix":  # intermediate tensors: nothing to score
-            return entry, logits
+    backend, artifact = built.backend, built.artifact
+    entry = StageEntry(
+        name=stage.name,
+        tier=stage.tier,
+        role=stage.role,
+        macs=total_macs(stage.model),
+        model=model_path.relative_to(root).as_posix(),
+        artifact=artifact.path.relative_to(root).as_posix(),
+        backend=backend.name,
+        backend_options=artifact.metadata,
+        precision=stage.precision,
+        latency=built.latency,
+        details={**built.manifest_fields(), **stage.extra},
+    )
+    if data is None:
+        return entry, None
+    x_val = data.x_val if x_eval is None else x_eval
+    with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
+        runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
+        logits = predict(runner, x_val)
+    scores = {"accuracy_measured_with": evaluated_with or None}
+    if stage.role != "prefix":  # a prefix outputs intermediate tensors: nothing to score
         if data.has_labels:
-            entry["accuracy"] = round(accuracy(logits, data.y_val), 6)
+            scores["accuracy"] = round(accuracy(logits, data.y_val), 6)
         if teacher_logits is not None and stage.role == "student":
-            entry["agreement_with_teacher"] = round(agreement(logits, teacher_logits), 6)
-    return entry, logits
+            scores["agreement_with_teacher"] = round(agreement(logits, teacher_logits), 6)
+    return dataclasses.replace(entry, **scores), logits
 
 
 def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> CompileResult:
@@ -342,31 +340,30 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
             entries.append(entry)
             outputs[stage.name] = logits  # validation outputs, for the cascade planner
         order = [s.name for s in stages]
-        entries.sort(key=lambda e: order.index(e["name"]))
-        manifest = {
-            "schema": bundle_io.SCHEMA,
-            "edgec_version": edgec_version(),
-            "created_by": versions(),
-            "source": {"path": config.model.name, "sha256": loaded.sha256},
-            "target": {
+        entries.sort(key=lambda e: order.index(e.name))
+        manifest = Manifest(
+            edgec_version=edgec_version(),
+            created_by=versions(),
+            source=Source(config.model.name, loaded.sha256),
+            target={
                 **target.summary(),
                 "link": target.gateway.link.model_dump() if target.gateway else None,
             },
-            "inputs": (
-                [frames.frame_json()] if frames else [spec.to_json() for spec in loaded.inputs]
+            inputs=(
+                (frames.frame_json(),) if frames else tuple(s.to_json() for s in loaded.inputs)
             ),
-            "outputs": [spec.to_json() for spec in loaded.outputs],
-            "data": data.summary() if data else None,
-            "students": students.record,
-            "stages": entries,
-            "partition": partition,
-        }
+            outputs=tuple(spec.to_json() for spec in loaded.outputs),
+            data=data.summary() if data else None,
+            students=students.record,
+            stages=tuple(entries),
+            partition=partition,
+        )
         labels = data.y_val if data is not None and data.has_labels else None
         link = target.gateway.link if target.gateway else None
         with reporter.step("Planning the cascade and rendering the runtime"):
-            manifest["policy"] = policy_for_bundle(manifest, outputs, labels, link, config)
-            render_runtime(root, manifest)  # before the manifest: its files are hashed
-        write_report(root, manifest)
+            manifest = policy_for_bundle(manifest, outputs, labels, link, config)
+            render_runtime(root, manifest.to_json())  # before the manifest: its files are hashed
+        write_report(root, manifest.to_json())
         manifest = bundle_io.write_manifest(root, manifest)
         if signing_key is not None:  # inside the staging dir: never visible unsigned
             trust.sign_bundle(root, signing_key)

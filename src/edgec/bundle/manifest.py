@@ -9,8 +9,7 @@ only some stages have (``agreement_with_teacher``, ``threshold``, ...) are left 
 as they always were.
 
 The sections other parts of edgec own are kept as the JSON they produce: the target's summary,
-the input/output specs, the data and students records, the partition section
-(:class:`edgec.compiler.planning.partition.PartitionChoice`) and the policy
+the input/output specs, the data and students records, and the policy
 (:mod:`edgec.compiler.planning.policy`). So is a stage's :attr:`StageEntry.details`, the fields
 the steps that shaped it record (the students' pruning and distillation, the precision decision
 and calibration, the backend candidates, the partition's tensors).
@@ -131,6 +130,89 @@ class Source:
 
 
 @dataclass(frozen=True)
+class PartitionSection:
+    """Where ``--partition`` split a stage between the device and the gateway.
+
+    Attributes:
+        requested: ``auto`` or the cut the user named.
+        objective: ``latency`` or ``energy``.
+        stage: The partitioned stage (its gateway part keeps the name).
+        prefix: Name of its device part (``None`` unless the model is cut in two).
+        cut: The chosen cut (a tensor, ``gateway-only`` or ``device-only``).
+        tensor: The tensor that crosses the link (``None`` unless cut in two).
+        shape: Its shape.
+        dtype: Its dtype.
+        encoding: ``raw``, ``int8`` or ``none`` (device-only sends nothing).
+        request_bytes: One request carrying it in the runtime's wire format (0: none).
+        estimate: The chosen option's costs (JSON row).
+        link: The link that was assumed.
+        options: Every option that was costed (JSON rows).
+    """
+
+    requested: str
+    objective: str
+    stage: str
+    prefix: str | None
+    cut: str
+    tensor: str | None
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    encoding: str
+    request_bytes: int
+    estimate: Mapping[str, Any]
+    link: Mapping[str, Any]
+    options: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def split(self) -> bool:
+        """Whether the stage is cut in two (a device prefix and the gateway's rest)."""
+        return self.prefix is not None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PartitionSection:
+        """The section a ``manifest.json`` holds."""
+        shape = data["shape"]
+        return cls(
+            **{k: data[k] for k in _PARTITION_SCALARS},
+            shape=None if shape is None else tuple(shape),
+            estimate=data["estimate"],
+            link=data["link"],
+            options=tuple(data["options"]),
+        )
+
+    def to_json(self) -> dict:
+        """The manifest's ``partition`` section."""
+        return {
+            "requested": self.requested,
+            "objective": self.objective,
+            "stage": self.stage,
+            "prefix": self.prefix,
+            "cut": self.cut,
+            "tensor": self.tensor,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype,
+            "encoding": self.encoding,
+            "request_bytes": self.request_bytes,
+            "estimate": self.estimate,
+            "link": self.link,
+            "options": [dict(option) for option in self.options],
+        }
+
+
+_PARTITION_SCALARS = (
+    "requested",
+    "objective",
+    "stage",
+    "prefix",
+    "cut",
+    "tensor",
+    "dtype",
+    "encoding",
+    "request_bytes",
+)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything ``manifest.json`` says but its file table (added when it is written).
 
@@ -144,7 +226,7 @@ class Manifest:
         data: The ``--data`` record, or ``None``.
         students: The students' record (derived, or why not).
         stages: The stages in cascade order.
-        partition: The partition section (``--partition``), or ``None``.
+        partition: Where ``--partition`` split the teacher, or ``None``.
         policy: The cascade's policy section (``None`` until it is planned).
     """
 
@@ -157,7 +239,7 @@ class Manifest:
     data: Mapping[str, Any] | None
     students: Mapping[str, Any] | None
     stages: tuple[StageEntry, ...]
-    partition: Mapping[str, Any] | None = None
+    partition: PartitionSection | None = None
     policy: Mapping[str, Any] | None = None
 
     @classmethod
@@ -173,7 +255,9 @@ class Manifest:
             data=data.get("data"),
             students=data.get("students"),
             stages=tuple(StageEntry.from_json(stage) for stage in data["stages"]),
-            partition=data.get("partition"),
+            partition=(
+                PartitionSection.from_json(data["partition"]) if data.get("partition") else None
+            ),
             policy=data.get("policy"),
         )
 
@@ -207,7 +291,7 @@ class Manifest:
             "data": self.data,
             "students": self.students,
             "stages": [entry.to_json() for entry in self.stages],
-            "partition": self.partition,
+            "partition": self.partition.to_json() if self.partition else None,
         }
         if self.policy is not None:
             manifest["policy"] = self.policy

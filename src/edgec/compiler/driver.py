@@ -312,8 +312,8 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
 
     with bundle_io.staging_dir(config.output, force=config.force) as root:
         entries, teacher_logits, outputs, x_eval = [], None, {}, None
-        if partition and partition["cut"] == GATEWAY_ONLY and data is not None:
-            x_eval = link_view(data.x_val, partition["encoding"])  # the input crosses the link
+        if partition and partition.cut == GATEWAY_ONLY and data is not None:
+            x_eval = link_view(data.x_val, partition.encoding)  # the input crosses the link
         # The teacher is evaluated first (after its prefix, if partitioned) so students can
         # report agreement with it.
         build_order = {"prefix": 0, "teacher": 1}
@@ -334,7 +334,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 x_eval if stage.role == "teacher" else None,
             )
             if stage.role == "prefix" and logits is not None:
-                x_eval = link_view(logits, partition["encoding"])
+                x_eval = link_view(logits, partition.encoding)
             if stage.role == "teacher":
                 teacher_logits = logits
             entries.append(entry)

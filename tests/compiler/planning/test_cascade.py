@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from edgec.bundle.manifest import StageEntry
+from edgec.bundle.manifest import PartitionSection, StageEntry
 from edgec.compiler.planning.cascade import latency_quantiles, plan_cascade
 from edgec.compiler.planning.link import LinkModel
 from edgec.compiler.planning.policy import plan_bundle_policy, score_kind
@@ -322,7 +322,20 @@ def test_a_partitioned_teacher_is_planned_as_its_prefix_plus_the_rest(stages):
         _entry("teacher-prefix", "device", "prefix", 1.5),
         _entry("teacher", "gateway", "teacher", 2.0),
     ]
-    partition = {"cut": "t", "stage": "teacher", "prefix": "teacher-prefix", "request_bytes": 99}
+    partition = PartitionSection(
+        requested="t",
+        objective="latency",
+        stage="teacher",
+        prefix="teacher-prefix",
+        cut="t",
+        tensor="t",
+        shape=(1, 4),
+        dtype="float32",
+        encoding="raw",
+        request_bytes=99,
+        estimate={},
+        link={},
+    )
     policy, plan = plan_bundle_policy(
         entries,
         {"student": probs[0], "teacher": probs[1]},

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from edgec.bundle.manifest import PartitionSection
 from edgec.compiler.planning.cost_model import layer_costs
 from edgec.compiler.planning.cut_cost import PartitionPlan, choose, cost_option
 from edgec.compiler.planning.link import ENCODINGS, gateway_target, request_bytes
@@ -156,7 +157,7 @@ class PartitionChoice:
         """Where the (rest of the) stage runs: ``device`` only for device-only."""
         return "device" if self.plan.chosen.cut.name == DEVICE_ONLY else "gateway"
 
-    def manifest_section(self, stage: str) -> dict:
+    def manifest_section(self, stage: str) -> PartitionSection:
         """The manifest's ``partition`` section for the stage named ``stage``.
 
         ``tensor``/``shape``/``dtype`` describe what crosses the link (``None`` for
@@ -168,21 +169,21 @@ class PartitionChoice:
         request = 0
         if cut.tensors:  # a split's tensor, or gateway-only's input
             request = request_bytes(cut.shapes[0], cut.dtypes[0], chosen.encoding)
-        return {
-            "requested": self.requested,
-            "objective": self.plan.objective,
-            "stage": stage,
-            "prefix": f"{stage}{PREFIX_SUFFIX}" if self.split else None,
-            "cut": cut.name,
-            "tensor": cut.tensors[0] if self.split else None,
-            "shape": list(cut.shapes[0]) if self.split else None,
-            "dtype": cut.dtypes[0] if self.split else None,
-            "encoding": chosen.encoding,
-            "request_bytes": request,
-            "estimate": chosen.to_json(),
-            "link": self.plan.link.model_dump(),
-            "options": [option.to_json() for option in self.plan.options],
-        }
+        return PartitionSection(
+            requested=self.requested,
+            objective=self.plan.objective,
+            stage=stage,
+            prefix=f"{stage}{PREFIX_SUFFIX}" if self.split else None,
+            cut=cut.name,
+            tensor=cut.tensors[0] if self.split else None,
+            shape=tuple(cut.shapes[0]) if self.split else None,
+            dtype=cut.dtypes[0] if self.split else None,
+            encoding=chosen.encoding,
+            request_bytes=request,
+            estimate=chosen.to_json(),
+            link=self.plan.link.model_dump(),
+            options=tuple(option.to_json() for option in self.plan.options),
+        )
 
 
 def choose_partition(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgec.bundle.manifest import Manifest, StageEntry
+from edgec.bundle.manifest import Manifest, PartitionSection, StageEntry
 from edgec.compiler.planning.cascade import Policy, plan_cascade
 from edgec.compiler.planning.link import LinkModel, request_bytes
 from edgec.config import CompileConfig
@@ -49,7 +49,7 @@ def plan_bundle_policy(
     fusion: str,
     tolerance: float,
     seed: int = 0,
-    partition: dict | None = None,
+    partition: PartitionSection | None = None,
 ) -> tuple[dict, Policy]:
     """Plan the cascade over built stages; return the manifest's ``policy`` and the plan.
 
@@ -62,11 +62,11 @@ def plan_bundle_policy(
     latency = [entry.recorded_latency for entry in entries]
     input_payload = request_bytes(input_spec["shape"], input_spec["dtype"])
     payload = input_payload
-    if partition is not None and partition["cut"] != "device-only":
-        payload = partition["request_bytes"]
-        if partition.get("prefix"):
-            k = names.index(partition["stage"])
-            prefix = prefixes[partition["prefix"]].recorded_latency
+    if partition is not None and partition.cut != "device-only":
+        payload = partition.request_bytes
+        if partition.split:
+            k = names.index(partition.stage)
+            prefix = prefixes[partition.prefix].recorded_latency
             latency[k] = LatencyStats.total([prefix, latency[k]])
     kinds = {name: score_kind(outputs.get(name)) for name in names}
     have_outputs = all(outputs.get(name) is not None for name in names)

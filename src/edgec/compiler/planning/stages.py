@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from edgec.bundle.manifest import PartitionSection
 from edgec.compiler.planning.partition import PartitionChoice, choose_partition
 from edgec.compiler.progress import Reporter
 from edgec.compiler.students import Student
@@ -68,7 +69,7 @@ def partition_teacher(
     gateway: Target | None,
     config: CompileConfig,
     reporter: Reporter,
-) -> tuple[list[StagePlan], dict]:
+) -> tuple[list[StagePlan], PartitionSection]:
     """Apply ``--partition`` to the last stage (the teacher) for ``target`` and its ``gateway``
     target; return the stages and the manifest's ``partition`` section.
 
@@ -81,9 +82,9 @@ def partition_teacher(
             teacher.model, target, gateway, config.partition, config.objective
         )
     section = choice.manifest_section(teacher.name)
-    estimate = section["estimate"]
+    estimate = section.estimate
     reporter.note(
-        f"partition: {section['cut']} ({section['encoding']}), {estimate['source']} "
+        f"partition: {section.cut} ({section.encoding}), {estimate['source']} "
         f"{estimate['total_ms']:.3f} ms end to end, {estimate['device_energy_mj']:.3f} mJ on "
         f"the device ({config.objective} objective)"
     )
@@ -97,13 +98,13 @@ def partition_teacher(
     if config.precision == "int8":
         reporter.note(f"--precision int8: {note}")
     prefix = StagePlan(
-        name=section["prefix"],
+        name=section.prefix,
         role="prefix",
         tier="device",
         model=choice.prefix,
         precision="fp32",
-        extra={"partition_of": teacher.name, "outputs_tensor": section["tensor"]},
+        extra={"partition_of": teacher.name, "outputs_tensor": section.tensor},
     )
     teacher.model, teacher.precision = choice.suffix, "fp32"
-    teacher.extra.update({"partition_input": section["tensor"], "precision_note": note})
+    teacher.extra.update({"partition_input": section.tensor, "precision_note": note})
     return [*stages[:-1], prefix, teacher], section

@@ -26,7 +26,8 @@ stage (:func:`decide_precision`):
      manifest latency (:func:`~edgec.compiler.planning.cost_model.estimate_latency`), so the
      decision's numbers are the manifest's; the Q/DQ pairs the backend fuses into integer
      kernels cost nothing there, the layers kept in FP32 are priced as FP32. Before any
-     calibration, a stage whose graph is not faster even priced fully quantized stays FP32.
+     calibration, a stage whose graph is not faster even priced fully quantized stays FP32
+     (its decision then records that price for INT8).
 
 4. If the chosen candidate fails the guard, :func:`edgec.compiler.int8.accuracy_guard.repair`
    keeps the worst-quantized layers in FP32 until it passes. If it cannot, ``auto`` keeps the
@@ -287,7 +288,8 @@ def decide_precision(
     measured = target.is_host and backend == "onnxruntime"
     estimates = {}
     if not measured:
-        # The FP32 graph priced fully quantized: the best INT8 can do, known before calibrating.
+        # The FP32 graph priced fully quantized, known before calibrating: about the best INT8
+        # can do (the Q/DQ graph adds its input's Q and output's DQ, and drops fused ReLUs).
         estimates = {p: estimate_latency(model, target, backend, p).p50 for p in ("fp32", "int8")}
         if options.requested == "auto" and estimates["int8"] * MIN_SPEEDUP > estimates["fp32"]:
             return _fp32(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import tarfile
@@ -13,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from edgec.bundle import io as bundle_io
+from edgec.bundle.manifest import Manifest
 from edgec.compiler import compile_model
 from edgec.config import CompileConfig
 from edgec.errors import BadInputError
@@ -117,3 +119,44 @@ def test_archive_is_reproducible_and_extracts(rpi_bundle, tmp_path):
 def test_read_manifest_refuses_a_directory_that_is_not_a_bundle(tmp_path):
     with pytest.raises(BadInputError, match="not an edgec bundle"):
         bundle_io.read_manifest(tmp_path)
+
+
+GOLDEN = Path(__file__).resolve().parents[1] / "runtime" / "golden"
+
+
+@pytest.mark.parametrize("case", ["partition", "split"])  # the complete golden manifests
+def test_typed_manifest_gives_back_the_json_it_was_read_from(case):
+    """Manifest/StageEntry round-trip every key of a manifest, the optional ones included
+    (``threshold``, ``agreement_with_teacher``) and none that was not there."""
+    data = json.loads((GOLDEN / f"{case}_manifest.json").read_text())
+    written = {k: v for k, v in data.items() if k != "files"}
+    assert Manifest.from_json(data).to_json() == written
+
+
+def test_a_compiled_manifest_is_what_the_typed_model_writes(rpi_bundle):
+    """The bundle's manifest.json is the typed manifest's JSON plus the file table, byte for
+    byte in the canonical serialisation."""
+    data = json.loads((rpi_bundle / "manifest.json").read_text())
+    manifest = Manifest.from_json(data)
+    assert (
+        bundle_io.manifest_bytes({**manifest.to_json(), "files": data["files"]})
+        == (rpi_bundle / "manifest.json").read_bytes()
+    )
+    (stage,) = manifest.stages
+    assert stage.precision == "fp32" and stage.latency.source == "estimated"
+    assert stage.threshold is None and "threshold" not in data["stages"][0]
+
+
+def test_the_policy_sets_a_threshold_on_every_classifier_but_the_last():
+    """Manifest.with_policy: the policy's thresholds land on their stages, and not on the
+    teacher or a partition's prefix."""
+    data = json.loads((GOLDEN / "partition_manifest.json").read_text())
+    manifest = Manifest.from_json({**data, "policy": None})
+    stripped = [dataclasses.replace(s, threshold=None) for s in manifest.stages]
+    manifest = dataclasses.replace(manifest, stages=tuple(stripped))
+    planned = manifest.with_policy(data["policy"])
+    thresholds = {s.name: s.threshold for s in planned.stages if s.threshold is not None}
+    assert thresholds == data["policy"]["thresholds"] and thresholds
+    assert planned.stage("teacher-prefix").threshold is None
+    assert planned.stage("teacher").threshold is None
+    assert planned.to_json()["stages"] == data["stages"]

@@ -4,6 +4,8 @@ A bundle is written into a hidden temporary directory next to its destination (s
 filesystem, so the final ``rename`` is atomic) and only renamed into place when everything is
 written: a failed compile leaves nothing behind. ``manifest.json`` lists every other file with
 its sha256 and size; the manifest (and its detached signature) are the only unlisted files.
+The compiler hands over a typed :class:`~edgec.bundle.manifest.Manifest`; this is where it
+becomes JSON.
 Nothing time- or path-dependent goes into hashed content, so the same inputs give the same
 manifest.
 """
@@ -22,9 +24,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgec.bundle.manifest import SCHEMA, Manifest
 from edgec.errors import BadInputError
 
-SCHEMA = "edgec.bundle/1"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 UNLISTED = frozenset({MANIFEST, SIGNATURE})
@@ -114,11 +116,12 @@ def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_manifest(root: Path, manifest: dict) -> dict:
-    """Fill ``files`` from what is on disk under ``root`` and write ``manifest.json``."""
-    manifest = {**manifest, "schema": SCHEMA, "files": file_table(root)}
-    (root / MANIFEST).write_bytes(manifest_bytes(manifest))
-    return manifest
+def write_manifest(root: Path, manifest: Manifest) -> dict:
+    """Fill ``files`` from what is on disk under ``root``, write ``manifest.json`` and return
+    what was written (the JSON form)."""
+    written = {**manifest.to_json(), "schema": SCHEMA, "files": file_table(root)}
+    (root / MANIFEST).write_bytes(manifest_bytes(written))
+    return written
 
 
 def read_manifest(bundle: Path) -> dict:

@@ -14,6 +14,7 @@ delivers: the prefix's outputs, through the chosen encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import onnx
 from edgec.bundle import io as bundle_io
 from edgec.bundle import trust
 from edgec.bundle.gate import GateResult, check_bundle
+from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
@@ -36,8 +38,9 @@ from edgec.compiler.int8.precision import (
 )
 from edgec.compiler.loading import LoadedModel, load_model
 from edgec.compiler.planning.cost_model import total_macs
+from edgec.compiler.planning.link import gateway_target, link_view
 from edgec.compiler.planning.policy import policy_for_bundle
-from edgec.compiler.planning.stages import StagePlan, link_view, partition_teacher, plan_stages
+from edgec.compiler.planning.stages import StagePlan, partition_teacher, plan_stages
 from edgec.compiler.preprocess import (
     attach_preprocess,
     frames_dataset,
@@ -154,14 +157,14 @@ def _apply_precision(
     stage: StagePlan,
     root: Path,
     target: Target,
+    stage_target: Target,
     backend: Backend,
     data: Dataset | None,
     config: CompileConfig,
     reporter: Reporter,
 ) -> None:
-    """Decide the stage's precision (INT8 or FP32) on the target it runs on (the gateway's for
-    gateway stages) and write its calibration files."""
-    stage_target = _tier_target(stage, target)
+    """Decide the stage's precision (INT8 or FP32) on ``stage_target``, the target it runs on
+    (the gateway's for gateway stages), and write its calibration files."""
     if stage_target.name != target.name:
         backend = choose_backend(stage_target, config.backend)
     options = PrecisionOptions(
@@ -203,10 +206,11 @@ def _load_data(
     return dataset
 
 
-def _tier_target(stage: StagePlan, target: Target) -> Target:
-    """The target a stage runs on: the gateway's for gateway stages, else the device's."""
-    if stage.tier == "gateway" and target.gateway is not None:
-        return load_target(target.gateway.target)
+def _tier_target(stage: StagePlan, target: Target, gateway: Target | None) -> Target:
+    """The target a stage runs on: ``gateway`` (the resolved gateway target) for gateway
+    stages, else the device's."""
+    if stage.tier == "gateway" and gateway is not None:
+        return gateway
     return target
 
 
@@ -221,7 +225,7 @@ def _build_stage(
     device_target: Target,
     config: CompileConfig,
     x_eval: np.ndarray | None = None,
-) -> tuple[dict, np.ndarray | None]:
+) -> tuple[StageEntry, np.ndarray | None]:
     """Build, time and evaluate one stage; return its manifest entry and its outputs on the
     validation split (``x_eval`` replaces its inputs: a partition's rest takes the prefix's
     outputs)."""
@@ -242,44 +246,40 @@ def _build_stage(
         config,
         reporter,
     )
-    backend, artifact, latency = built.backend, built.artifact, built.latency
-    entry = {
-        "name": stage.name,
-        "tier": stage.tier,
-        "role": stage.role,
-        "macs": total_macs(stage.model),
-        "model": model_path.relative_to(root).as_posix(),
-        "artifact": artifact.path.relative_to(root).as_posix(),
-        "backend": backend.name,
-        "backend_options": artifact.metadata,
-        "precision": stage.precision,
-        "latency_ms": latency.to_json(),
-        "accuracy": None,
-        **built.manifest_fields(),
-        **stage.extra,
-    }
-    logits = None
-    if data is not None:
-        x_val = data.x_val if x_eval is None else x_eval
-        with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
-            runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
-            logits = predict(runner, x_val)
-        if not np.isfinite(logits).all():  # the bundle would answer NaN: fail the build
-            raise BadInputError(
-                f"Stage '{stage.name}' gives NaN or infinite outputs on "
-                f"{int((~np.isfinite(logits.reshape(len(logits), -1))).any(axis=1).sum())} of "
-                f"{len(logits)} validation samples; check the model's numerics and the data's "
-                "scale."
-            )
-        if evaluated_with:
-            entry["accuracy_measured_with"] = evaluated_with
-        if stage.role == "prefix":  # intermediate tensors: nothing to score
-            return entry, logits
+    backend, artifact = built.backend, built.artifact
+    entry = StageEntry(
+        name=stage.name,
+        tier=stage.tier,
+        role=stage.role,
+        macs=total_macs(stage.model),
+        model=model_path.relative_to(root).as_posix(),
+        artifact=artifact.path.relative_to(root).as_posix(),
+        backend=backend.name,
+        backend_options=artifact.metadata,
+        precision=stage.precision,
+        latency=built.latency,
+        details={**built.manifest_fields(), **stage.extra},
+    )
+    if data is None:
+        return entry, None
+    x_val = data.x_val if x_eval is None else x_eval
+    with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
+        runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
+        logits = predict(runner, x_val)
+    if not np.isfinite(logits).all():  # the bundle would answer NaN: fail the build
+        raise BadInputError(
+            f"Stage '{stage.name}' gives NaN or infinite outputs on "
+            f"{int((~np.isfinite(logits.reshape(len(logits), -1))).any(axis=1).sum())} of "
+            f"{len(logits)} validation samples; check the model's numerics and the data's "
+            "scale."
+        )
+    scores = {"accuracy_measured_with": evaluated_with or None}
+    if stage.role != "prefix":  # a prefix outputs intermediate tensors: nothing to score
         if data.has_labels:
-            entry["accuracy"] = round(accuracy(logits, data.y_val), 6)
+            scores["accuracy"] = round(accuracy(logits, data.y_val), 6)
         if teacher_logits is not None and stage.role == "student":
-            entry["agreement_with_teacher"] = round(agreement(logits, teacher_logits), 6)
-    return entry, logits
+            scores["agreement_with_teacher"] = round(agreement(logits, teacher_logits), 6)
+    return dataclasses.replace(entry, **scores), logits
 
 
 def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> CompileResult:
@@ -291,6 +291,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     """
     reporter = reporter or Reporter(quiet=True)
     target = load_target(config.target)
+    gateway = gateway_target(target)  # resolved once, passed to whatever runs there
     bundle_io.check_output(config.output, config.force)
     signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
     precision = _check_precision(config, target)
@@ -318,22 +319,23 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 stage.model = attach_preprocess(stage.model, frames)
     partition = None
     if config.partition != "off":
-        stages, partition = partition_teacher(stages, target, config, reporter)
+        stages, partition = partition_teacher(stages, target, gateway, config, reporter)
 
     with bundle_io.staging_dir(config.output, force=config.force) as root:
         entries, teacher_logits, outputs, x_eval = [], None, {}, None
-        if partition and partition["cut"] == GATEWAY_ONLY and data is not None:
-            x_eval = link_view(data.x_val, partition["encoding"])  # the input crosses the link
+        if partition and partition.cut == GATEWAY_ONLY and data is not None:
+            x_eval = link_view(data.x_val, partition.encoding)  # the input crosses the link
         # The teacher is evaluated first (after its prefix, if partitioned) so students can
         # report agreement with it.
         build_order = {"prefix": 0, "teacher": 1}
         for stage in sorted(stages, key=lambda s: build_order.get(s.role, 2)):
+            stage_target = _tier_target(stage, target, gateway)
             if stage.role != "prefix" and "partition_input" not in stage.extra:
-                _apply_precision(stage, root, target, backend, data, config, reporter)
+                _apply_precision(stage, root, target, stage_target, backend, data, config, reporter)
             entry, logits = _build_stage(
                 stage,
                 root,
-                _tier_target(stage, target),
+                stage_target,
                 backend,
                 data,
                 teacher_logits,
@@ -343,37 +345,36 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
                 x_eval if stage.role == "teacher" else None,
             )
             if stage.role == "prefix" and logits is not None:
-                x_eval = link_view(logits, partition["encoding"])
+                x_eval = link_view(logits, partition.encoding)
             if stage.role == "teacher":
                 teacher_logits = logits
             entries.append(entry)
             outputs[stage.name] = logits  # validation outputs, for the cascade planner
         order = [s.name for s in stages]
-        entries.sort(key=lambda e: order.index(e["name"]))
-        manifest = {
-            "schema": bundle_io.SCHEMA,
-            "edgec_version": edgec_version(),
-            "created_by": versions(),
-            "source": {"path": config.model.name, "sha256": loaded.sha256},
-            "target": {
+        entries.sort(key=lambda e: order.index(e.name))
+        manifest = Manifest(
+            edgec_version=edgec_version(),
+            created_by=versions(),
+            source=Source(config.model.name, loaded.sha256),
+            target={
                 **target.summary(),
                 "link": target.gateway.link.model_dump() if target.gateway else None,
             },
-            "inputs": (
-                [frames.frame_json()] if frames else [spec.to_json() for spec in loaded.inputs]
+            inputs=(
+                (frames.frame_json(),) if frames else tuple(s.to_json() for s in loaded.inputs)
             ),
-            "outputs": [spec.to_json() for spec in loaded.outputs],
-            "data": data.summary() if data else None,
-            "students": students.record,
-            "stages": entries,
-            "partition": partition,
-        }
+            outputs=tuple(spec.to_json() for spec in loaded.outputs),
+            data=data.summary() if data else None,
+            students=students.record,
+            stages=tuple(entries),
+            partition=partition,
+        )
         labels = data.y_val if data is not None and data.has_labels else None
         link = target.gateway.link if target.gateway else None
         with reporter.step("Planning the cascade and rendering the runtime"):
-            manifest["policy"] = policy_for_bundle(manifest, outputs, labels, link, config)
-            render_runtime(root, manifest)  # before the manifest: its files are hashed
-        write_report(root, manifest)
+            manifest = policy_for_bundle(manifest, outputs, labels, link, config)
+            render_runtime(root, manifest.to_json())  # before the manifest: its files are hashed
+        write_report(root, manifest.to_json())
         manifest = bundle_io.write_manifest(root, manifest)
         if signing_key is not None:  # inside the staging dir: never visible unsigned
             trust.sign_bundle(root, signing_key)
@@ -390,5 +391,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         archive=archive,
         signed_by=signed_by,
         passes=tuple(instrument.records) if instrument else (),
-        notes=tuple(s["backend_fallback"]["note"] for s in entries if "backend_fallback" in s),
+        notes=tuple(
+            s["backend_fallback"]["note"] for s in manifest["stages"] if "backend_fallback" in s
+        ),
     )

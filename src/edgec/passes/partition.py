@@ -8,7 +8,8 @@ and *device-only* (nothing crosses; the device runs everything).
 
 Splitting uses ONNX's own ``onnx.utils.Extractor``: the prefix maps the graph inputs to the
 crossing tensors, the suffix maps the crossing tensors to the graph outputs. The model must be
-shape-inferred so the crossing tensors have types and shapes.
+shape-inferred so the crossing tensors have types and shapes. What a cut costs on the link is
+the planner's business (:mod:`edgec.compiler.planning.link`), not this pass's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx.utils
-
-# The link's encodings are the generated runtime's wire format (one definition, shared).
-from edgec.runtime.codec import decode_int8, encode_int8  # noqa: F401 - re-exported
 
 GATEWAY_ONLY = "gateway-only"
 DEVICE_ONLY = "device-only"
@@ -43,17 +41,6 @@ class Cut:
     tensors: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
-
-    def raw_bytes(self) -> int:
-        """Bytes to send unencoded."""
-        return sum(
-            int(np.prod(shape)) * np.dtype(dtype).itemsize
-            for shape, dtype in zip(self.shapes, self.dtypes, strict=True)
-        )
-
-    def int8_bytes(self) -> int:
-        """Bytes to send as per-tensor uint8 (one byte per element plus scale and zero point)."""
-        return sum(int(np.prod(shape)) + 8 for shape in self.shapes)
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], str]]:

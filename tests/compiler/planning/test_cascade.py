@@ -13,11 +13,9 @@ import itertools
 import numpy as np
 import pytest
 
-from edgec.compiler.planning.cascade import (
-    LinkModel,
-    latency_quantiles,
-    plan_cascade,
-)
+from edgec.bundle.manifest import PartitionSection, StageEntry
+from edgec.compiler.planning.cascade import latency_quantiles, plan_cascade
+from edgec.compiler.planning.link import LinkModel
 from edgec.compiler.planning.policy import plan_bundle_policy, score_kind
 from edgec.runtime import codec, scoring
 from edgec.targets.base import LatencyStats
@@ -26,6 +24,21 @@ from edgec.targets.descriptor import Link
 N, C = 400, 10
 LINK = LinkModel(rtt_ms=5.0, bandwidth_mbps=50.0)
 PAYLOAD = codec.request_size((1, 1, 8, 8), "float32")
+
+
+def _entry(name: str, tier: str, role: str, latency_ms: float) -> StageEntry:
+    return StageEntry(
+        name=name,
+        tier=tier,
+        role=role,
+        macs=0,
+        model=f"stages/{name}/model.onnx",
+        artifact=f"stages/{name}/model.onnx",
+        backend="onnxruntime",
+        backend_options={},
+        precision="fp32",
+        latency=LatencyStats.fixed(latency_ms),
+    )
 
 
 def _onehot(labels: np.ndarray, p: float) -> np.ndarray:
@@ -260,12 +273,12 @@ def test_inconsistent_stages_are_refused():
         plan_cascade(probs, [stats, stats], ["device", "gateway"], None, 10, None)
 
 
-def test_plan_bundle_policy_writes_thresholds_into_the_stage_entries(stages):
+def test_plan_bundle_policy_gives_the_policy_and_a_threshold_per_stage_but_the_last(stages):
     """The manifest glue: policy keys the gate and the runtime read, thresholds per stage."""
     labels, _, probs, _ = stages
     entries = [
-        {"name": "student", "tier": "device", "latency_ms": LatencyStats.fixed(0.5).to_json()},
-        {"name": "teacher", "tier": "gateway", "latency_ms": LatencyStats.fixed(2.0).to_json()},
+        _entry("student", "device", "student", 0.5),
+        _entry("teacher", "gateway", "teacher", 2.0),
     ]
     logits = {"student": np.log(probs[0]), "teacher": probs[1]}
     policy, _ = plan_bundle_policy(
@@ -281,8 +294,7 @@ def test_plan_bundle_policy_writes_thresholds_into_the_stage_entries(stages):
         0.0,
     )
     assert policy["scores"] == {"student": "logits", "teacher": "probabilities"}
-    assert entries[0]["threshold"] == policy["thresholds"]["student"]
-    assert "threshold" not in entries[1]
+    assert list(policy["thresholds"]) == ["student"]
     for key in ("budget_ms", "percentile", "latency_ms", "expected_accuracy", "pareto", "link"):
         assert key in policy
     assert policy["payload_bytes"] == PAYLOAD
@@ -306,14 +318,24 @@ def test_a_partitioned_teacher_is_planned_as_its_prefix_plus_the_rest(stages):
     the intermediate tensor (the partition's request bytes) instead of the input."""
     labels, _, probs, _ = stages
     entries = [
-        {"name": "student", "tier": "device", "role": "student",
-         "latency_ms": LatencyStats.fixed(0.5).to_json()},
-        {"name": "teacher-prefix", "tier": "device", "role": "prefix",
-         "latency_ms": LatencyStats.fixed(1.5).to_json()},
-        {"name": "teacher", "tier": "gateway", "role": "teacher",
-         "latency_ms": LatencyStats.fixed(2.0).to_json()},
-    ]  # fmt: skip
-    partition = {"cut": "t", "stage": "teacher", "prefix": "teacher-prefix", "request_bytes": 99}
+        _entry("student", "device", "student", 0.5),
+        _entry("teacher-prefix", "device", "prefix", 1.5),
+        _entry("teacher", "gateway", "teacher", 2.0),
+    ]
+    partition = PartitionSection(
+        requested="t",
+        objective="latency",
+        stage="teacher",
+        prefix="teacher-prefix",
+        cut="t",
+        tensor="t",
+        shape=(1, 4),
+        dtype="float32",
+        encoding="raw",
+        request_bytes=99,
+        estimate={},
+        link={},
+    )
     policy, plan = plan_bundle_policy(
         entries,
         {"student": probs[0], "teacher": probs[1]},
@@ -334,4 +356,4 @@ def test_a_partitioned_teacher_is_planned_as_its_prefix_plus_the_rest(stages):
     assert forward == pytest.approx(
         link.cost_ms(99) + 1.5 + 2.0 + link.fallback_margin_ms, abs=1e-3
     )
-    assert "threshold" not in entries[1]  # the prefix is not a classifier
+    assert "teacher-prefix" not in policy["thresholds"]  # the prefix is not a classifier

@@ -19,14 +19,8 @@ from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
 from edgec.compiler.planning.partition import plan_partition
 from edgec.errors import BadInputError
-from edgec.passes.partition import (
-    DEVICE_ONLY,
-    GATEWAY_ONLY,
-    candidate_cuts,
-    decode_int8,
-    encode_int8,
-    split_model,
-)
+from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, candidate_cuts, split_model
+from edgec.runtime.codec import decode_int8, encode_int8
 from edgec.targets import load_target
 from edgec.targets.descriptor import Link
 

@@ -21,8 +21,13 @@ stage (:func:`decide_precision`):
    * **other targets** (nothing can be measured): one flavour by the target's ISA and backend
      — s8s8 with symmetric activations for TensorRT, s8s8 on ARM (what ORT's ARM kernels
      prefer), u8s8 on x86 (VNNI/AVX2 integer instructions multiply u8 by s8), per-channel
-     weights — and the roofline cost model decides whether INT8 is faster (it assumes the
-     Q/DQ pairs fuse into integer kernels).
+     weights — and the roofline cost model decides whether INT8 is faster. It prices the
+     INT8 graph that would ship (after any repair) with the call that gives the stage's
+     manifest latency (:func:`~edgec.compiler.planning.cost_model.estimate_latency`), so the
+     decision's numbers are the manifest's; the Q/DQ pairs the backend fuses into integer
+     kernels cost nothing there, the layers kept in FP32 are priced as FP32. Before any
+     calibration, a stage whose graph is not faster even priced fully quantized stays FP32
+     (its decision then records that price for INT8).
 
 4. If the chosen candidate fails the guard, :func:`edgec.compiler.int8.accuracy_guard.repair`
    keeps the worst-quantized layers in FP32 until it passes. If it cannot, ``auto`` keeps the
@@ -295,6 +300,8 @@ def decide_precision(
     measured = target.is_host and backend == "onnxruntime"
     estimates = {}
     if not measured:
+        # The FP32 graph priced fully quantized, known before calibrating: about the best INT8
+        # can do (the Q/DQ graph adds its input's Q and output's DQ, and drops fused ReLUs).
         estimates = {p: estimate_latency(model, target, backend, p).p50 for p in ("fp32", "int8")}
         if options.requested == "auto" and estimates["int8"] * MIN_SPEEDUP > estimates["fp32"]:
             return _fp32(
@@ -328,7 +335,8 @@ def decide_precision(
         else:
             flavour = rule_flavour(target, backend)
             qdq = quantize_model(pre, table, flavour)
-            choice = _Choice(flavour, qdq, judge_model(qdq), estimates, "estimated", [])
+            latency = _estimates(model, qdq, target, backend)
+            choice = _Choice(flavour, qdq, judge_model(qdq), latency, "estimated", [])
         result = choice
         slower = choice.latency["int8"] * MIN_SPEEDUP > choice.latency["fp32"]
         if options.requested == "auto" and slower:
@@ -357,7 +365,10 @@ def decide_precision(
                 choice.flavour,
                 repaired.model,
                 repaired.verdict,
-                dict(choice.latency),
+                # The layers kept in FP32 change the graph the cost model prices.
+                dict(choice.latency)
+                if measured
+                else _estimates(model, repaired.model, target, backend),
                 choice.source,
                 choice.candidates,
                 repaired.excluded,
@@ -409,6 +420,17 @@ def decide_precision(
     decision.reason = f"{why} ({where}); guard: {result.verdict.summary()}"
     logger.info("stage '%s' is INT8 (%s): %s", stage, result.flavour.name, decision.reason)
     return decision
+
+
+def _estimates(
+    fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, target: Target, backend: str
+) -> dict[str, float]:
+    """The cost model's p50 of each precision's graph: the call (and the graphs) the stage's
+    manifest latency comes from, whichever precision ships."""
+    return {
+        "fp32": estimate_latency(fp32_model, target, backend, "fp32").p50,
+        "int8": estimate_latency(int8_model, target, backend, "int8").p50,
+    }
 
 
 @dataclass

@@ -6,8 +6,11 @@ only if the time left covers it. The generated runtime applies exactly this rule
 
     forward from k  iff  conf_k < θ_k  and  elapsed + cost_k <= budget
     cost_k = latency_{k+1} at the percentile                 (next stage on the device)
-    cost_k = rtt + payload · 8 / bandwidth + overhead + latency_{k+1} at p50 + margin
+    cost_k = rtt + overhead + payload · 8 / bandwidth + latency_{k+1} at p50 + margin
                                                                   (next stage on the gateway)
+
+The link's part is the request price both planners share
+(:class:`edgec.compiler.planning.link.LinkModel`).
 
 A frame sent to the gateway waits at most until ``fallback_margin_ms`` before the budget runs
 out (the runtime's request timeout); a late answer is dropped and the device answers with its
@@ -46,11 +49,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgec.compiler.planning.link import LinkModel
 from edgec.runtime import scoring
 from edgec.targets.base import LatencySource, LatencyStats, weakest_source
 
-DEFAULT_OVERHEAD_MS = 1.0
-DEFAULT_FALLBACK_MARGIN_MS = 1.0
 DEFAULT_TOLERANCE = 0.005
 MIN_FRAMES = 4000
 MAX_COMBINATIONS = 2048
@@ -58,42 +60,6 @@ MAX_PARETO_POINTS = 40
 _FUSION_WEIGHTS = tuple(round(0.05 * i, 2) for i in range(11))
 _KNOTS = np.array([0.0, 0.5, 0.9, 0.99, 1.0])
 TIERS = ("device", "gateway")
-
-
-@dataclass(frozen=True)
-class LinkModel:
-    """The device–gateway link the planner budgets for.
-
-    Attributes:
-        rtt_ms: Round-trip time of a small request (from the target descriptor).
-        bandwidth_mbps: Uplink bandwidth in megabits per second.
-        overhead_ms: HTTP framing and server dispatch per request, on top of the RTT.
-        fallback_margin_ms: The device stops waiting for the gateway this long before the
-            budget runs out, to answer on its own in time.
-    """
-
-    rtt_ms: float
-    bandwidth_mbps: float
-    overhead_ms: float = DEFAULT_OVERHEAD_MS
-    fallback_margin_ms: float = DEFAULT_FALLBACK_MARGIN_MS
-
-    def transfer_ms(self, payload_bytes: int) -> float:
-        """Time to push ``payload_bytes`` through the uplink."""
-        return payload_bytes * 8 / (self.bandwidth_mbps * 1e3)
-
-    def cost_ms(self, payload_bytes: int) -> float:
-        """Round trip, transfer and overhead of one forwarded input."""
-        return self.rtt_ms + self.transfer_ms(payload_bytes) + self.overhead_ms
-
-    def to_json(self, payload_bytes: int) -> dict:
-        """The manifest form."""
-        return {
-            "rtt_ms": self.rtt_ms,
-            "bandwidth_mbps": self.bandwidth_mbps,
-            "overhead_ms": self.overhead_ms,
-            "fallback_margin_ms": self.fallback_margin_ms,
-            "transfer_ms": round(self.transfer_ms(payload_bytes), 4),
-        }
 
 
 @dataclass(frozen=True)

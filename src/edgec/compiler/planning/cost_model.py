@@ -17,6 +17,19 @@ but small edge models spend most layers far from peak. Estimates carry the sourc
 
 Elementwise ops count one operation per output element (as MACs/2), so they are almost
 always memory-bound, as on real hardware.
+
+At ``int8`` a graph without Q/DQ nodes is priced as if every layer ran on integer kernels (what
+quantizing it would give at best). An INT8 graph (QuantizeLinear/DequantizeLinear in QDQ form,
+what :mod:`edgec.passes.quantize` writes) is priced as its backend runs it: the backends fuse
+``DequantizeLinear -> op -> QuantizeLinear`` into one integer kernel (ONNX Runtime's
+QLinearConv, QGemm, ...; TVM's QNN and TensorRT likewise) and fold the weights'
+DequantizeLinear into constants, so those Q/DQ nodes cost nothing and the op is priced at the
+INT8 peak with one-byte tensors. What does not fuse is charged as it runs: an op with no DQ
+input (a layer the accuracy guard kept in FP32) at the FP32 peak with four-byte tensors, the
+QuantizeLinear after such a layer (and on the graph input), and a DequantizeLinear that feeds
+an FP32 layer or a graph output. :func:`estimate_latency` of a stage's final model is the one
+number both the INT8 decision (:mod:`edgec.compiler.int8.precision`) and the stage's manifest
+latency use.
 """
 
 from __future__ import annotations
@@ -31,6 +44,39 @@ from edgec.targets.descriptor import Target
 from edgec.targets.registry import backend_names, get_backend
 
 _BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Ops the backends run on integer kernels when their inputs come from DequantizeLinear: the
+# QDQ pairs around them fuse away (ONNX Runtime's QDQ transformers; TVM QNN and TensorRT fuse
+# the same patterns). Around any other op, the Q/DQ nodes run.
+_INT8_KERNELS = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Mul",
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "Sigmoid",
+        "HardSigmoid",
+        "AveragePool",
+        "GlobalAveragePool",
+        "MaxPool",
+        "Concat",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Resize",
+        "Gather",
+        "Split",
+        "Slice",
+        "Softmax",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -114,22 +160,34 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
 def layer_costs(
     model: onnx.ModelProto, target: Target, backend: str = "onnxruntime", precision: str = "fp32"
 ) -> list[LayerCost]:
-    """Per-node costs of a shape-inferred model on ``target``."""
+    """Per-node costs of a shape-inferred model on ``target`` (one per node, in graph order;
+    Q/DQ nodes the backend fuses cost 0, see the module docstring)."""
     shapes = _shapes(model)
     weights = {init.name for init in model.graph.initializer}
-    peak_ops, bandwidth = _peaks(target, backend, precision)
+    nodes = list(model.graph.node)
+    outputs = {o.name for o in model.graph.output}
+    plan = _int8_plan(nodes, weights, outputs, shapes) if precision == "int8" else None
+    if plan is not None:
+        weights |= plan.folded_weights
+    peaks = {p: _peaks(target, backend, p) for p in {precision, "fp32"}}
     factors = target.cost_model
-    elem_bytes = _BYTES.get(precision, 4)
     costs = []
-    for index, node in enumerate(model.graph.node):
+    for index, node in enumerate(nodes):
+        node_precision = precision
+        if plan is not None:
+            node_precision = "int8" if index in plan.integer else "fp32"
         macs = node_macs(node, shapes)
         params = sum(_numel(shapes.get(n)) for n in node.input if n in weights)
         act_elems = sum(_numel(shapes.get(n)) for n in node.input if n and n not in weights)
         act_elems += sum(_numel(shapes.get(n)) for n in node.output if n)
-        moved = (act_elems + params) * elem_bytes
-        compute_s = 2 * macs / (peak_ops * factors.compute_efficiency)
-        memory_s = moved / (bandwidth * factors.memory_efficiency)
-        latency_ms = max(compute_s, memory_s) * 1e3 + factors.op_overhead_us / 1e3
+        if plan is not None and index in plan.fused:
+            latency_ms = 0.0  # folded into a constant or into the neighbouring integer kernel
+        else:
+            peak_ops, bandwidth = peaks[node_precision]
+            moved = (act_elems + params) * _BYTES.get(node_precision, 4)
+            compute_s = 2 * macs / (peak_ops * factors.compute_efficiency)
+            memory_s = moved / (bandwidth * factors.memory_efficiency)
+            latency_ms = max(compute_s, memory_s) * 1e3 + factors.op_overhead_us / 1e3
         costs.append(
             LayerCost(
                 name=node.name or f"{node.op_type}_{index}",
@@ -142,6 +200,67 @@ def layer_costs(
             )
         )
     return costs
+
+
+@dataclass(frozen=True)
+class _Int8Plan:
+    """How a backend runs a QDQ graph.
+
+    Attributes:
+        integer: Indices of the ops that run on integer kernels.
+        fused: Indices of the Q/DQ nodes that cost nothing.
+        folded_weights: Outputs of the weights' DequantizeLinear (constants, like weights).
+    """
+
+    integer: frozenset[int]
+    fused: frozenset[int]
+    folded_weights: frozenset[str]
+
+
+def _int8_plan(
+    nodes: list[onnx.NodeProto],
+    weights: set[str],
+    outputs: set[str],
+    shapes: dict[str, tuple[int, ...]],
+) -> _Int8Plan:
+    """Which ops of an ``int8`` estimate run on integer kernels and which Q/DQ nodes fuse.
+
+    A graph without Q/DQ nodes is priced as fully quantized (every op integer, nothing fused).
+    """
+    if not any(node.op_type in _QDQ for node in nodes):
+        return _Int8Plan(frozenset(range(len(nodes))), frozenset(), frozenset())
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(i)
+    folded: set[str] = set()
+    activation_dq: set[str] = set()
+    for node in nodes:
+        if node.op_type == "DequantizeLinear" and node.output:
+            if node.input[0] in weights:
+                folded.add(node.output[0])
+                shapes.setdefault(node.output[0], shapes.get(node.input[0], ()))
+            else:
+                activation_dq.add(node.output[0])
+    integer = {
+        i
+        for i, node in enumerate(nodes)
+        if node.op_type in _INT8_KERNELS and any(n in activation_dq for n in node.input)
+    }
+    fused = set()
+    for i, node in enumerate(nodes):
+        if node.op_type == "DequantizeLinear" and node.output:
+            uses = consumers.get(node.output[0], [])
+            # A weight's DQ is a constant; an activation's DQ fuses into the integer kernels
+            # it feeds (not into an FP32 op or a graph output, where it runs).
+            feeds_integer = uses and all(u in integer for u in uses)
+            if node.output[0] in folded or (feeds_integer and node.output[0] not in outputs):
+                fused.add(i)
+        elif node.op_type == "QuantizeLinear" and producer.get(node.input[0]) in integer:
+            fused.add(i)  # an integer kernel writes its output quantized: the Q is free
+    return _Int8Plan(frozenset(integer), frozenset(fused), frozenset(folded))
 
 
 def _uses_accelerator(target: Target, backend: str) -> bool:

@@ -1,12 +1,13 @@
 """Measure the partition planner's finalists where the device and gateway are this machine.
 
 The cost model (:func:`edgec.compiler.planning.partition.plan_partition`) ranks every cut from
-descriptor peaks. When both the device and the gateway are ``kind: host`` targets, the
-latencies can be measured instead. The best :data:`FINALISTS` cuts by estimate, plus
-gateway-only and device-only, are split and timed with ONNX Runtime, each part with its side's
-thread count and the generated runtime's session settings. The choice is then made among
-these measured options only, because estimates and measurements do not compare. The link
-(RTT, bandwidth) still comes from the descriptor: it is not this machine's to measure.
+descriptor peaks; both planners cost an option with :mod:`edgec.compiler.planning.cut_cost`.
+When both the device and the gateway are ``kind: host`` targets, the latencies can be measured
+instead. The best :data:`FINALISTS` cuts by estimate, plus gateway-only and device-only, are
+split and timed with ONNX Runtime, each part with its side's thread count and the generated
+runtime's session settings. The choice is then made among these measured options only,
+because estimates and measurements do not compare. The link (RTT, bandwidth) still comes from
+the descriptor: it is not this machine's to measure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from edgec.compiler.planning.partition import PartitionPlan, cost_option, objective_key
+from edgec.compiler.planning.cut_cost import PartitionPlan, choose, cost_option, objective_key
 from edgec.passes.partition import DEVICE_ONLY, GATEWAY_ONLY, Cut, split_model
 from edgec.targets import Target
 
@@ -88,7 +89,5 @@ def measure_plan(
         )
         for option in plan.options
     ]
-    finalists = [o for o in options if o.source == "measured-host"]
-    key = objective_key(plan.objective)
-    chosen = min(finalists, key=lambda o: (key(o), o.encoding == "int8", o.cut.after_node))
+    chosen = choose((o for o in options if o.source == "measured-host"), plan.objective)
     return dataclasses.replace(plan, options=tuple(options), chosen=chosen)

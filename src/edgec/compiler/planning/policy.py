@@ -1,10 +1,12 @@
 """From built stages to the manifest's ``policy``: the glue between the driver and the planner.
 
-The driver hands over the stage entries it wrote (tier, latency with its source), each stage's
-outputs on the validation split and the target's link; this module turns them into plain data
-for :func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
-``policy`` section, and records each stage's threshold in its own entry. The payload of a
-forwarded input is sized with the runtime's own wire format (:mod:`edgec.runtime.codec`).
+The driver hands over the manifest it built (:class:`edgec.bundle.manifest.Manifest`: each
+stage's tier and latency with its source), each stage's outputs on the validation split and the
+target's link; this module turns them into plain data for
+:func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
+``policy`` section, and returns the manifest with that policy and each stage's threshold. A
+forwarded request is sized and priced by :mod:`edgec.compiler.planning.link` (the runtime's own
+wire format), as the partition planner prices its requests.
 
 A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
 device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the
@@ -14,11 +16,15 @@ prefix's latency plus the rest's, reached by sending the intermediate tensor (th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from edgec.compiler.planning.cascade import LinkModel, Policy, plan_cascade
+from edgec.bundle.manifest import Manifest, PartitionSection, StageEntry
+from edgec.compiler.planning.cascade import Policy, plan_cascade
+from edgec.compiler.planning.link import LinkModel, request_bytes
 from edgec.config import CompileConfig
-from edgec.runtime import codec, scoring
+from edgec.runtime import scoring
 from edgec.targets.base import LatencyStats
 from edgec.targets.descriptor import Link
 
@@ -32,7 +38,7 @@ def score_kind(outputs: np.ndarray | None) -> str:
 
 
 def plan_bundle_policy(
-    entries: list[dict],
+    entries: Sequence[StageEntry],
     outputs: dict[str, np.ndarray | None],
     labels: np.ndarray | None,
     link: Link | None,
@@ -43,24 +49,24 @@ def plan_bundle_policy(
     fusion: str,
     tolerance: float,
     seed: int = 0,
-    partition: dict | None = None,
+    partition: PartitionSection | None = None,
 ) -> tuple[dict, Policy]:
     """Plan the cascade over built stages; return the manifest's ``policy`` and the plan.
 
-    Sets ``threshold`` on every classifier entry but the last (in place); ``partition`` is the
+    The policy's ``thresholds`` name every classifier stage but the last; ``partition`` is the
     manifest's partition section, if any.
     """
-    prefixes = {e["name"]: e for e in entries if e.get("role") == "prefix"}
-    entries = [e for e in entries if e.get("role") != "prefix"]
-    names = [entry["name"] for entry in entries]
-    latency = [LatencyStats.from_json(entry["latency_ms"]) for entry in entries]
-    input_payload = codec.request_size(input_spec["shape"], input_spec["dtype"])
+    prefixes = {e.name: e for e in entries if e.role == "prefix"}
+    entries = [e for e in entries if e.role != "prefix"]
+    names = [entry.name for entry in entries]
+    latency = [entry.recorded_latency for entry in entries]
+    input_payload = request_bytes(input_spec["shape"], input_spec["dtype"])
     payload = input_payload
-    if partition is not None and partition["cut"] != "device-only":
-        payload = partition["request_bytes"]
-        if partition.get("prefix"):
-            k = names.index(partition["stage"])
-            prefix = LatencyStats.from_json(prefixes[partition["prefix"]]["latency_ms"])
+    if partition is not None and partition.cut != "device-only":
+        payload = partition.request_bytes
+        if partition.split:
+            k = names.index(partition.stage)
+            prefix = prefixes[partition.prefix].recorded_latency
             latency[k] = LatencyStats.total([prefix, latency[k]])
     kinds = {name: score_kind(outputs.get(name)) for name in names}
     have_outputs = all(outputs.get(name) is not None for name in names)
@@ -72,8 +78,8 @@ def plan_bundle_policy(
     plan = plan_cascade(
         probs,
         latency,
-        [entry["tier"] for entry in entries],
-        LinkModel(link.rtt_ms, link.bandwidth_mbps) if link else None,
+        [entry.tier for entry in entries],
+        LinkModel.from_link(link) if link else None,
         payload,
         budget_ms,
         percentile,
@@ -89,31 +95,30 @@ def plan_bundle_policy(
         # Against sending every input as it is: a partition sends a different tensor.
         sent = policy["offload_rate"] * payload / input_payload
         policy["bandwidth_saved"] = round(1 - sent, 6)
-    for entry in entries[:-1]:
-        entry["threshold"] = policy["thresholds"][entry["name"]]
     return policy, plan
 
 
 def policy_for_bundle(
-    manifest: dict,
+    manifest: Manifest,
     outputs: dict[str, np.ndarray | None],
     labels: np.ndarray | None,
     link: Link | None,
     config: CompileConfig,
-) -> dict:
-    """The manifest's ``policy`` for a compile (``config`` gives the budget and the options)."""
+) -> Manifest:
+    """``manifest`` with the ``policy`` of a compile and each stage's threshold (``config``
+    gives the budget and the options)."""
     policy, _ = plan_bundle_policy(
-        manifest["stages"],
+        manifest.stages,
         outputs,
         labels,
         link,
-        manifest["inputs"][0],
+        manifest.inputs[0],
         config.budget_ms,
         config.percentile,
         config.confidence,
         config.fusion,
         config.accuracy_tolerance / 100.0,
         config.seed,
-        manifest.get("partition"),
+        manifest.partition,
     )
-    return policy
+    return manifest.with_policy(policy)

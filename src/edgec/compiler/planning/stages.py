@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 
+from edgec.bundle.manifest import PartitionSection
 from edgec.compiler.planning.partition import PartitionChoice, choose_partition
 from edgec.compiler.progress import Reporter
 from edgec.compiler.students import Student
 from edgec.config import CompileConfig
 from edgec.errors import BadInputError
-from edgec.runtime import codec
 from edgec.targets import Target
 
 
@@ -65,10 +64,14 @@ def plan_stages(
 
 
 def partition_teacher(
-    stages: list[StagePlan], target: Target, config: CompileConfig, reporter: Reporter
-) -> tuple[list[StagePlan], dict]:
-    """Apply ``--partition`` to the last stage (the teacher); return the stages and the
-    manifest's ``partition`` section.
+    stages: list[StagePlan],
+    target: Target,
+    gateway: Target | None,
+    config: CompileConfig,
+    reporter: Reporter,
+) -> tuple[list[StagePlan], PartitionSection]:
+    """Apply ``--partition`` to the last stage (the teacher) for ``target`` and its ``gateway``
+    target; return the stages and the manifest's ``partition`` section.
 
     Gateway-only moves the teacher to the gateway, device-only to the device; a middle cut
     replaces it by its prefix (device) and the rest (gateway).
@@ -76,12 +79,12 @@ def partition_teacher(
     teacher = stages[-1]
     with reporter.step("Choosing where to split the teacher between device and gateway"):
         choice: PartitionChoice = choose_partition(
-            teacher.model, target, config.partition, config.objective
+            teacher.model, target, gateway, config.partition, config.objective
         )
     section = choice.manifest_section(teacher.name)
-    estimate = section["estimate"]
+    estimate = section.estimate
     reporter.note(
-        f"partition: {section['cut']} ({section['encoding']}), {estimate['source']} "
+        f"partition: {section.cut} ({section.encoding}), {estimate['source']} "
         f"{estimate['total_ms']:.3f} ms end to end, {estimate['device_energy_mj']:.3f} mJ on "
         f"the device ({config.objective} objective)"
     )
@@ -95,22 +98,13 @@ def partition_teacher(
     if config.precision == "int8":
         reporter.note(f"--precision int8: {note}")
     prefix = StagePlan(
-        name=section["prefix"],
+        name=section.prefix,
         role="prefix",
         tier="device",
         model=choice.prefix,
         precision="fp32",
-        extra={"partition_of": teacher.name, "outputs_tensor": section["tensor"]},
+        extra={"partition_of": teacher.name, "outputs_tensor": section.tensor},
     )
     teacher.model, teacher.precision = choice.suffix, "fp32"
-    teacher.extra.update({"partition_input": section["tensor"], "precision_note": note})
+    teacher.extra.update({"partition_input": section.tensor, "precision_note": note})
     return [*stages[:-1], prefix, teacher], section
-
-
-def link_view(x: np.ndarray, encoding: str) -> np.ndarray:
-    """What the gateway receives for each sample of ``x`` (batch 1 per request)."""
-    if encoding != "int8":
-        return x
-    return np.concatenate(
-        [codec.decode_int8(*codec.encode_int8(x[i : i + 1])) for i in range(len(x))]
-    )

@@ -15,23 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-#: What still breaks a rule, each removed by another piece of work. Each has a strict ``xfail``
-#: test below: when the work lands the test passes, strict makes that a failure, and whoever
-#: merges deletes the entry (so this list cannot go stale).
-_PENDING_LAYER_EDGES = {
-    ("edgec.passes.partition", "edgec.runtime.codec"): (
-        "passes/partition.py imports the runtime codec; another helper moves it"
-    ),
-}
-_PENDING_CYCLES = {
-    frozenset({"edgec.compiler.planning.partition", "edgec.compiler.planning.partition_measure"}): (
-        "planning partition <-> partition_measure; the planning helper breaks it"
-    ),
-}
 
 
 def _module_name(path: Path) -> str:
@@ -153,34 +137,10 @@ def test_the_graph_sees_function_level_imports():
 
 def test_no_import_breaks_the_layering():
     """Runtime imports no compiler side; passes import no config/runtime/compiler/bundle;
-    config imports no TVM backend (edges pending elsewhere are checked below)."""
-    assert _violations() - set(_PENDING_LAYER_EDGES) == set()
+    config imports no TVM backend."""
+    assert _violations() == set()
 
 
 def test_no_import_cycle_between_edgec_modules():
-    """No module reaches itself through imports (pending cycles are checked below)."""
-    assert set(_cycles()) - set(_PENDING_CYCLES) == set()
-
-
-@pytest.mark.parametrize(
-    "edge",
-    [
-        pytest.param(edge, marks=pytest.mark.xfail(strict=True, reason=reason), id="->".join(edge))
-        for edge, reason in sorted(_PENDING_LAYER_EDGES.items())
-    ],
-)
-def test_pending_layer_edge_is_gone(edge):
-    """The pending edge no longer exists (strict xfail until the work that removes it lands)."""
-    assert edge not in _violations()
-
-
-@pytest.mark.parametrize(
-    "cycle",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=r), id="<->".join(sorted(c)))
-        for c, r in sorted(_PENDING_CYCLES.items(), key=lambda item: sorted(item[0]))
-    ],
-)
-def test_pending_cycle_is_gone(cycle):
-    """The pending cycle no longer exists (strict xfail until the work that removes it lands)."""
-    assert cycle not in _cycles()
+    """No module reaches itself through imports."""
+    assert set(_cycles()) == set()

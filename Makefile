@@ -24,7 +24,7 @@ $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
 demo: $(VENV)/.demo-installed
 	$(BIN)/edgec compile examples/digits/teacher.onnx --target raspberry-pi-4 \
 		--data digits --budget-ms 5 -o out/demo --force
-	$(BIN)/edgec check out/demo --budget-ms 5
+	$(BIN)/edgec check out/demo  # gates on the budget the bundle was compiled for
 
 # The aarch64 cross compiler, its C library and qemu-user (apt-get, --no-install-recommends);
 # without apt or root it warns, and the tests that need them skip and say why.
@@ -38,15 +38,15 @@ $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so: $(VENV)/.test-installed
 		|| echo "warning: no aarch64 TVM runtime; the qemu test will skip" >&2
 
 test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
+	$(BIN)/ruff format --check src tests examples benchmarks docs
 	$(BIN)/pytest
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks docs
 
 format: $(VENV)/.test-installed
-	$(BIN)/ruff format src tests examples benchmarks
+	$(BIN)/ruff format src tests examples benchmarks docs
 
 clean:
 	rm -rf out build *.egg-info src/*.egg-info .pytest_cache

@@ -111,7 +111,7 @@ def print_summary(result) -> None:
         click.echo(f"archive: {result.archive}")
     if result.signed_by:
         click.echo(f"signed with key {result.signed_by}")
-    for note in getattr(result, "notes", None) or ():
+    for note in result.notes:
         warn(f"note: {note}")
     if result.gate is not None:
         colour = "green" if result.gate.passed else "red"

@@ -181,7 +181,9 @@ class OpsetGuardedRule:
         delta = self.rule.try_rewrite(model, graph_or_function, node, **kwargs)
         if delta is None:
             return None
-        error = replacement_error(delta.new_nodes, model.opset_imports)
+        # A function's own imports win; a subgraph (If branch) has none and uses the model's.
+        opsets = {**model.opset_imports, **graph_or_function.opset_imports}
+        error = replacement_error(delta.new_nodes, opsets)
         if error is not None:
             logger.debug(
                 "%s skipped at %s '%s': %s",

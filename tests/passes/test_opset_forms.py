@@ -192,7 +192,7 @@ def test_min_max_are_not_fused_into_clip_with_inputs_before_opset_11():
     ("op_type", "inputs", "attributes", "version", "error"),
     [
         ("Gemm", 2, {}, 6, "Gemm-6 (the form in force at opset 6) takes 3 inputs, not 2"),
-        ("Unsqueeze", 2, {}, 12, "Unsqueeze-11 (the form in force at opset 12) takes 1 input"),
+        ("Unsqueeze", 2, {}, 12, "Unsqueeze-11 (the form in force at opset 12) takes 1 input,"),
         ("Unsqueeze", 1, {}, 12, "Unsqueeze-11 (the form in force at opset 12) needs attribute"),
         ("Relu", 1, {"alpha": 1.0}, 14, "Relu-14 (the form in force at opset 14) has no attri"),
         ("Gelu", 1, {}, 17, "Gelu does not exist in opset 17"),

@@ -60,9 +60,9 @@ def legalize(node: ir.Node, version: int) -> None:
     """Rewrite ``node`` in place into the older spelling of its form where one exists.
 
     Before opset 13 a constant ``axes`` (Squeeze, Unsqueeze) or ``split`` (Split) input becomes
-    the attribute; before opset 12 a Constant's ``value_int(s)``/``value_float(s)``/
-    ``value_string(s)`` becomes its ``value`` tensor; before opset 13 Split's ``num_outputs`` (opset
-    18) becomes ``split`` sizes when the split is even and static. Anything else is left as it is (a
+    the attribute, and Split's ``num_outputs`` (opset 18) becomes ``split`` sizes when the split
+    is even and static; before opset 12 a Constant's ``value_int(s)``/``value_float(s)``/
+    ``value_string(s)`` becomes its ``value`` tensor. Anything else is left as it is (a
     non-constant ``axes`` input has no older spelling: :func:`form_error` reports it).
     """
     if not _is_default_domain(node):
@@ -70,8 +70,10 @@ def legalize(node: ir.Node, version: int) -> None:
     moved = _INPUT_WAS_ATTRIBUTE.get(node.op_type)
     if version < 13 and moved is not None:
         index, name = moved
-        if len(node.inputs) > index and node.inputs[index] is not None:
-            tensor = ir.convenience.get_const_tensor(node.inputs[index])
+        given = node.inputs[index] if len(node.inputs) > index else None
+        # A graph input with an initializer is a default the caller may override: not constant.
+        if given is not None and not given.is_graph_input():
+            tensor = ir.convenience.get_const_tensor(given)
             if tensor is not None and name not in node.attributes:
                 values = [int(v) for v in np.atleast_1d(tensor.numpy()).reshape(-1)]
                 node.resize_inputs(index)
@@ -119,16 +121,16 @@ def form_error(node: ir.Node, version: int) -> str | None:
     while inputs and inputs[-1] is None:
         inputs.pop()
     if not schema.min_input <= len(inputs) <= schema.max_input:
-        return (
-            f"{where} takes {_range(schema.min_input, schema.max_input)} inputs, not {len(inputs)}"
-        )
+        expected = _count(schema.min_input, schema.max_input, "input")
+        return f"{where} takes {expected}, not {len(inputs)}"
     for i, value in enumerate(inputs):
         formal = schema.inputs[min(i, len(schema.inputs) - 1)]
         if value is None and formal.option != onnx.defs.OpSchema.FormalParameterOption.Optional:
             return f"{where} needs input {formal.name}"
     outputs = len(node.outputs)
     if not schema.min_output <= outputs <= schema.max_output:
-        return f"{where} has {_range(schema.min_output, schema.max_output)} outputs, not {outputs}"
+        expected = _count(schema.min_output, schema.max_output, "output")
+        return f"{where} has {expected}, not {outputs}"
     for name in node.attributes:
         if name not in schema.attributes:
             return f"{where} has no attribute {name}"
@@ -138,8 +140,12 @@ def form_error(node: ir.Node, version: int) -> str | None:
     return None
 
 
-def _range(low: int, high: int) -> str:
-    return str(low) if low == high else f"{low} to {high}"
+def _count(low: int, high: int, noun: str) -> str:
+    """``1 input``, ``3 inputs``, ``2 to 3 inputs`` (an unbounded variadic max reads as such)."""
+    if high >= 2**31 - 1:
+        return f"{low} or more {noun}s"
+    text = str(low) if low == high else f"{low} to {high}"
+    return f"{text} {noun}{'' if text == '1' else 's'}"
 
 
 def replacement_error(nodes: Iterable[ir.Node], opsets: Mapping[str, int]) -> str | None:

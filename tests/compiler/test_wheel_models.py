@@ -6,6 +6,8 @@ The sweep takes each ``.onnx`` under site-packages up to 300 KB (onnx's backend 
 onnxruntime's datasets), except onnx's ``light/`` architectures, which
 ``test_light_models.py`` compiles with output checks. Dynamic input dimensions are fixed to 1
 through the API's ``input_shapes``; string, sequence and other inputs are refused by name.
+Old-opset models (onnx's ``test_operator_mm`` at opset 6, ``test_sequence_model5``/``8`` at
+opset 12) are in the sweep: rewrites must only emit forms their opset allows.
 """
 
 from __future__ import annotations
@@ -27,21 +29,6 @@ MODELS = sorted(
     for path in SITE.glob("**/*.onnx")
     if path.stat().st_size <= MAX_BYTES and "light" not in path.parent.parts
 )
-# Bugs in graph rewrites on old opsets, not in loading: kept visible until fixed (strict).
-KNOWN_BUGS = {
-    "onnx/backend/test/data/pytorch-operator/test_operator_mm/model.onnx": (
-        "onnxscript's default rewrite rules drop Gemm's zero bias C, which opset 6 requires"
-    ),
-    "onnx/backend/test/data/simple/test_sequence_model5/model.onnx": (
-        "a rewrite turns SequenceConstruct+ConcatFromSequence into Unsqueeze with an axes "
-        "input, which needs opset 13 (the model is opset 12)"
-    ),
-    "onnx/backend/test/data/simple/test_sequence_model8/model.onnx": (
-        "a rewrite turns SplitToSequence into Split with a split input, which needs opset 13 "
-        "(the model is opset 11)"
-    ),
-}
-
 pytestmark = pytest.mark.slow
 
 
@@ -66,9 +53,7 @@ def _static_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def _param(path: Path):
-    name = path.relative_to(SITE).as_posix()
-    marks = [pytest.mark.xfail(reason=KNOWN_BUGS[name], strict=True)] if name in KNOWN_BUGS else []
-    return pytest.param(path, id=name, marks=marks)
+    return pytest.param(path, id=path.relative_to(SITE).as_posix())
 
 
 def test_the_sweep_finds_the_zipmap_model():

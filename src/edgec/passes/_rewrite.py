@@ -19,6 +19,7 @@ import onnx_ir.passes.common as common
 from onnxscript.rewriter import MatchResult, RewriteRule, RewriteRuleSet
 
 from edgec.passes.instrument import count_nodes
+from edgec.passes.opset_forms import OpsetGuardedRule
 
 logger = logging.getLogger("edgec.passes")
 
@@ -54,10 +55,14 @@ def opset_version(model: ir.Model, domain: str = "") -> int:
 
 
 def apply_rules(model: ir.Model, rules: Iterable[RewriteRule]) -> dict[str, int]:
-    """Apply each rule to the model (one rule at a time); return how often each fired."""
+    """Apply each rule to the model (one rule at a time); return how often each fired.
+
+    Each rule is guarded (:class:`OpsetGuardedRule`): a replacement that is invalid in the
+    model's opset is not applied.
+    """
     counts: dict[str, int] = {}
     for rule in rules:
-        count = RewriteRuleSet([rule]).apply_to_model(model)
+        count = RewriteRuleSet([OpsetGuardedRule(rule)]).apply_to_model(model)
         if count:
             name = rule.name or type(rule).__name__
             counts[name] = counts.get(name, 0) + count

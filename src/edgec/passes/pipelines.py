@@ -22,6 +22,7 @@ from edgec.passes.fold_batchnorm import FoldBatchNormPass
 from edgec.passes.fold_constants import INPUT_LIMIT, OUTPUT_LIMIT, FoldConstantsPass
 from edgec.passes.fold_pad import FoldPadIntoConvPass
 from edgec.passes.instrument import PassInstrument, count_nodes
+from edgec.passes.opset_forms import guard_rules
 from edgec.passes.sum_to_add import ReplaceSumWithAddPass
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,11 @@ _OWNED_RULES = {*_fuse_batchnorm.rules, *_fuse_pad_into_conv.rules, *_no_op.rule
 
 
 def _general_rules() -> list:
-    return [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule not in _OWNED_RULES]
+    # Guarded: a rule whose replacement is invalid in the model's opset (Gemm without C before
+    # opset 11) is skipped there, see edgec.passes.opset_forms.
+    return guard_rules(
+        [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule not in _OWNED_RULES]
+    )
 
 
 @register_pipeline("canonical")

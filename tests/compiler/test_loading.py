@@ -181,3 +181,39 @@ def test_input_shape_with_commas_names_the_separator():
         BadInputError, match=r"dimensions separated by .x., e\.g\. input=1x3x224x224"
     ):
         parse_input_shape("x=1,1,8,8")
+
+
+def _relu_model(opset: int, ir_version: int, weight_as_input: bool = True) -> onnx.ModelProto:
+    """x + W then Relu, with W an initializer (listed as a graph input or not)."""
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [1, 4], [0.5, -1.0, 2.0, 0.0])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])]
+    if weight_as_input:
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, 4]))
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["s"]), helper.make_node("Relu", ["s"], ["y"])],
+        "g",
+        inputs,
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir_version
+    return model
+
+
+def test_an_opset_onnx_runtime_cannot_run_is_one_sentence_naming_the_fix(tmp_path):
+    """Opset 6 (old Caffe2/PyTorch exports): ONNX Runtime has no kernels for it, which used to
+    surface as ORT's raw NOT_IMPLEMENTED text; now it is one sentence saying to re-export."""
+    path = tmp_path / "old.onnx"
+    onnx.save(_relu_model(6, 3), path)
+    with pytest.raises(BadInputError, match=r"opset 6; ONNX Runtime runs opset 7 and newer"):
+        load_model(path)
+
+
+def test_ir3_model_with_an_initializer_not_listed_as_input_loads(tmp_path):
+    """IR 3 wanted every initializer listed as a graph input and the checker refused one that
+    was not (onnxruntime's own datasets/mul_1.onnx); IR 4 dropped the rule, so it loads."""
+    path = tmp_path / "ir3.onnx"
+    onnx.save(_relu_model(7, 3, weight_as_input=False), path)
+    loaded = load_model(path)
+    assert [i.name for i in loaded.inputs] == ["x"]

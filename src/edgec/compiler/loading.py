@@ -146,7 +146,21 @@ def _one_sentence(err: Exception, limit: int = 240) -> str:
     return text.rstrip(" :") + ("" if text.endswith(".") else ".")
 
 
+#: The oldest default-domain opset ONNX Runtime has kernels for.
+MIN_OPSET = 7
+
+
 def _check(model: onnx.ModelProto, path: Path) -> None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < MIN_OPSET:
+        raise BadInputError(
+            f"Model {path.name} uses ONNX opset {opset}; ONNX Runtime runs opset {MIN_OPSET} and "
+            "newer: re-export it at a newer opset (e.g. torch.onnx.export(..., opset_version=17))."
+        )
+    if model.ir_version < 4:
+        # IR 3 required every initializer to be a graph input; IR 4 only dropped that rule, so
+        # the same graph is valid as IR 4 (canonicalisation raises old IR versions anyway).
+        model.ir_version = 4
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:

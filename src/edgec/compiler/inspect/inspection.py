@@ -9,6 +9,7 @@ Costs come from :func:`edgec.compiler.planning.cost_model.layer_costs` (a roofli
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,50 +19,29 @@ import onnx
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.inspect import op_support
 from edgec.compiler.loading import load_model
-from edgec.compiler.planning.cost_model import layer_costs
+from edgec.compiler.planning.cost_model import LayerCost, layer_costs
 from edgec.errors import BadInputError
 from edgec.targets import load_target
 
 
 @dataclass(frozen=True)
-class LayerReport:
-    """One node of the inspected model.
+class LayerReport(LayerCost):
+    """One node of the inspected model: its cost (the cost model's fields) and what the backends
+    make of it.
 
     Attributes:
-        name: Node name.
-        op: Op type (``domain::op`` outside the default domain).
-        output_shape: Shape of the first output.
-        macs: Multiply-accumulates.
-        params: Weight elements.
-        activation_bytes: Bytes of non-weight inputs and outputs at fp32.
-        latency_ms: Estimated latency on the target.
         backends: Backend name -> whether its documented op list has this op.
         fusion: The fusion the canonical pipeline annotated (``Conv+Relu``), if any.
     """
 
-    name: str
-    op: str
-    output_shape: tuple[int | None, ...]
-    macs: int
-    params: int
-    activation_bytes: int
-    latency_ms: float
-    backends: dict[str, bool]
+    backends: dict[str, bool] = field(default_factory=dict)
     fusion: str | None = None
 
     def to_json(self) -> dict:
         """JSON-friendly form."""
-        return {
-            "name": self.name,
-            "op": self.op,
-            "output_shape": list(self.output_shape),
-            "macs": self.macs,
-            "params": self.params,
-            "activation_bytes": self.activation_bytes,
-            "latency_ms": self.latency_ms,
-            "backends": self.backends,
-            "fusion": self.fusion,
-        }
+        data = dataclasses.asdict(self)
+        data["output_shape"] = list(self.output_shape)
+        return data
 
 
 @dataclass(frozen=True)
@@ -174,13 +154,12 @@ def inspect_model(
         node_dtypes = tuple(sorted({dtypes[n] for n in names if n in dtypes}))
         layers.append(
             LayerReport(
-                name=cost.name,
-                op=cost.op if node.domain in ("", "ai.onnx") else f"{node.domain}::{cost.op}",
-                output_shape=cost.output_shape,
-                macs=cost.macs,
-                params=cost.params,
-                activation_bytes=cost.activation_bytes,
-                latency_ms=cost.latency_ms,
+                **{
+                    **dataclasses.asdict(cost),
+                    "op": cost.op
+                    if node.domain in ("", "ai.onnx")
+                    else f"{node.domain}::{cost.op}",
+                },
                 backends={
                     b: op_support.supports(b, node.op_type, node.domain, node_dtypes)
                     for b in op_support.BACKENDS

@@ -1,8 +1,8 @@
 """FP32 vs edgec's INT8 vs ONNX Runtime's plain ``quantize_static`` defaults, in one run.
 
-For the four benchmark models in ``../shared/models/`` (resnet18, mobilenet_v2,
-mobilenet_v3_small, efficientnet_b0: random weights, recalibrated BatchNorm; a workplace folder,
-not part of a clone) and the example digits teacher, this script:
+For the four benchmark models (resnet18, mobilenet_v2, mobilenet_v3_small, efficientnet_b0:
+random weights, recalibrated BatchNorm; not part of the repository, read from ``--models-dir``
+and skipped without it) and the example digits teacher, this script:
 
 1. canonicalises the model as ``edgec compile`` does (the FP32 baseline is that model);
 2. lets edgec decide, exactly as ``edgec compile --precision auto -t host`` does for a stage
@@ -31,8 +31,8 @@ samples (with labels, so the teacher also reports accuracy).
 
 Usage::
 
-    python benchmarks/int8.py [--models resnet18 teacher ...] [--rounds 7] [--seconds 2]
-        [--no-write]
+    python benchmarks/int8.py --models-dir DIR [--models resnet18 teacher ...] [--rounds 7]
+        [--seconds 2] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- int8:begin -->`` and
 ``<!-- int8:end -->``) unless ``--no-write``.
@@ -69,13 +69,17 @@ from edgec.targets.onnxruntime.backend import OrtRunner
 from edgec.targets.onnxruntime.timing import interleaved_latency
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "models"
 TEACHER = REPO / "examples" / "digits" / "teacher.onnx"
-from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_models import (  # noqa: E402  (benchmarks/ is the script's folder)
+    BENCHMARK_MODELS,
+    add_models_dir,
+    find_models,
+    recorded_command,
+)
+from results_md import write_section  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
-SHARED_MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
 INT8_PEAK_GOPS = 2050.0
 FP32_PEAK_GFLOPS = 518.0
 THREADS = 2
@@ -233,8 +237,9 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         "engineers' jobs share the 2 cores: absolute times and % of peak suffer, ratios of "
         "interleaved paths much less).",
         f"- Command: `{command}`",
-        "- Models: `../shared/models/` (random weights, recalibrated BatchNorm; a workplace "
-        "folder) and `examples/digits/teacher.onnx`, each canonicalised as `edgec compile` does.",
+        "- Models: the four benchmark models (`--models-dir`: random weights, recalibrated "
+        "BatchNorm) and `examples/digits/teacher.onnx`, each canonicalised as `edgec compile` "
+        "does.",
         "- Data: 224x224 models — random crops of scikit-image's bundled photos, resized, "
         "flipped, ImageNet-normalised (300 calibration crops, 500 other evaluation crops, no "
         "labels); teacher — `--data digits` (calibration from the training split, evaluation on "
@@ -281,7 +286,7 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
             + ("" if "guard" in r.reason else f"; guard: {r.guard}")
             + "."
         )
-    shared = [r for r in rows if r.name in SHARED_MODELS]
+    shared = [r for r in rows if r.name in BENCHMARK_MODELS]
     if shared:
         faster = [r.name for r in shared if r.paths[r.choice].p50_ms < r.paths["fp32"].p50_ms]
         slower = [
@@ -294,7 +299,7 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         ]
         lines += [
             "",
-            "Goals on the four shared models:",
+            "Goals on the four benchmark models:",
             "",
             f"- edgec's choice never slower than FP32 (>2% slower: {', '.join(slower) or 'none'}).",
             f"- faster than FP32 on at least three: {len(faster)} ({', '.join(faster) or 'none'}).",
@@ -308,7 +313,8 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[*SHARED_MODELS, "teacher"])
+    parser.add_argument("--models", nargs="+", default=[*BENCHMARK_MODELS, "teacher"])
+    add_models_dir(parser)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0, help="per round")
     parser.add_argument("--no-write", action="store_true")
@@ -318,17 +324,16 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     photos = None
     rows = []
+    paths = find_models(args.models_dir, [n for n in args.models if n != "teacher"])
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             if name == "teacher":
                 model, data = canonicalize(load_model(TEACHER, {}).proto), load_dataset("digits")
-            else:
-                path = SHARED / f"{name}.onnx"
-                if not path.is_file():
-                    print(f"{name}: {path} not found, skipped", flush=True)
-                    continue
+            elif name in paths:
                 photos = photos or photo_dataset()
-                model, data = canonicalize(load_model(path, {}).proto), photos
+                model, data = canonicalize(load_model(paths[name], {}).proto), photos
+            else:  # not found: find_models has said so
+                continue
             row = measure(name, model, data, args, Path(tmp))
             print(
                 f"{name}: "
@@ -340,7 +345,10 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
-    command = "python benchmarks/int8.py " + " ".join(sys.argv[1:])
+    if not rows:
+        print("nothing measured: RESULTS.md left as it is")
+        return
+    command = recorded_command("int8.py", sys.argv[1:], args.models_dir)
     loads = (load_start, os.getloadavg()[0])
     text = section(rows, command.strip(), time.perf_counter() - started, loads)
     print(text)

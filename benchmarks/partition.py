@@ -8,12 +8,13 @@ model from the descriptors' published peaks — there is no Raspberry Pi or Jets
 the table shows where the choice moves, not what a board measures.
 
 Models: the example teacher, a "bottleneck" CNN built here (a cheap stride-4 stem, then heavy
-3x3 convolutions: the shape Neurosurgeon exploits), and, when the workplace folder
-``../shared/models/`` exists, resnet18 and mobilenet_v2 (random weights; latency only).
+3x3 convolutions: the shape Neurosurgeon exploits), and resnet18 and mobilenet_v2 from the four
+benchmark models (random weights; latency only), read from ``--models-dir`` and skipped without
+it.
 
 Usage::
 
-    python benchmarks/partition.py [--no-write]
+    python benchmarks/partition.py [--models-dir DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- partition:begin -->`` and
 ``<!-- partition:end -->``) and ``benchmarks/partition.png`` unless ``--no-write``.
@@ -40,26 +41,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from models import bottleneck_model
 
 REPO = Path(__file__).resolve().parent.parent
+from bench_models import add_models_dir, find_models, recorded_command  # noqa: E402
 from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PLOT = Path(__file__).resolve().parent / "partition.png"
 BEGIN, END = "<!-- partition:begin -->", "<!-- partition:end -->"
-SHARED = REPO.parent / "shared" / "models"
 BANDWIDTHS_MBPS = (0.5, 1, 2, 5, 10, 20, 50, 100, 300, 1000)
 DEVICES = ("raspberry-pi-4", "jetson-nano")
 
 
-def models() -> dict[str, onnx.ModelProto]:
+def models(models_dir: Path | None) -> dict[str, onnx.ModelProto]:
     """The models to sweep, canonicalised as ``edgec compile`` does."""
     found = {
         "digits teacher": canonicalize(load_model(REPO / "examples/digits/teacher.onnx").proto),
         "bottleneck CNN": canonicalize(bottleneck_model()),
     }
-    for name in ("resnet18", "mobilenet_v2"):
-        path = SHARED / f"{name}.onnx"
-        if path.is_file():
-            found[name] = canonicalize(load_model(path).proto)
+    for name, path in find_models(models_dir, ("resnet18", "mobilenet_v2")).items():
+        found[name] = canonicalize(load_model(path).proto)
     return found
 
 
@@ -86,7 +85,7 @@ def sweep(model: onnx.ModelProto, device_name: str) -> list[dict]:
     return rows
 
 
-def render(results: dict[tuple[str, str], list[dict]]) -> str:
+def render(results: dict[tuple[str, str], list[dict]], command: str) -> str:
     """The RESULTS.md section."""
     today = datetime.date.today().isoformat()
     lines = [
@@ -94,12 +93,12 @@ def render(results: dict[tuple[str, str], list[dict]]) -> str:
         "## Partitioning between device and gateway (`benchmarks/partition.py`)",
         "",
         f"- date: {today}; machine: {platform.machine()}, Python {platform.python_version()}",
-        "- command: `python benchmarks/partition.py`",
+        f"- command: `{command}`",
         "- all latencies are **estimated** by the roofline cost model from the descriptors "
         "(RTT from each device's descriptor; bandwidth swept); gateway-only sends the raw "
         "float32 input; the chosen option may send an INT8-encoded tensor",
-        "- resnet18 / mobilenet_v2 come from the workplace's `../shared/models/` "
-        "(random weights, latency only) and are skipped when it is absent",
+        "- resnet18 / mobilenet_v2 are two of the four benchmark models (`--models-dir`; "
+        "random weights, latency only) and are skipped without it",
         "",
     ]
     for (model, device), rows in results.items():
@@ -160,13 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     """Run the sweep and write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="Print only.")
+    add_models_dir(parser)
     args = parser.parse_args(argv)
     results = {
         (name, device): sweep(model, device)
-        for name, model in models().items()
+        for name, model in models(args.models_dir).items()
         for device in DEVICES
     }
-    section = render(results)
+    command = recorded_command(
+        "partition.py", sys.argv[1:] if argv is None else argv, args.models_dir
+    )
+    section = render(results, command)
     print(section)
     if not args.no_write:
         write_section(section, BEGIN, END, RESULTS)

@@ -1,8 +1,9 @@
 """What the canonical pass pipeline buys: nodes, pass time, ONNX Runtime latency, TVM builds.
 
 For each model — the nine light architectures shipped in the ``onnx`` wheel with random weights
-(``tests/models.py: randomized_light_model``) and, when present, the four benchmark models in
-``../shared/models/`` (a workplace folder, not part of a clone) — this script:
+(``tests/models.py: randomized_light_model``) and the four benchmark models (random weights,
+recalibrated BatchNorm; not part of the repository, read from ``--models-dir`` and skipped
+without it) — this script:
 
 1. loads it as ``edgec compile`` does and canonicalises it with the pass pipeline,
    recording every pass's time (``--time-passes``' instrumentation) and the node counts;
@@ -18,8 +19,8 @@ For each model — the nine light architectures shipped in the ``onnx`` wheel wi
 
 Usage::
 
-    python benchmarks/passes.py [--models resnet50 densenet121 ...] [--rounds 5]
-        [--no-tvm] [--no-write]
+    python benchmarks/passes.py [--models-dir DIR] [--models resnet50 densenet121 ...]
+        [--rounds 5] [--no-tvm] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- passes:begin -->`` and
 ``<!-- passes:end -->``) unless ``--no-write``.
@@ -50,12 +51,17 @@ from edgec.passes.instrument import PassInstrument
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from bench_models import (  # noqa: E402  (benchmarks/ is the script's folder)
+    BENCHMARK_MODELS,
+    add_models_dir,
+    find_models,
+    recorded_command,
+)
 from models import LIGHT_MODELS, randomized_light_model  # noqa: E402  (a test helper)
-from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
+from results_md import write_section  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- passes:begin -->", "<!-- passes:end -->"
-SHARED = REPO.parent / "shared" / "models"
 LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -164,18 +170,24 @@ def measure(name: str, path: Path, source: str, rounds: int, use_tvm: bool) -> R
     return row
 
 
-def _models(names: list[str] | None, work: Path) -> list[tuple[str, Path, str]]:
+def _models(
+    names: list[str] | None, models_dir: Path | None, work: Path
+) -> list[tuple[str, Path, str]]:
+    """``(name, file, source)`` of each model to measure: light ones are written to ``work``.
+
+    Without ``names``: every light model, then the four benchmark models; any name that is not
+    a light model is looked up in ``models_dir``.
+    """
+    names = names or [*LIGHT_MODELS, *BENCHMARK_MODELS]
+    in_dir = find_models(models_dir, [n for n in names if n not in LIGHT_MODELS])
     found = []
-    for name in names or LIGHT_MODELS:
+    for name in names:
         if name in LIGHT_MODELS:
             path = work / f"{name}.onnx"
             onnx.save(randomized_light_model(name), path)
             found.append((name, path, "onnx wheel (light), random weights"))
-        elif (SHARED / f"{name}.onnx").exists():
-            found.append((name, SHARED / f"{name}.onnx", "../shared/models"))
-    if names is None and SHARED.is_dir():
-        for path in sorted(SHARED.glob("*.onnx")):
-            found.append((path.stem, path, "../shared/models"))
+        elif name in in_dir:
+            found.append((name, in_dir[name], "--models-dir"))
     return found
 
 
@@ -192,8 +204,9 @@ def section(rows: list[Row], command: str, tvm_note: str | None, seconds: float)
         "side by side are what to read).",
         f"- Command: `{command}`",
         "- Models: the `onnx` wheel's light architectures with random weights "
-        "(`randomized_light_model`) and, where present, `../shared/models/` (a workplace "
-        "folder, BatchNorm already folded by the exporter).",
+        "(`randomized_light_model`) and, where given, the four benchmark models "
+        "(`--models-dir`: random weights, recalibrated BatchNorm already folded by the "
+        "exporter).",
         "- Pass time: the sum of every pass run in the `canonical` and `finalize` pipelines "
         "(`--time-passes`); canonicalise adds (de)serialisation, shape inference and the checker.",
         "- ORT latency: batch 1, 2 threads, median per-run ms of the model before and after the "
@@ -225,7 +238,8 @@ def section(rows: list[Row], command: str, tvm_note: str | None, seconds: float)
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", help="light model or ../shared/models names")
+    parser.add_argument("--models", nargs="+", help="light model or benchmark model names")
+    add_models_dir(parser)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-tvm", action="store_true", help="skip the TVM builds")
     parser.add_argument("--no-write", action="store_true")
@@ -234,7 +248,7 @@ def main() -> None:
     note = "not measured: skipped with --no-tvm" if args.no_tvm else tvm_status()
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        for name, path, source in _models(args.models, Path(work)):
+        for name, path, source in _models(args.models, args.models_dir, Path(work)):
             row = measure(name, path, source, args.rounds, use_tvm=note is None)
             a, d = row.ort_ms["all"], row.ort_ms["disabled"]
             print(
@@ -244,7 +258,10 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
-    command = "python benchmarks/passes.py " + " ".join(sys.argv[1:])
+    if not rows:
+        print("nothing measured: RESULTS.md left as it is")
+        return
+    command = recorded_command("passes.py", sys.argv[1:], args.models_dir)
     text = section(rows, command.strip(), note, time.perf_counter() - started)
     print(text)
     if not args.no_write:

@@ -1,8 +1,9 @@
 """ONNX Runtime against Apache TVM on this CPU: untuned, tuned at several budgets; agreement.
 
-Part ``speed`` — for resnet18 and mobilenet_v2 from the workplace's ``../shared/models/`` (not
-part of a clone; skipped when absent; random weights with recalibrated BatchNorm), built with
-edgec's own backends exactly as ``edgec compile --target host`` builds them:
+Part ``speed`` — for resnet18 and mobilenet_v2 from the four benchmark models (random weights
+with recalibrated BatchNorm; not part of the repository, read from ``--models-dir`` and skipped
+without it), built with edgec's own backends exactly as ``edgec compile --target host`` builds
+them:
 
 * ONNX Runtime FP32 (``onnxruntime`` backend: offline level ``all``, 2 intra-op threads);
 * TVM untuned (``tvm`` backend: Relax default pipeline, ``TVM_NUM_THREADS=2``);
@@ -23,8 +24,8 @@ The machine is shared: the load average before and after each part is recorded.
 
 Usage::
 
-    python benchmarks/tvm.py [--part speed|light|all] [--budgets 16 96] [--rounds 3]
-        [--seconds 2] [--models resnet18 mobilenet_v2] [--no-write]
+    python benchmarks/tvm.py [--part speed|light|all] [--models-dir DIR] [--budgets 16 96]
+        [--rounds 3] [--seconds 2] [--models resnet18 mobilenet_v2] [--no-write]
 
 Writes its sections of ``benchmarks/RESULTS.md`` (``<!-- tvm:begin -->`` … ``<!-- tvm:end -->``
 and ``<!-- tvm-light:begin -->`` … ``<!-- tvm-light:end -->``) unless ``--no-write``.
@@ -54,12 +55,12 @@ from edgec.targets import BuildOptions, get_backend, load_target
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "tests" / "targets" / "tvm"))
+from bench_models import add_models_dir, find_models, recorded_command  # noqa: E402
 from models import LIGHT_MODELS, randomized_light_model  # noqa: E402  (test helpers)
 from results_md import write_section  # noqa: E402  (benchmarks/ is the script's folder)
 from tvm_models import without_final_softmax  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-SHARED = REPO.parent / "shared" / "models"
 SECTIONS = {
     "speed": ("<!-- tvm:begin -->", "<!-- tvm:end -->"),
     "light": ("<!-- tvm-light:begin -->", "<!-- tvm-light:end -->"),
@@ -108,14 +109,10 @@ def _time_rounds(variants: list[Variant], feeds: dict, rounds: int, seconds: flo
                     break
 
 
-def speed(models: list[str], budgets: list[int], rounds: int, seconds: float) -> dict:
-    """Build and time every variant of every model."""
+def speed(models: dict[str, Path], budgets: list[int], rounds: int, seconds: float) -> dict:
+    """Build and time every variant of every model (``{name: ONNX file}``)."""
     results = {"load_before": _load(), "models": {}}
-    for name in models:
-        path = SHARED / f"{name}.onnx"
-        if not path.is_file():
-            print(f"{name}: {path} not found, skipped", flush=True)
-            continue
+    for name, path in models.items():
         print(f"{name}:", flush=True)
         graph = onnx.load(path, load_external_data=False).graph
         spec = graph.input[0].type.tensor_type.shape
@@ -202,9 +199,10 @@ def render_speed(results: dict, args, command: str, started: float) -> str:
     load = (results["load_before"], results["load_after"])
     lines = [begin, *_header("ONNX Runtime vs Apache TVM on this CPU", command, started, load)]
     lines += [
-        "- models: `../shared/models/` (workplace folder, random weights), batch 1, FP32, "
-        "2 threads for both runtimes; all variants built by edgec's backends and timed in one "
-        f"process, interleaved, {args.rounds} rounds of ≥{args.seconds:g} s (≥2 runs) each",
+        f"- models: {' and '.join(results['models'])} of the four benchmark models "
+        "(`--models-dir`; random weights), batch 1, FP32, 2 threads for both runtimes; all "
+        "variants built by edgec's backends and timed in one process, interleaved, "
+        f"{args.rounds} rounds of ≥{args.seconds:g} s (≥2 runs) each",
         "- tuned = MetaSchedule from scratch at that trial budget (evolutionary search; XGBoost "
         "cost model from 16 trials); tuning and build times are wall time",
         "",
@@ -292,16 +290,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--no-write", action="store_true")
+    add_models_dir(parser)
     args = parser.parse_args()
-    command = "python benchmarks/tvm.py " + " ".join(sys.argv[1:])
+    command = recorded_command("tvm.py", sys.argv[1:], args.models_dir)
     if args.part in ("speed", "all"):
         started = time.perf_counter()
-        section = render_speed(
-            speed(args.models, args.budgets, args.rounds, args.seconds), args, command, started
-        )
-        print(section)
-        if not args.no_write:
-            write_section(section, *SECTIONS["speed"], RESULTS)
+        models = find_models(args.models_dir, args.models)
+        if not models:
+            print("speed: nothing measured, its section of RESULTS.md left as it is", flush=True)
+        else:
+            results = speed(models, args.budgets, args.rounds, args.seconds)
+            section = render_speed(results, args, command, started)
+            print(section)
+            if not args.no_write:
+                write_section(section, *SECTIONS["speed"], RESULTS)
     if args.part in ("light", "all"):
         started = time.perf_counter()
         section = render_light(light(), command, started)

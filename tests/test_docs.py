@@ -93,16 +93,19 @@ def test_the_link_checker_catches_a_missing_file_and_a_missing_anchor(tmp_path):
 
 
 def test_nothing_refers_to_anything_outside_the_repository():
-    """No document, source file or message points at the workplace around the repository."""
-    files = [README, *DOCS.rglob("*.md"), *DOCS.rglob("*.py"), *(ROOT / "src").rglob("*")]
+    """No file of the repository (docs, sources, tests, benchmarks, CI) points outside it."""
+    folders = ("docs", "src", "tests", "examples", "benchmarks", ".ci")
+    files = [README, ROOT / "Makefile", *(p for f in folders for p in (ROOT / f).rglob("*"))]
+    texts = {"", ".md", ".py", ".j2", ".yaml", ".txt", ".sh"}
+    # Written as patterns so that this file does not name what it looks for.
+    outside = re.compile(r'\.\./shared|/wor[k]/|shared/model[s]|"share[d]" /')
     offenders = []
     for path in files:
-        if not path.is_file() or path.suffix not in {".md", ".py", ".j2", ".yaml", ".txt"}:
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for needle in ("../shared", "/work/"):
-            if needle in text:
-                offenders.append(f"{path.relative_to(ROOT)}: {needle}")
+        if path.is_file() and path.suffix in texts:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            offenders += [
+                f"{path.relative_to(ROOT)}: {m}" for m in sorted(set(outside.findall(text)))
+            ]
     assert not offenders, offenders
 
 

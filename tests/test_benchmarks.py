@@ -1,0 +1,128 @@
+"""The benchmark scripts' ``--models-dir``: lookup, one-line skip, usage errors, what is recorded.
+
+The recorded command never names the folder's path. Nothing here times anything: the scripts
+are run only where they measure nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from models import tiny_conv_model
+
+import edgec
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Loaded from its file: putting benchmarks/ on sys.path would let benchmarks/tvm.py shadow TVM.
+_spec = importlib.util.spec_from_file_location("bench_models", BENCHMARKS / "bench_models.py")
+bench_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_models)
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` with the edgec under test first on the path."""
+    env = {**os.environ, "PYTHONPATH": str(Path(edgec.__file__).resolve().parents[1])}
+    command = [sys.executable, str(BENCHMARKS / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_without_models_dir_the_models_are_skipped_in_one_line(capsys):
+    """No ``--models-dir``: nothing found, one line names every skipped model and why."""
+    assert bench_models.find_models(None, bench_models.BENCHMARK_MODELS) == {}
+    assert capsys.readouterr().out.splitlines() == [
+        "skipped resnet18, mobilenet_v2, mobilenet_v3_small, efficientnet_b0: no --models-dir given"
+    ]
+
+
+def test_models_dir_finds_its_files_and_names_the_missing_ones(tmp_path, capsys):
+    """A folder with only resnet18.onnx: that file is found, the other asked-for model skipped."""
+    onnx.save(tiny_conv_model(), tmp_path / "resnet18.onnx")
+    found = bench_models.find_models(tmp_path, ["mobilenet_v2", "resnet18"])
+    assert found == {"resnet18": tmp_path / "resnet18.onnx"}
+    assert capsys.readouterr().out == f"skipped mobilenet_v2: not in {tmp_path}\n"
+
+
+def test_nothing_to_skip_prints_nothing(tmp_path, capsys):
+    """Every asked-for model present: no skip line."""
+    onnx.save(tiny_conv_model(), tmp_path / "resnet18.onnx")
+    assert list(bench_models.find_models(tmp_path, ["resnet18"])) == ["resnet18"]
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_models_dir_that_is_not_a_folder_is_a_usage_error(tmp_path, capsys, kind):
+    """A missing folder, or a file, exits 2 with one sentence saying what to pass."""
+    target = tmp_path / "models"
+    if kind == "file":
+        target.write_text("not a folder")
+    parser = argparse.ArgumentParser(prog="bench")
+    bench_models.add_models_dir(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--models-dir", str(target)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"'{target}' is not a folder; pass the folder that holds the benchmark models" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--rounds", "7", "--models-dir", "{dir}"],
+        ["--rounds", "7", "--models-dir={dir}"],
+        ["--rounds", "7", "--models-d", "{dir}/"],  # argparse accepts abbreviations
+    ],
+)
+def test_the_recorded_command_writes_the_folder_as_DIR(tmp_path, argv):
+    """The command a section records never names the folder it was given."""
+    argv = [word.format(dir=tmp_path) for word in argv]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds")
+    bench_models.add_models_dir(parser)
+    models_dir = parser.parse_args(argv).models_dir
+    command = bench_models.recorded_command("int8.py", argv, models_dir)
+    assert str(tmp_path) not in command
+    assert command.startswith("python benchmarks/int8.py --rounds 7 --models-d")
+    assert command.endswith(" DIR") or command.endswith("=DIR")
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [
+        ("int8.py", ["--models", "resnet18", "efficientnet_b0"]),
+        ("tvm.py", ["--part", "speed"]),
+        ("passes.py", ["--models", "resnet18", "mobilenet_v2"]),
+    ],
+)
+@pytest.mark.parametrize("with_dir", [True, False])
+def test_each_script_skips_absent_models_in_one_line_and_records_nothing(
+    tmp_path, script, args, with_dir
+):
+    """An empty ``--models-dir`` (or none), run for real: exit 0, one skip line, no section."""
+    results = BENCHMARKS / "RESULTS.md"
+    before = results.read_bytes()
+    extra = ["--models-dir", str(tmp_path)] if with_dir else []
+    done = _run(script, *args, *extra, "--no-write")
+    assert done.returncode == 0, done.stderr
+    skips = [line for line in done.stdout.splitlines() if line.startswith("skipped ")]
+    why = f"not in {tmp_path}" if with_dir else "no --models-dir given"
+    assert len(skips) == 1 and skips[0].endswith(why), done.stdout
+    assert "nothing measured" in done.stdout
+    assert results.read_bytes() == before
+
+
+@pytest.mark.parametrize("script", ["int8.py", "partition.py", "tvm.py", "passes.py"])
+def test_each_script_documents_models_dir(script):
+    """``--help`` lists the option, and the docstring (the help's source) names it too."""
+    text = (BENCHMARKS / script).read_text(encoding="utf-8")
+    assert "--models-dir" in text.split('"""', 2)[1]
+    done = _run(script, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--models-dir DIR" in done.stdout

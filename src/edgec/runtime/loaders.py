@@ -216,6 +216,28 @@ def _first_line(err: Exception) -> str:
     return lines[-1] if lines else type(err).__name__
 
 
+def open_session(candidates: list[tuple[str, dict]], create: Callable, path: Path):
+    """A session on the first provider of ``candidates`` that ``create`` can open.
+
+    ``create`` gets the providers from the one being tried to the end (ONNX Runtime assigns
+    the nodes a provider cannot run to the next ones); when it raises, the next provider is
+    tried.
+
+    Returns:
+        The session, and ``"provider: why"`` for each provider that failed before it.
+
+    Raises:
+        StageLoadError: No provider could open the session.
+    """
+    tried: list[str] = []
+    for index, (name, _) in enumerate(candidates):
+        try:
+            return create(candidates[index:]), tried
+        except Exception as err:  # ORT raises several unrelated types
+            tried.append(f"{name}: {_first_line(err)}")
+    raise StageLoadError(f"ONNX Runtime cannot load {path}: {'; '.join(tried)}")
+
+
 class OnnxRuntimeStage:
     """A stage run by ONNX Runtime, on the first execution provider that works.
 
@@ -235,20 +257,16 @@ class OnnxRuntimeStage:
         candidates = select_providers(
             options.get("execution_providers"), ort.get_available_providers()
         )
-        self.tried: list[str] = []
-        for index, (name, _) in enumerate(candidates):
-            try:
-                providers = [
-                    (other, self._prepared(other, opts, path)) for other, opts in candidates[index:]
-                ]
-                self.session = ort.InferenceSession(
-                    str(path), session_options(level, _threads(options)), providers=providers
-                )
-                break
-            except Exception as err:  # ORT raises several unrelated types
-                self.tried.append(f"{name}: {_first_line(err)}")
-        else:
-            raise StageLoadError(f"ONNX Runtime cannot load {path}: {'; '.join(self.tried)}")
+        threads = _threads(options)
+
+        def create(providers: list[tuple[str, dict]]):
+            return ort.InferenceSession(
+                str(path),
+                session_options(level, threads),
+                providers=[(name, self._prepared(name, opts, path)) for name, opts in providers],
+            )
+
+        self.session, self.tried = open_session(candidates, create, path)
         self.runs_on = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
 

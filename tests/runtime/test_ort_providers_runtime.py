@@ -120,6 +120,14 @@ def test_the_calibration_table_is_copied_where_tensorrt_reads_it(tmp_path):
     assert copied.read_bytes() == b"table"
 
 
+def test_tensorrt_library_versions_read_as_text():
+    """getInferLibVersion() numbers: TensorRT 8's 8201 and TensorRT 10's 100300 schemes."""
+    assert loaders.tensorrt_version_text(8201) == "8.2.1"
+    assert loaders.tensorrt_version_text(8601) == "8.6.1"
+    assert loaders.tensorrt_version_text(100300) == "10.3.0"
+    assert loaders.tensorrt_version_text(101200) == "10.12.0"
+
+
 def test_the_cache_root_and_device_facts_can_be_set_by_environment(monkeypatch, tmp_path):
     """$EDGEC_ENGINE_CACHE, $EDGEC_GPU and $EDGEC_TENSORRT_VERSION override discovery."""
     monkeypatch.setenv("EDGEC_ENGINE_CACHE", str(tmp_path))

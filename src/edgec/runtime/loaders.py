@@ -157,14 +157,18 @@ def tensorrt_version() -> str | None:
         return os.environ[TENSORRT_VERSION_ENV]
     for library in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
         try:
-            number = int(ctypes.CDLL(library).getInferLibVersion())
+            return tensorrt_version_text(int(ctypes.CDLL(library).getInferLibVersion()))
         except (OSError, AttributeError):
             continue
-        # NV_TENSORRT_VERSION: major*1000+minor*100+patch up to 9.x, major*10000+... from 10
-        if number >= 10000:
-            return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
-        return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
     return None
+
+
+def tensorrt_version_text(number: int) -> str:
+    """``"8.2.1"`` from ``NV_TENSORRT_VERSION`` (``getInferLibVersion()``): 8201 up to
+    TensorRT 9 (major*1000 + minor*100 + patch), 100300 from TensorRT 10 (major*10000 + ...)."""
+    if number >= 10000:
+        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
 
 
 def engine_cache_root() -> Path:

@@ -118,6 +118,9 @@ def test_the_calibration_table_is_copied_where_tensorrt_reads_it(tmp_path):
     resolved = loaders.tensorrt_options(options, artifact, tmp_path / "c", "Orin", "10.3.0")
     copied = Path(resolved["trt_engine_cache_path"]) / "calibration.flatbuffers"
     assert copied.read_bytes() == b"table"
+    outside = {**TRT_OPTIONS, "trt_int8_calibration_table_name": "../../secret"}
+    with pytest.raises(ValueError, match="not a plain file name"):
+        loaders.tensorrt_options(outside, artifact, tmp_path / "c", "Orin", "10.3.0")
 
 
 def test_tensorrt_library_versions_read_as_text():

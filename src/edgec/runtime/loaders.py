@@ -211,6 +211,8 @@ def tensorrt_options(
         resolved["trt_engine_cache_enable"] = False
     table = resolved.get("trt_int8_calibration_table_name")
     if table:
+        if Path(str(table)).name != table:
+            raise ValueError(f"calibration table name {table!r} is not a plain file name")
         shutil.copyfile(artifact.parent / str(table), path / str(table))
     return resolved
 

@@ -205,6 +205,7 @@ def test_malformed_requests_are_400s_and_the_server_keeps_serving(cascade_bundle
 
     status, reply = _get(gateway.port, "/healthz")
     assert status == 200 and json.loads(reply)["stages"] == ["teacher"]
+    assert json.loads(reply)["runs_on"] == {"teacher": "CPUExecutionProvider"}
     status, reply = _post(gateway.port, good, headers)
     assert status == 200
     answer = json.loads(reply)

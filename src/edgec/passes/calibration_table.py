@@ -21,8 +21,15 @@ lowest and highest value the calibration data produced (after the method's clipp
   whose algorithm does not match the calibrator reading it; the range computation edgec really
   used is recorded in the JSON. TensorRT 10 and later consume explicit Q/DQ ONNX instead (the
   stage's ``model.onnx``), so no cache is written for them.
+* ``calibration.flatbuffers`` — the table ONNX Runtime's TensorRT execution provider reads
+  (``trt_int8_calibration_table_name`` with ``trt_int8_use_native_calibration_table`` off):
+  the FlatBuffers ``TrtTable`` schema ONNX Runtime ships
+  (``onnxruntime.quantization.CalTableFlatBuffers``, the file its ``write_calibration_table``
+  writes), one ``KeyValue`` per tensor whose value is the tensor's dynamic range as decimal
+  text; the provider sets ``[-range, range]`` on the TensorRT tensor. It does not depend on
+  the TensorRT version. edgec writes the symmetric range ``max(|min|, |max|)``.
 
-This module only converts between data and text; the driver writes the files.
+This module only converts between data and text (or bytes); the callers write the files.
 """
 
 from __future__ import annotations
@@ -117,6 +124,50 @@ class CalibrationTable:
             scale = max(self.amax(name) / 127.0, _FLOAT32_TINY)
             lines.append(f"{name}: {_float_hex(scale)}")
         return "\n".join(lines) + "\n"
+
+    def ort_tensorrt_table(self) -> bytes:
+        """The ``calibration.flatbuffers`` bytes ONNX Runtime's TensorRT provider reads."""
+        import flatbuffers
+        from onnxruntime.quantization.CalTableFlatBuffers import KeyValue, TrtTable
+
+        builder = flatbuffers.Builder(1024)
+        entries = []
+        for name in sorted(self.ranges):
+            key = builder.CreateString(name)
+            value = builder.CreateString(repr(float(self.amax(name))))
+            KeyValue.KeyValueStart(builder)
+            KeyValue.KeyValueAddKey(builder, key)
+            KeyValue.KeyValueAddValue(builder, value)
+            entries.append(KeyValue.KeyValueEnd(builder))
+        TrtTable.TrtTableStartDictVector(builder, len(entries))
+        for entry in entries:  # ORT's writer prepends in the same order
+            builder.PrependUOffsetTRelative(entry)
+        vector = builder.EndVector()
+        TrtTable.TrtTableStart(builder)
+        TrtTable.TrtTableAddDict(builder, vector)
+        builder.Finish(TrtTable.TrtTableEnd(builder))
+        return bytes(builder.Output())
+
+
+def parse_ort_tensorrt_table(data: bytes) -> dict[str, float]:
+    """Read ``calibration.flatbuffers`` back into ``{tensor name: dynamic range}``.
+
+    Raises:
+        BadInputError: The bytes are not such a table, or a range is not a positive number.
+    """
+    from onnxruntime.quantization.CalTableFlatBuffers import TrtTable
+
+    try:
+        table = TrtTable.TrtTable.GetRootAsTrtTable(bytearray(data), 0)
+        pairs = [(table.Dict(i).Key(), table.Dict(i).Value()) for i in range(table.DictLength())]
+        ranges = {key.decode(): float(value) for key, value in pairs}
+    except Exception:  # flatbuffers raises struct/index/unicode errors on bad bytes
+        raise BadInputError(
+            "The ONNX Runtime TensorRT calibration table is not a TrtTable flatbuffer."
+        ) from None
+    if any(not math.isfinite(v) or v < 0 for v in ranges.values()):
+        raise BadInputError("The ONNX Runtime TensorRT calibration table has a negative range.")
+    return ranges
 
 
 _FLOAT32_TINY = 1.1754943508222875e-38

@@ -5,8 +5,18 @@ generator copies it verbatim into a bundle's ``runtime/``. A stage is loaded fro
 entry's ``backend`` and ``artifact``:
 
 * ``onnxruntime``: an ``InferenceSession`` on the artifact (already optimised offline, so the
-  session does not optimise again), CPU execution provider, with the stage's thread count
-  capped at the cores this process may use.
+  session does not optimise again unless the entry's ``session_optimization_level`` says so),
+  with the stage's thread count capped at the cores this process may use. Without
+  ``execution_providers`` in its options the stage runs on the CPU execution provider. With
+  them (stages for GPU targets: TensorRT, CUDA, then CPU) it uses the first of them that
+  ``onnxruntime.get_available_providers()`` offers, and the next when a provider fails to create
+  the session; the provider the session really runs on is the stage's ``runs_on``, logged in
+  one line. TensorRT's engine cache path is a template (``engines/{gpu}/{trt_version}/
+  {stage_sha256}``) filled in here, under ``$EDGEC_ENGINE_CACHE`` (default
+  ``~/.cache/edgec``): the GPU's name, the TensorRT library's version and the artifact's
+  SHA-256, because an engine is valid only for all three. When the GPU or the TensorRT version
+  cannot be found the cache is turned off. A calibration table the options name is copied from
+  the stage's folder into that directory, where the TensorRT provider reads it.
 * ``tvm``: runtime-only TVM (``TVM_USE_RUNTIME_LIB=1``, no compiler library needed on the
   device): ``tvm.runtime.load_module`` and the Relax ``VirtualMachine`` on the artifact
   ``.so``, on the device its build options name (``cpu`` by default). CUDA artifacts carry CUDA
@@ -21,7 +31,12 @@ runtime loads.
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,8 +96,161 @@ def session_options(level: str, threads: int | None = None, *, spinning: bool = 
     return options
 
 
+TENSORRT = "TensorrtExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+ENGINE_CACHE_ENV = "EDGEC_ENGINE_CACHE"
+GPU_ENV = "EDGEC_GPU"
+TENSORRT_VERSION_ENV = "EDGEC_TENSORRT_VERSION"
+UNKNOWN = "unknown"
+
+
+def select_providers(plan: list | None, available: list[str]) -> list[tuple[str, dict]]:
+    """The providers of ``plan`` that ``available`` offers, in the plan's order.
+
+    Args:
+        plan: The stage's ``execution_providers`` (``[{"name", "options"}]``); ``None`` or
+            empty: the CPU provider alone.
+        available: ``onnxruntime.get_available_providers()``.
+
+    Returns:
+        ``[(name, options)]`` to try in order; never empty: the CPU provider ends it.
+    """
+    chosen = [
+        (str(entry["name"]), dict(entry.get("options") or {}))
+        for entry in plan or ()
+        if entry["name"] in available
+    ]
+    if not any(name == CPU_PROVIDER for name, _ in chosen):
+        chosen.append((CPU_PROVIDER, {}))
+    return chosen
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", text.strip().lower()).strip("-.") or UNKNOWN
+
+
+def gpu_name() -> str | None:
+    """The first GPU's name: ``$EDGEC_GPU``, ``nvidia-smi``, or a Jetson's board model."""
+    if os.environ.get(GPU_ENV):
+        return os.environ[GPU_ENV]
+    try:
+        found = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if found.returncode == 0 and found.stdout.strip():
+            return found.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:  # Jetsons have no nvidia-smi; the board model names the (integrated) GPU
+        model = Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode()
+    except OSError:
+        return None
+    return model if "jetson" in model.lower() else None
+
+
+def tensorrt_version() -> str | None:
+    """The TensorRT library's version: ``$EDGEC_TENSORRT_VERSION``, or ``libnvinfer``'s own."""
+    if os.environ.get(TENSORRT_VERSION_ENV):
+        return os.environ[TENSORRT_VERSION_ENV]
+    for library in ("libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"):
+        try:
+            return tensorrt_version_text(int(ctypes.CDLL(library).getInferLibVersion()))
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def tensorrt_version_text(number: int) -> str:
+    """``"8.2.1"`` from ``NV_TENSORRT_VERSION`` (``getInferLibVersion()``): 8201 up to
+    TensorRT 9 (major*1000 + minor*100 + patch), 100300 from TensorRT 10 (major*10000 + ...)."""
+    if number >= 10000:
+        return f"{number // 10000}.{number // 100 % 100}.{number % 100}"
+    return f"{number // 1000}.{number // 100 % 10}.{number % 100}"
+
+
+def engine_cache_root() -> Path:
+    """Where TensorRT engines are cached: ``$EDGEC_ENGINE_CACHE``, else ``~/.cache/edgec``."""
+    if os.environ.get(ENGINE_CACHE_ENV):
+        return Path(os.environ[ENGINE_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edgec"
+
+
+def tensorrt_options(
+    options: dict,
+    artifact: Path,
+    cache_root: Path,
+    gpu: str | None,
+    trt_version: str | None,
+) -> dict:
+    """The TensorRT provider's options with the engine cache path filled in.
+
+    ``trt_engine_cache_path`` is a template over ``{gpu}``, ``{trt_version}`` and
+    ``{stage_sha256}`` (the artifact's SHA-256), resolved under ``cache_root`` and created.
+    An unknown GPU or TensorRT version turns the engine cache off (an engine is valid only
+    for the GPU and TensorRT that built it). A calibration table named by
+    ``trt_int8_calibration_table_name`` is copied there from the artifact's folder, where
+    the provider looks for it.
+    """
+    resolved = dict(options)
+    template = str(resolved.get("trt_engine_cache_path") or "")
+    if not template:
+        return resolved
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    path = cache_root / template.format(
+        gpu=_slug(gpu or UNKNOWN),
+        trt_version=_slug(trt_version or UNKNOWN),
+        stage_sha256=digest,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    resolved["trt_engine_cache_path"] = str(path)
+    if gpu is None or trt_version is None:
+        resolved["trt_engine_cache_enable"] = False
+    table = resolved.get("trt_int8_calibration_table_name")
+    if table:
+        if Path(str(table)).name != table:
+            raise ValueError(f"calibration table name {table!r} is not a plain file name")
+        shutil.copyfile(artifact.parent / str(table), path / str(table))
+    return resolved
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def open_session(candidates: list[tuple[str, dict]], create: Callable, path: Path):
+    """A session on the first provider of ``candidates`` that ``create`` can open.
+
+    ``create`` gets the providers from the one being tried to the end (ONNX Runtime assigns
+    the nodes a provider cannot run to the next ones); when it raises, the next provider is
+    tried.
+
+    Returns:
+        The session, and ``"provider: why"`` for each provider that failed before it.
+
+    Raises:
+        StageLoadError: No provider could open the session.
+    """
+    tried: list[str] = []
+    for index, (name, _) in enumerate(candidates):
+        try:
+            return create(candidates[index:]), tried
+        except Exception as err:  # ORT raises several unrelated types
+            tried.append(f"{name}: {_first_line(err)}")
+    raise StageLoadError(f"ONNX Runtime cannot load {path}: {'; '.join(tried)}")
+
+
 class OnnxRuntimeStage:
-    """A stage run by ONNX Runtime."""
+    """A stage run by ONNX Runtime, on the first execution provider that works.
+
+    Attributes:
+        runs_on: The execution provider the session runs on.
+        tried: ``"provider: why it failed"`` for each provider that could not create it.
+    """
 
     def __init__(self, path: Path, options: dict):
         try:
@@ -91,15 +259,30 @@ class OnnxRuntimeStage:
             raise StageLoadError(
                 f"{path} needs ONNX Runtime, which is not installed: pip install onnxruntime."
             ) from None
-        try:
-            self.session = ort.InferenceSession(
+        level = str(options.get("session_optimization_level") or "disabled")
+        candidates = select_providers(
+            options.get("execution_providers"), ort.get_available_providers()
+        )
+        threads = _threads(options)
+
+        def create(providers: list[tuple[str, dict]]):
+            return ort.InferenceSession(
                 str(path),
-                session_options("disabled", _threads(options)),
-                providers=["CPUExecutionProvider"],
+                session_options(level, threads),
+                providers=[(name, self._prepared(name, opts, path)) for name, opts in providers],
             )
-        except Exception as err:  # ORT raises several unrelated types
-            raise StageLoadError(f"ONNX Runtime cannot load {path}: {err}") from None
+
+        self.session, self.tried = open_session(candidates, create, path)
+        self.runs_on = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
+
+    @staticmethod
+    def _prepared(name: str, options: dict, path: Path) -> dict:
+        if name == TENSORRT:
+            return tensorrt_options(
+                options, path, engine_cache_root(), gpu_name(), tensorrt_version()
+            )
+        return options
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The stage's first output for one input."""
@@ -125,6 +308,7 @@ class TvmStage:
             ) from None
         self._tvm = tvm
         kind = str(options.get("device", "cpu"))
+        self.runs_on = f"tvm-{kind}"
         if kind == "cuda":
             _prepare_cuda(tvm, options.get("cuda_arch"))
         self.device = tvm.device(kind, 0)

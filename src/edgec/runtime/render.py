@@ -157,7 +157,8 @@ def _stage_record(stage: dict, policy: dict) -> dict:
         "options": {
             k: v
             for k, v in (stage.get("backend_options") or {}).items()
-            if v is None or isinstance(v, str | int | float | bool)
+            # Scalars, and the ONNX Runtime providers to try (a list of {name, options}).
+            if v is None or isinstance(v, str | int | float | bool) or k == "execution_providers"
         },
         "scores": (policy.get("scores") or {}).get(name, "auto"),
         "threshold": (policy.get("thresholds") or {}).get(name),

@@ -4,6 +4,9 @@
 match the hardware that runs it (ORT's docs), so layout-specific optimisations (level ``all``,
 which emits x86 NCHWc kernels) are only used when the target is this machine; other targets get
 the portable ``extended`` level. Sessions use as many intra-op threads as the target has cores.
+On a target whose accelerator is a GPU the artifact is optimised at the ``basic`` level only and
+its manifest entry lists the execution providers the runtime tries (TensorRT, CUDA, CPU; see
+:mod:`edgec.targets.onnxruntime.providers`).
 
 ORT names the nodes its optimisers create from a counter whose order varies from run to run
 (``ReorderOutput``, ``ReorderOutput_token_141``), so ``build`` renames every node whose name is
@@ -31,6 +34,7 @@ from edgec.targets.base import (
     time_runner,
 )
 from edgec.targets.descriptor import Target
+from edgec.targets.onnxruntime import providers
 
 ARTIFACT_NAME = "model.ort.onnx"
 
@@ -172,7 +176,8 @@ class OnnxRuntimeBackend(BackendBase):
         """Write the offline-optimised model for ``target`` into ``out_dir``."""
         import onnxruntime as ort
 
-        level = "all" if target.is_host else "extended"
+        gpu = providers.is_gpu_target(target)
+        level = providers.ARTIFACT_LEVEL if gpu else "all" if target.is_host else "extended"
         threads = options.threads or target.cpu.cores
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact_path = out_dir / ARTIFACT_NAME
@@ -185,22 +190,35 @@ class OnnxRuntimeBackend(BackendBase):
                 f"ONNX Runtime cannot build the model: {_first_line(err)}"
             ) from None
         _stabilise_node_names(artifact_path, model_path)
+        metadata = {
+            "optimization_level": level,
+            "intra_op_threads": threads,
+            "onnxruntime": importlib.metadata.version("onnxruntime"),
+        }
+        files: tuple[Path, ...] = (artifact_path,)
+        if gpu:
+            plan, written = providers.provider_plan(
+                target, options.precision, artifact_path, out_dir
+            )
+            metadata["session_optimization_level"] = providers.SESSION_LEVEL
+            metadata["execution_providers"] = plan
+            files += written
         return Artifact(
             backend=self.name,
             path=artifact_path,
             target=target.name,
-            files=(artifact_path,),
-            metadata={
-                "optimization_level": level,
-                "intra_op_threads": threads,
-                "onnxruntime": importlib.metadata.version("onnxruntime"),
-            },
+            files=files,
+            metadata=metadata,
         )
 
     def load(self, artifact: Artifact) -> OrtRunner:
-        """Open a session on the optimised model (already optimised: no second pass)."""
+        """Open a session on the optimised model at the level the runtime opens it with
+        (``disabled``: already optimised, no second pass; GPU targets' artifacts are optimised
+        further when opened)."""
         return OrtRunner(
-            artifact.path, threads=artifact.metadata.get("intra_op_threads"), level="disabled"
+            artifact.path,
+            threads=artifact.metadata.get("intra_op_threads"),
+            level=artifact.metadata.get("session_optimization_level", "disabled"),
         )
 
     def measure(

@@ -5,7 +5,8 @@ before the manifest is written, so every generated file is hashed (and signed) w
 Templates live in ``templates/`` and are rendered with jinja2 and ``StrictUndefined``: a
 missing value is an error, never an empty string. The modules the runtime shares with the
 compiler (:data:`SHARED_MODULES`: the wire format, the scoring arithmetic, input reading,
-metrics, stage loaders and bundle verification) are copied verbatim, so the planner and the
+metrics, stage loaders, bundle verification, drift binning and frame capture) are copied
+verbatim, so the planner and the
 runtime compute with the same code.
 
 Rendering is deterministic: the same manifest gives byte-identical files. The rendered Python
@@ -32,6 +33,8 @@ SHARED_MODULES = (
     "observability.py",
     "loaders.py",
     "verify_bundle.py",
+    "drift.py",
+    "capture.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",
@@ -243,9 +246,19 @@ def runtime_context(manifest: dict) -> dict:
             "accuracy_basis": policy.get("accuracy_basis", "labels"),
         },
         "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": wire_bytes},
+        "monitoring": _monitoring(manifest),
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
+    }
+
+
+def _monitoring(manifest: dict) -> dict:
+    """The drift reference and capture threshold (none for a manifest without them)."""
+    monitoring = manifest.get("monitoring") or {}
+    return {
+        "drift": monitoring.get("drift"),
+        "capture": {"threshold": (monitoring.get("capture") or {}).get("threshold")},
     }
 
 

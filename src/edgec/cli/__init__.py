@@ -13,6 +13,7 @@ import logging
 import click
 
 from edgec.cli import runtime, trust
+from edgec.cli.captures import captures_command
 from edgec.cli.check import check_command
 from edgec.cli.compile import compile_command
 from edgec.cli.inspect import inspect_command
@@ -43,5 +44,6 @@ for _command in (
     check_command,
     *trust.COMMANDS,
     *runtime.COMMANDS,
+    captures_command,
 ):
     main.add_command(_command)

@@ -24,6 +24,27 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
 @options.public_key_option(_VERIFY_KEY_HELP)
 @click.option("--device-id", help="This device's name in logs and requests.")
 @options.json_option("One JSON object per input, one a line.")
+@click.option(
+    "--capture",
+    "capture_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Spool frames under the capture threshold, or overruled by the gateway, to DIR with "
+    "their metadata (off by default: frames may be private). Export: edgec captures DIR.",
+)
+@click.option(
+    "--capture-max-frames",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Most frames --capture keeps (the oldest are dropped).",
+)
+@click.option(
+    "--capture-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Most megabytes --capture keeps (the oldest are dropped).",
+)
 @handle_errors
 def run(
     bundle: Path,
@@ -32,6 +53,9 @@ def run(
     key: Path | None,
     device_id: str | None,
     as_json: bool,
+    capture_dir: Path | None,
+    capture_max_frames: int,
+    capture_max_mb: float,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
 
@@ -39,11 +63,19 @@ def run(
     Examples:
       edgec run out/rpi4 frames.npy --json
       edgec run out/rpi4 photo.png --gateway http://gateway:8080
+      edgec run out/rpi4 frames.npy --capture spool/ --capture-max-mb 50
     """
     from edgec.bundle.launch import run_bundle
 
     try:
-        for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
+        capture = None
+        if capture_dir is not None:
+            capture = {
+                "capture_dir": capture_dir,
+                "capture_max_frames": capture_max_frames,
+                "capture_max_mb": capture_max_mb,
+            }
+        for item in run_bundle(bundle, list(inputs), gateway, key, device_id, capture):
             if as_json:
                 click.echo(json.dumps(item))
             else:

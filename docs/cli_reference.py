@@ -24,6 +24,7 @@ ORDER = [
     "check",
     "run",
     "serve",
+    "captures",
     "inspect",
     "targets",
     "targets show",
@@ -49,8 +50,9 @@ SEE_ALSO = {
         "`--archive`), [trust](trust.md) (`--sign-key`)"
     ),
     "check": "[latency and the gate](latency.md)",
-    "run": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`)",
+    "run": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), [field](field.md) (`--capture`)",
     "serve": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`)",
+    "captures": "[field](field.md#capture)",
     "inspect": "[inspect](inspect.md), [INT8](int8.md), [partition](partition.md)",
     "targets": "[targets](targets.md)",
     "targets show": "[targets](targets.md)",

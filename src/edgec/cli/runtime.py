@@ -27,6 +27,7 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
 @click.option(
     "--capture",
     "capture_dir",
+    metavar="DIR",
     type=click.Path(file_okay=False, path_type=Path),
     help="Spool frames under the capture threshold, or overruled by the gateway, to DIR with "
     "their metadata (off by default: frames may be private). Export: edgec captures DIR.",

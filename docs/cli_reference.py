@@ -50,7 +50,10 @@ SEE_ALSO = {
         "`--archive`), [trust](trust.md) (`--sign-key`)"
     ),
     "check": "[latency and the gate](latency.md)",
-    "run": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), [field](field.md) (`--capture`)",
+    "run": (
+        "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), "
+        "[field](field.md#capture) (`--capture`)"
+    ),
     "serve": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`)",
     "captures": "[field](field.md#capture)",
     "inspect": "[inspect](inspect.md), [INT8](int8.md), [partition](partition.md)",

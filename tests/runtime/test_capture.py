@@ -186,3 +186,29 @@ def test_run_refuses_a_capture_directory_it_does_not_own(teacher_bundle, tmp_pat
     result = run("run", str(teacher_bundle), str(frames), "--capture", str(tmp_path / "photos"))
     assert result.exit_code == 2, result.output
     assert "Cannot capture frames" in result.output and "Traceback" not in result.output
+
+
+def test_frames_the_gateway_overruled_are_captured(cascade_bundle, start_gateway, tmp_path):
+    """Through a real gateway: each offloaded frame whose gateway prediction differs from the
+    last device stage's is spooled as `overruled` with both predictions, and no other is."""
+    gateway = start_gateway(cascade_bundle)
+    device = import_runtime(cascade_bundle.resolve(), "device")
+    logger = device.observability.json_logger("edgec.test.overruled", logging.WARNING)
+    spool = tmp_path / "spool"
+    runtime = device.DeviceRuntime(
+        cascade_bundle, gateway_url=gateway.url, logger=logger, capture_dir=spool
+    )
+    x_val = load_dataset("digits").x_val
+    frames = np.concatenate([x_val, 1.0 - x_val]).astype(np.float32)  # inverted: unsure
+    with runtime:
+        answers = [runtime.infer(x[None]) for x in frames]
+    offloaded = [a for a in answers if a.route == "offloaded"]
+    assert offloaded, "no frame reached the gateway"
+    assert all(a.device_prediction is not None for a in offloaded)
+    assert all(a.device_prediction is None for a in answers if a.route != "offloaded")
+    disagree = sum(a.device_prediction != a.gateway_prediction for a in offloaded)
+    records = [json.loads(p.read_text()) for p in spool.glob("frame-*.json")]
+    overruled = [r for r in records if r["reason"] == "overruled"]
+    assert len(overruled) == disagree > 0
+    assert all(r["gateway_prediction"] != r["device_prediction"] for r in overruled)
+    assert all(r["stage"] == "teacher" and r["route"] == "offloaded" for r in overruled)

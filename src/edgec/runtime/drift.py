@@ -61,14 +61,6 @@ def bin_index(value: float, edges: Sequence[float]) -> int:
     return lo
 
 
-def category_index(value, categories: Sequence) -> int:
-    """The bin of a categorical ``value``; ``len(categories)`` (``other``) if it is not one."""
-    try:
-        return list(categories).index(value)
-    except ValueError:
-        return len(categories)
-
-
 def shares(counts: Sequence[float]) -> list[float]:
     """``counts`` as shares of their total (all zeros for no counts)."""
     total = float(sum(counts))
@@ -133,28 +125,44 @@ def build_reference(
 
 
 class _Window:
-    """One signal's rolling window: bin indices and their running counts."""
+    """One signal's rolling window: bin indices, their running counts and PSI terms.
+
+    Once the window is full, a frame changes at most two bins (the one it enters, the one the
+    oldest frame leaves), so only their PSI terms are recomputed.
+    """
 
     def __init__(self, spec: dict, size: int):
         self.kind = spec["kind"]
         self.bins = spec["bins"]
-        self.reference = spec["reference"]
+        self.lookup = {value: i for i, value in enumerate(self.bins)}
+        self.reference = [max(p, FLOOR) for p in spec["reference"]]
         self.items: deque[int] = deque()
         self.counts = [0] * len(self.reference)
+        self.terms = [0.0] * len(self.reference)
         self.size = size
+
+    def _term(self, index: int) -> float:
+        p, q = self.reference[index], max(self.counts[index] / self.size, FLOOR)
+        return (q - p) * math.log(q / p)
 
     def add(self, value) -> None:
         if self.kind == "edges":
             index = bin_index(float(value), self.bins)
         else:
-            index = category_index(value, self.bins)
+            index = self.lookup.get(value, len(self.bins))
         self.items.append(index)
         self.counts[index] += 1
-        if len(self.items) > self.size:
-            self.counts[self.items.popleft()] -= 1
+        if len(self.items) <= self.size:
+            if len(self.items) == self.size:
+                self.terms = [self._term(i) for i in range(len(self.counts))]
+            return
+        left = self.items.popleft()
+        self.counts[left] -= 1
+        self.terms[left] = self._term(left)
+        self.terms[index] = self._term(index)
 
     def psi(self) -> float:
-        return psi(self.reference, [c / len(self.items) for c in self.counts])
+        return sum(self.terms)
 
 
 class DriftMonitor:

@@ -133,8 +133,37 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
         converted = float16.convert_float_to_float16(
             model, keep_io_types=True, op_block_list=fp32_ops()
         )
+    _float_outputs(converted, model)
     onnx.checker.check_model(converted)
     return converted
+
+
+def _float_outputs(converted: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """Make every output float32 again where the original's was.
+
+    ``keep_io_types`` misses outputs made by a block-listed op (a final ``Softmax``): the
+    converter casts them to FP16 on their way out. That cast becomes a cast to float32 (its
+    input is the FP32 op's output); any other FP16 output gets a cast appended.
+    """
+    wanted = {v.name for v in original.graph.output if v.type.tensor_type.elem_type == 1}
+    producers = {out: node for node in converted.graph.node for out in node.output}
+    for value in converted.graph.output:
+        tensor = value.type.tensor_type
+        if value.name not in wanted or tensor.elem_type != TensorProto.FLOAT16:
+            continue
+        node = producers.get(value.name)
+        if node is not None and node.op_type == "Cast":
+            for attribute in node.attribute:
+                if attribute.name == "to":
+                    attribute.i = TensorProto.FLOAT
+        else:
+            half = f"{value.name}__fp16"
+            for other in converted.graph.node:
+                other.output[:] = [half if o == value.name else o for o in other.output]
+                other.input[:] = [half if i == value.name else i for i in other.input]
+            cast = helper.make_node("Cast", [half], [value.name], to=TensorProto.FLOAT)
+            converted.graph.node.append(cast)
+        tensor.elem_type = TensorProto.FLOAT
 
 
 def emulation(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -131,7 +131,7 @@ int8_options = compose(
         type=float,
         default=1.0,
         show_default=True,
-        help="Largest accuracy drop INT8 may cause, in points (without labels: disagreement "
+        help="Largest accuracy drop INT8 or FP16 may cause, in points (without labels: disagreement "
         "with FP32 where FP32 is confident); worse layers are kept in FP32.",
     ),
     click.option(

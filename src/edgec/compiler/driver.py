@@ -147,11 +147,10 @@ def edgec_version() -> str:
         return "0+unknown"
 
 
-def _check_precision(config: CompileConfig, target: Target, backend: Backend) -> str:
+def _check_precision(config: CompileConfig, target: Target) -> str:
     """The precision stages are planned at; ``auto`` plans FP32 and decides per stage later."""
     precision = "fp32" if config.precision == "auto" else config.precision
     check_request(config.precision, target, config.data is not None)
-    check_fp16_request(config.precision, target, backend)
     return precision
 
 
@@ -318,8 +317,9 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     gateway = gateway_target(target)  # resolved once, passed to whatever runs there
     bundle_io.check_output(config.output, config.force)
     signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
+    precision = _check_precision(config, target)
     backend = primary_backend(target, config)
-    precision = _check_precision(config, target, backend)
+    check_fp16_request(config.precision, target, backend)  # FP16 needs the backend on a GPU
     with reporter.step(f"Loading {config.model}"):
         loaded = load_model(config.model, config.input_shapes)
     for note in loaded.notes:

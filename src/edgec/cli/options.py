@@ -131,8 +131,8 @@ int8_options = compose(
         type=float,
         default=1.0,
         show_default=True,
-        help="Largest accuracy drop INT8 or FP16 may cause, in points (without labels: disagreement "
-        "with FP32 where FP32 is confident); worse layers are kept in FP32.",
+        help="Largest accuracy drop INT8 or FP16 may cause, in points (without labels: "
+        "disagreement with FP32 where FP32 is confident); worse layers are kept in FP32.",
     ),
     click.option(
         "--min-sqnr-db",

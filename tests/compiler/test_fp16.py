@@ -166,6 +166,8 @@ def test_fp16_on_a_cpu_only_target_or_backend_is_exit_2_with_the_reason(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: --precision fp16 needs a GPU that runs FP16") and reason in last
     assert "Traceback" not in result.output and not out.exists()
+    if "jetson-nano" in args and _tvm_builds("jetson-nano")[0]:  # a GPU backend builds here
+        assert "use --backend tvm (it builds for the GPU), or --precision fp32" in last
 
 
 def test_jetson_nano_ships_an_fp16_stage_built_for_sm53(tmp_path, teacher_path):

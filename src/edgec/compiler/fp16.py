@@ -110,9 +110,17 @@ def check_fp16_request(requested: str, target: Target, backend: Backend) -> None
         return
     ok, why = runs_fp16(target, backend)
     if not ok:
+        from edgec.targets.registry import buildable, get_backend, preferences
+
+        on_gpu = [
+            n
+            for n in preferences(target)
+            if runs_fp16(target, get_backend(n))[0] and buildable(n, target)[0]
+        ]
+        other = f"--backend {on_gpu[0]} (it builds for the GPU), or " if on_gpu else ""
         raise BadInputError(
-            f"--precision fp16 needs a GPU that runs FP16, but {why}; use --precision fp32, "
-            "int8 or auto."
+            f"--precision fp16 needs a GPU that runs FP16, but {why}; use {other}"
+            "--precision fp32, int8 or auto."
         )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from bench_models import BENCHMARK_MODELS, add_models_dir, find_models, recorded_command
 from results_md import write_section  # benchmarks/, the script's folder, is on the path
 
 from edgec.compiler.canonicalize import canonicalize
@@ -48,7 +50,6 @@ from edgec.compiler.int8.accuracy_guard import sqnr_db
 from edgec.targets.onnxruntime.backend import OrtRunner
 
 BEGIN, END = "<!-- fp16:begin -->", "<!-- fp16:end -->"
-MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
 MIN_AGREEMENT = 0.99  # the issue's bar for a shared 224x224 model
 THREADS = 2
 
@@ -185,19 +186,19 @@ def section(rows: list[Row], command: str, samples: int) -> str:
 def main() -> None:
     """Parse arguments, measure each model, print the table and write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, required=True, help="folder of NAME.onnx")
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    add_models_dir(parser)
+    parser.add_argument("--models", nargs="+", default=list(BENCHMARK_MODELS))
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    paths = [args.models_dir / f"{name}.onnx" for name in args.models]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        parser.error(f"no such model file: {', '.join(missing)}")
+    paths = find_models(args.models_dir, args.models)  # prints one line for those skipped
+    if not paths:
+        print("nothing measured: RESULTS.md left as it is")
+        return
     x = photo_crops(args.samples, seed=2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgec-fp16-bench-") as tmp:
-        for path in paths:
+        for path in paths.values():
             row = measure(path, x, Path(tmp))
             print(
                 f"{row.name}: agreement {row.agreement}, SQNR "
@@ -205,10 +206,7 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
-    command = "python benchmarks/fp16.py --models-dir DIR " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-        for k, v in (("models", args.models), ("samples", args.samples))
-    )
+    command = recorded_command("fp16.py", sys.argv[1:], args.models_dir)
     text = section(rows, command, args.samples)
     print(text)
     if not args.no_write:

@@ -49,7 +49,7 @@ from edgec.compiler.preprocess import (
     tensors_dataset,
 )
 from edgec.compiler.progress import Reporter
-from edgec.compiler.report import write_report
+from edgec.compiler.report.markdown import write_report
 from edgec.compiler.students import derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset

@@ -30,6 +30,7 @@ from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
+from edgec.compiler.fp16 import check_fp16_request, decide_fp16, wants_fp16
 from edgec.compiler.int8.precision import (
     PrecisionOptions,
     check_request,
@@ -48,7 +49,7 @@ from edgec.compiler.preprocess import (
     tensors_dataset,
 )
 from edgec.compiler.progress import Reporter
-from edgec.compiler.report import write_report
+from edgec.compiler.report.markdown import write_report
 from edgec.compiler.students import derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
@@ -163,8 +164,13 @@ def _apply_precision(
     config: CompileConfig,
     reporter: Reporter,
 ) -> None:
-    """Decide the stage's precision (INT8 or FP32) on ``stage_target``, the target it runs on
-    (the gateway's for gateway stages), and write its calibration files."""
+    """Decide the stage's precision (FP16, INT8 or FP32) on ``stage_target``, the target it
+    runs on (the gateway's for gateway stages), and write its calibration files.
+
+    FP16 (:mod:`edgec.compiler.fp16`) where asked for or, under ``auto``, where the stage's
+    backend runs it on the target's GPU; ``--precision fp16`` was checked against the device
+    target, so a gateway stage whose target cannot run FP16 stays FP32 (and says so).
+    """
     if stage_target.name != target.name:
         backend = choose_backend(stage_target, config.backend)
     options = PrecisionOptions(
@@ -176,6 +182,17 @@ def _apply_precision(
         compare_seconds=min(config.measure_seconds, 2.0),
         seed=config.seed,
     )
+    if config.precision == "fp16" and stage_target.name != target.name:
+        options = dataclasses.replace(options, requested="fp32")
+        reporter.note(f"'{stage.name}': FP32 on {stage_target.name}, which runs no FP16")
+    if wants_fp16(options.requested, stage_target, backend):
+        with reporter.step(f"Converting '{stage.name}' to FP16 and checking it against FP32"):
+            fp16 = decide_fp16(stage.model, stage_target, backend.name, data, options, stage.name)
+        reporter.note(f"'{stage.name}': {fp16.describe()}")
+        stage.model, stage.precision = fp16.model, fp16.precision
+        stage.extra.update(fp16.manifest_fields())
+        stage.extra["calibration"] = None
+        return
     decision = decide_precision(
         stage.model, stage_target, backend.name, data, options, reporter, stage.name
     )
@@ -273,6 +290,12 @@ def _build_stage(
             f"{len(logits)} validation samples; check the model's numerics and the data's "
             "scale."
         )
+    if evaluated_with and stage.precision == "fp16":
+        # ORT's CPU provider has no FP16 kernels for most ops: it casts around them.
+        evaluated_with += (
+            ", on the FP16 ONNX: ops without an FP16 CPU kernel run in FP32 between casts "
+            "(the accuracy guard judged a stricter FP16 emulation)"
+        )
     scores = {"accuracy_measured_with": evaluated_with or None}
     if stage.role != "prefix":  # a prefix outputs intermediate tensors: nothing to score
         if data.has_labels:
@@ -296,6 +319,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
     precision = _check_precision(config, target)
     backend = primary_backend(target, config)
+    check_fp16_request(config.precision, target, backend)  # FP16 needs the backend on a GPU
     with reporter.step(f"Loading {config.model}"):
         loaded = load_model(config.model, config.input_shapes)
     for note in loaded.notes:

@@ -9,9 +9,11 @@ without ``y``).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 
@@ -212,3 +214,24 @@ def test_frames_the_gateway_overruled_are_captured(cascade_bundle, start_gateway
     assert len(overruled) == disagree > 0
     assert all(r["gateway_prediction"] != r["device_prediction"] for r in overruled)
     assert all(r["stage"] == "teacher" and r["route"] == "offloaded" for r in overruled)
+
+
+def test_a_spool_that_fails_mid_stream_stops_capturing_and_every_frame_is_answered(
+    teacher_bundle, tmp_path
+):
+    """The spool directory vanishes mid-stream (a removed card, a full disk): capturing stops
+    with one `capture-failed` log line and the runtime keeps answering."""
+    device = import_runtime(teacher_bundle.resolve(), "device")
+    logs = io.StringIO()
+    logger = device.observability.json_logger("edgec.test.capfail", logging.WARNING, logs)
+    spool = tmp_path / "spool"
+    runtime = device.DeviceRuntime(teacher_bundle, logger=logger, capture_dir=spool)
+    frames = _long_stream(200)
+    answers = [runtime.infer(x[None]) for x in frames[:100]]
+    assert runtime.capture.captured > 0
+    shutil.rmtree(spool)
+    answers += [runtime.infer(x[None]) for x in frames[100:]]
+    assert len(answers) == 200 and all(a.prediction >= 0 for a in answers)
+    assert runtime.capture is None
+    events = [json.loads(line)["event"] for line in logs.getvalue().splitlines()]
+    assert events.count("capture-failed") == 1

@@ -123,14 +123,17 @@ class CaptureSpool:
         if not self.directory.is_dir():
             raise CaptureError(f"{directory} is not a directory")
         self.captured = self.dropped = 0
-        if (self.directory / INDEX).exists():
-            index = read_index(self.directory)
-            self.captured, self.dropped = int(index["captured"]), int(index["dropped"])
-        elif any(self.directory.iterdir()):
-            raise CaptureError(f"{directory} is not empty and holds no capture index")
-        self.kept = [(seq, _size(path)) for seq, path in frame_paths(self.directory)]
-        self.next = self.kept[-1][0] + 1 if self.kept else 0
-        self._evict()
+        try:
+            if (self.directory / INDEX).exists():
+                index = read_index(self.directory)
+                self.captured, self.dropped = int(index["captured"]), int(index["dropped"])
+            elif any(self.directory.iterdir()):
+                raise CaptureError(f"{directory} is not empty and holds no capture index")
+            self.kept = [(seq, _size(path)) for seq, path in frame_paths(self.directory)]
+            self.next = self.kept[-1][0] + 1 if self.kept else 0
+            self._evict()
+        except OSError as err:
+            raise CaptureError(f"cannot read {directory}: {err.strerror}") from None
         self._write_index()
 
     @property
@@ -148,10 +151,10 @@ class CaptureSpool:
         try:
             _write_private(stem.with_suffix(".npy"), _npy_bytes(np.asarray(x)))
             _write_private(stem.with_suffix(".json"), json.dumps(record).encode())
+            self.kept.append((seq, _size(stem.with_suffix(".npy"))))
+            dropped = self._evict()
         except OSError as err:
             raise CaptureError(f"cannot write to {self.directory}: {err.strerror}") from None
-        self.kept.append((seq, _size(stem.with_suffix(".npy"))))
-        dropped = self._evict()
         self._write_index()
         return dropped
 

@@ -34,7 +34,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edgec.bundle import io as bundle_io
@@ -57,7 +57,7 @@ BUCKETS = 10_000
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def bucket(device_id: str) -> int:
@@ -165,7 +165,12 @@ def publish(zoo: Path) -> str:
             "signature": _signature(bundle),
             "target": entry["target"],
         }
-    record = {"version": version, "created": utc_now(), "model": index.get("model"), "targets": targets}
+    record = {
+        "version": version,
+        "created": utc_now(),
+        "model": index.get("model"),
+        "targets": targets,
+    }
     _write_json(record_path, record)  # last: a record exists only with all its archives
     return version
 

@@ -42,6 +42,16 @@ def test_a_target_list_builds_one_verified_bundle_per_target_and_an_index(signed
     assert leftovers == [], "the staging directory was not renamed into place"
 
 
+def test_json_output_lists_the_index_and_every_bundle(tmp_path):
+    result = run("compile", TEACHER, "--target", TARGETS, "-o", tmp_path / "zoo", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["index"] == json.loads((tmp_path / "zoo" / "index.json").read_text())
+    for name in TARGETS.split(","):
+        assert data["bundles"][name]["bundle"] == str(tmp_path / "zoo" / name)
+        assert data["bundles"][name]["target"]["name"] == name
+
+
 def test_the_model_is_loaded_and_canonicalised_once_for_the_whole_zoo(tmp_path, monkeypatch):
     """The canonical passes run once; every target's bundle still gets the whole teacher."""
     calls = []
@@ -114,3 +124,13 @@ def test_a_target_failing_after_others_were_built_leaves_nothing_behind(tmp_path
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert os.listdir(out) == []
+
+
+def test_a_budget_gates_every_target_and_a_miss_exits_1_with_the_zoo_kept(tmp_path):
+    """As for one bundle, a failed gate is exit 1 and the bundles stay for inspection."""
+    zoo = tmp_path / "zoo"
+    result = run("compile", TEACHER, "--target", TARGETS, "-o", zoo, *FAST, "--budget-ms", "1e-6")
+    assert result.exit_code == 1, result.output
+    for name in TARGETS.split(","):
+        assert f"gate failed for {name}: pipeline: p99" in result.output, result.output
+    assert (zoo / "index.json").is_file()

@@ -81,6 +81,9 @@ def compile_zoo_command(model: Path, output: Path | None, as_json: bool, flags: 
         for bundle in result.results:
             print_summary(bundle)
         click.echo(f"zoo: {result.zoo} ({len(result.results)} targets, {result.zoo}/index.json)")
+    for bundle in result.results:
+        if bundle.gate is not None and not bundle.gate.passed and not as_json:
+            warn(f"gate failed for {bundle.manifest['target']['name']}: {bundle.gate.summary}")
     if result.gate_failed:
         sys.exit(EXIT_GATE_FAILED)
 

@@ -84,7 +84,8 @@ def _number(value, what: str, low: float | None = None, high: float | None = Non
 
 
 def choose_target(targets: dict[str, dict], request: dict) -> str:
-    """The zoo target (a key of a release's ``targets``) that fits ``request``.
+    """The name of the target that fits ``request``, of ``targets`` (name: target summary from
+    the zoo's index: ``arch``, ``accelerator``, ``ram_gb``).
 
     Raises:
         RequestError: A malformed request (400) or no target fits (404).
@@ -117,11 +118,11 @@ def choose_target(targets: dict[str, dict], request: dict) -> str:
         raise RequestError(HTTPStatus.BAD_REQUEST, "'accelerator' needs a 'kind' (gpu, npu, tpu).")
     kind = accelerator["kind"] if accelerator else None
     fits = [
-        (entry["target"]["ram_gb"], name)
-        for name, entry in targets.items()
-        if entry["target"]["arch"] == cpu["arch"]
-        and entry["target"]["accelerator"] == kind
-        and entry["target"]["ram_gb"] <= ram
+        (summary["ram_gb"], name)
+        for name, summary in targets.items()
+        if summary["arch"] == cpu["arch"]
+        and summary["accelerator"] == kind
+        and summary["ram_gb"] <= ram
     ]
     if not fits:
         raise RequestError(
@@ -139,24 +140,23 @@ class Registry:
 
     def __init__(self, zoo: Path):
         self.zoo = Path(zoo)
-        self.state = rollout.ensure_released(self.zoo)
+        rollout.ensure_released(self.zoo)
 
     def bundle_for(self, request: dict, device_id: str | None) -> dict:
         """The answer to ``POST /v1/bundle``."""
-        state = rollout.read_state(self.zoo)
-        version, channel = rollout.assign(state, device_id)
-        release = rollout.read_release(self.zoo, version)
-        name = choose_target(release["targets"], request)
-        entry = release["targets"][name]
+        version, channel = rollout.read_state(self.zoo).assign(device_id)
+        bundles = rollout.read_release(self.zoo, version)
+        name = choose_target({n: b.target for n, b in bundles.items()}, request)
+        bundle = bundles[name]
         return {
             "target": name,
             "version": version,
             "channel": channel,
-            "manifest_sha256": entry["manifest_sha256"],
-            "archive_url": f"/v1/archive/{entry['archive_sha256']}",
-            "archive_sha256": entry["archive_sha256"],
-            "archive_bytes": entry["archive_bytes"],
-            "signature": entry["signature"],
+            "manifest_sha256": bundle.manifest_sha256,
+            "archive_url": f"/v1/archive/{bundle.archive_sha256}",
+            "archive_sha256": bundle.archive_sha256,
+            "archive_bytes": bundle.archive_bytes,
+            "signature": bundle.signature,
         }
 
     def archive(self, digest: str) -> Path:
@@ -195,15 +195,13 @@ class Registry:
             raise RequestError(
                 HTTPStatus.BAD_REQUEST, "A report needs p99_ms, within_budget or drift_psi."
             )
-        state = rollout.read_state(self.zoo)
-        report["version"], report["channel"] = rollout.assign(state, device_id)
+        report["version"], report["channel"] = rollout.read_state(self.zoo).assign(device_id)
         rollout.append_report(self.zoo, report)
         return {"recorded": True, "version": report["version"], "channel": report["channel"]}
 
     def health(self) -> dict:
         """The answer to ``GET /healthz``."""
-        state = rollout.read_state(self.zoo)
-        return {"ok": True, **{k: state.get(k) for k in ("current", "previous", "canary")}}
+        return {"ok": True, **rollout.read_state(self.zoo).to_json()}
 
 
 def _handler(registry: Registry, request_timeout_s: float) -> type[BaseHTTPRequestHandler]:
@@ -327,11 +325,10 @@ def serve_registry(
     server = make_server(zoo, host, port, 10.0 if request_timeout_s is None else request_timeout_s)
     bound_host, bound_port = server.server_address[:2]
     state = rollout.read_state(zoo)
-    canary = state.get("canary")
-    share = f", canary {canary['version']} to {canary['percent']:g}%" if canary else ""
+    canary = state.canary
+    share = f", canary {canary.version} to {canary.percent:g}%" if canary else ""
     announce(
-        f"registry for {zoo} on http://{bound_host}:{bound_port} "
-        f"(current {state['current']}{share})"
+        f"registry for {zoo} on http://{bound_host}:{bound_port} (current {state.current}{share})"
     )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     try:

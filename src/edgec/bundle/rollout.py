@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -34,6 +35,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +60,70 @@ BUCKETS = 10_000
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A version published to a share of the devices.
+
+    Attributes:
+        version: The version the canary devices get.
+        percent: The share, in (0, 100].
+    """
+
+    version: str
+    percent: float
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """``releases.json``: what the devices get.
+
+    Attributes:
+        current: The version every device outside the canary gets (``None``: nothing released).
+        previous: The version ``current`` replaced, for ``--rollback``.
+        canary: The running canary, if any.
+        updated: When the state last changed (UTC).
+    """
+
+    current: str | None = None
+    previous: str | None = None
+    canary: Canary | None = None
+    updated: str | None = None
+
+    def assign(self, device_id: str | None) -> tuple[str, str]:
+        """The version a device gets and why: ``(version, "canary" | "current")``."""
+        if self.canary and in_canary(device_id, self.canary.percent):
+            return self.canary.version, "canary"
+        return self.current, "current"
+
+    def to_json(self) -> dict:
+        """The file's form."""
+        return {
+            "current": self.current,
+            "previous": self.previous,
+            "canary": dataclasses.asdict(self.canary) if self.canary else None,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class ReleasedBundle:
+    """One target's bundle in a released version.
+
+    Attributes:
+        manifest_sha256: The bundle's version id (sha256 of ``manifest.json``).
+        archive_sha256: The archive's sha256 (its name under ``archives/``).
+        archive_bytes: The archive's size.
+        signature: ``manifest.sig`` in base64, or ``None`` when unsigned.
+        target: The target summary from the zoo's index (``arch``, ``accelerator``, ``ram_gb``).
+    """
+
+    manifest_sha256: str
+    archive_sha256: str
+    archive_bytes: int
+    signature: str | None
+    target: dict
 
 
 def bucket(device_id: str) -> int:
@@ -111,21 +177,41 @@ def locked(zoo: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_state(zoo: Path) -> dict:
-    """``releases.json``: ``current``, ``previous`` (version names or ``None``), ``canary``
-    (``{"version", "percent"}`` or ``None``)."""
+def read_state(zoo: Path) -> ReleaseState:
+    """``releases.json`` (an empty state when nothing was released yet).
+
+    Raises:
+        BadInputError: The file is not a releases file.
+    """
     path = Path(zoo) / RELEASES
     if not path.is_file():
-        return {"schema": RELEASES_SCHEMA, "current": None, "previous": None, "canary": None}
+        return ReleaseState()
     data = _read_json(path)
-    if not isinstance(data, dict) or data.get("schema") != RELEASES_SCHEMA:
-        raise BadInputError(f"{path} is not an edgec releases file (schema {RELEASES_SCHEMA}).")
-    return data
+    try:
+        if not isinstance(data, dict) or data.get("schema") != RELEASES_SCHEMA:
+            raise TypeError
+        canary = Canary(**data["canary"]) if data.get("canary") else None
+        return ReleaseState(data["current"], data.get("previous"), canary, data.get("updated"))
+    except (TypeError, KeyError):
+        raise BadInputError(
+            f"{path} is not an edgec releases file (schema {RELEASES_SCHEMA})."
+        ) from None
 
 
-def read_release(zoo: Path, version: str) -> dict:
-    """A released version's record (``releases/<version>.json``)."""
-    return _read_json(Path(zoo) / RELEASE_DIR / f"{version}.json")
+def read_release(zoo: Path, version: str) -> dict[str, ReleasedBundle]:
+    """A released version's bundles by target name (``releases/<version>.json``).
+
+    Raises:
+        BadInputError: The record is missing or unreadable.
+    """
+    path = Path(zoo) / RELEASE_DIR / f"{version}.json"
+    if not path.is_file():
+        raise BadInputError(f"{path} is missing: version {version} cannot be served.")
+    data = _read_json(path)
+    try:
+        return {name: ReleasedBundle(**entry) for name, entry in data["targets"].items()}
+    except (TypeError, KeyError, AttributeError):
+        raise BadInputError(f"{path} is not an edgec release record.") from None
 
 
 def version_of(index: dict) -> str:
@@ -159,12 +245,11 @@ def publish(zoo: Path) -> str:
                 f"Bundle {bundle} no longer matches the zoo's index ({'; '.join(result.problems)}"
                 "); recompile the zoo."
             )
-        targets[name] = {
-            **_snapshot_archive(zoo, bundle),
-            "manifest_sha256": entry["manifest_sha256"],
-            "signature": _signature(bundle),
-            "target": entry["target"],
-        }
+        digest, size = _snapshot_archive(zoo, bundle)
+        released = ReleasedBundle(
+            entry["manifest_sha256"], digest, size, _signature(bundle), entry["target"]
+        )
+        targets[name] = dataclasses.asdict(released)
     record = {
         "version": version,
         "created": utc_now(),
@@ -175,8 +260,9 @@ def publish(zoo: Path) -> str:
     return version
 
 
-def _snapshot_archive(zoo: Path, bundle: Path) -> dict:
-    """Write the bundle's reproducible archive into ``archives/<sha256>.tar.gz``."""
+def _snapshot_archive(zoo: Path, bundle: Path) -> tuple[str, int]:
+    """Write the bundle's reproducible archive into ``archives/<sha256>.tar.gz``; its sha256
+    and size."""
     beside = bundle.with_name(bundle.name + ".tar.gz")
     had_archive = beside.exists()  # the user's own (--archive): left in place
     path = bundle_io.write_archive(bundle)
@@ -190,7 +276,7 @@ def _snapshot_archive(zoo: Path, bundle: Path) -> dict:
         path.unlink()
     else:
         os.replace(path, stored)
-    return {"archive_sha256": digest, "archive_bytes": size}
+    return digest, size
 
 
 def _signature(bundle: Path) -> str | None:
@@ -199,23 +285,23 @@ def _signature(bundle: Path) -> str | None:
     return base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
 
 
-def _save_state(zoo: Path, state: dict) -> dict:
-    state = {**state, "schema": RELEASES_SCHEMA, "updated": utc_now()}
-    _write_json(Path(zoo) / RELEASES, state)
+def _save_state(zoo: Path, state: ReleaseState) -> ReleaseState:
+    state = dataclasses.replace(state, updated=utc_now())
+    _write_json(Path(zoo) / RELEASES, {"schema": RELEASES_SCHEMA, **state.to_json()})
     return state
 
 
-def ensure_released(zoo: Path) -> dict:
+def ensure_released(zoo: Path) -> ReleaseState:
     """The release state, after releasing the zoo's version to every device if nothing was
     released yet (what the registry does when it starts on a fresh zoo)."""
     with locked(zoo):
         state = read_state(zoo)
-        if state["current"] is None:
-            state = _save_state(zoo, {**state, "current": publish(zoo)})
+        if state.current is None:
+            state = _save_state(zoo, dataclasses.replace(state, current=publish(zoo)))
         return state
 
 
-def start_canary(zoo: Path, percent: float) -> dict:
+def start_canary(zoo: Path, percent: float) -> ReleaseState:
     """Publish the zoo's version to the devices in the first ``percent`` % of buckets.
 
     Raises:
@@ -226,22 +312,22 @@ def start_canary(zoo: Path, percent: float) -> dict:
         raise BadInputError(f"--canary is a percentage in (0, 100], got {percent:g}.")
     with locked(zoo):
         state = read_state(zoo)
-        if state["current"] is None:
+        if state.current is None:
             raise BadInputError(
                 f"{zoo} has no released version yet, so there is nothing to keep the other "
                 f"devices on; release the first one to every device with `edgec rollout {zoo} "
                 "--promote`."
             )
         version = publish(zoo)
-        if version == state["current"]:
+        if version == state.current:
             raise BadInputError(
                 f"The zoo's version {version} is already current everywhere; recompile the zoo "
                 "(with --force) to canary a new one."
             )
-        return _save_state(zoo, {**state, "canary": {"version": version, "percent": percent}})
+        return _save_state(zoo, dataclasses.replace(state, canary=Canary(version, percent)))
 
 
-def promote(zoo: Path) -> dict:
+def promote(zoo: Path) -> ReleaseState:
     """Make the canary current for every device; without a canary, release the zoo's version
     to every device. The version replaced becomes ``previous``.
 
@@ -250,21 +336,19 @@ def promote(zoo: Path) -> dict:
     """
     with locked(zoo):
         state = read_state(zoo)
-        if state.get("canary"):
-            version = state["canary"]["version"]
+        if state.canary:
+            version = state.canary.version
         else:
             version = publish(zoo)
-            if version == state["current"]:
+            if version == state.current:
                 raise BadInputError(
                     f"Nothing to promote: no canary is running and the zoo's version {version} "
                     "is already current."
                 )
-        return _save_state(
-            zoo, {**state, "current": version, "previous": state["current"], "canary": None}
-        )
+        return _save_state(zoo, ReleaseState(current=version, previous=state.current))
 
 
-def rollback(zoo: Path) -> dict:
+def rollback(zoo: Path) -> ReleaseState:
     """Restore the previous version everywhere: end a running canary (its devices go back to
     ``current``), or else swap ``current`` and ``previous`` (as ``edgec install --rollback``).
 
@@ -273,23 +357,13 @@ def rollback(zoo: Path) -> dict:
     """
     with locked(zoo):
         state = read_state(zoo)
-        if state.get("canary"):
-            return _save_state(zoo, {**state, "canary": None})
-        if state.get("previous") is None:
+        if state.canary:
+            return _save_state(zoo, dataclasses.replace(state, canary=None))
+        if state.previous is None:
             raise BadInputError(
                 f"Nothing to roll back to: {zoo} runs no canary and has no previous version."
             )
-        return _save_state(
-            zoo, {**state, "current": state["previous"], "previous": state["current"]}
-        )
-
-
-def assign(state: dict, device_id: str | None) -> tuple[str, str]:
-    """The version a device gets and why: ``(version, "canary" | "current")``."""
-    canary = state.get("canary")
-    if canary and in_canary(device_id, canary["percent"]):
-        return canary["version"], "canary"
-    return state["current"], "current"
+        return _save_state(zoo, ReleaseState(current=state.previous, previous=state.current))
 
 
 def append_report(zoo: Path, report: dict) -> None:
@@ -324,10 +398,7 @@ def status(zoo: Path) -> dict:
     for (version, _), report in latest.items():
         versions.setdefault(version, []).append(report)
     return {
-        "current": state["current"],
-        "previous": state.get("previous"),
-        "canary": state.get("canary"),
-        "updated": state.get("updated"),
+        **state.to_json(),
         "versions": {v: _summary(reports) for v, reports in sorted(versions.items())},
     }
 

@@ -58,19 +58,19 @@ def rollout_command(
         rollout.read_index(zoo)  # a clear error before anything is written
     if canary is not None:
         state = rollout.start_canary(zoo, canary)
-        done = f"canary: {state['canary']['version']} to {canary:g}% of devices"
+        done = f"canary: {state.canary.version} to {canary:g}% of devices"
     elif promote:
         state = rollout.promote(zoo)
-        done = "promoted: every device gets " + state["current"]
+        done = "promoted: every device gets " + state.current
     elif rollback:
         state = rollout.rollback(zoo)
-        done = "rolled back: every device gets " + state["current"]
+        done = "rolled back: every device gets " + state.current
     else:
         report = rollout.status(zoo)
         print_json(report) if as_json else _print_status(report)
         return
     if as_json:
-        print_json({k: state.get(k) for k in ("current", "previous", "canary", "updated")})
+        print_json(state.to_json())
     else:
         say(done)
 

@@ -73,12 +73,14 @@ def _parse_body(raw: bytes) -> dict:
     return data
 
 
-def _number(value, what: str, low: float | None = None, high: float | None = None) -> float:
+def _number(value, what: str, low: float = 0.0, high: float | None = None) -> float:
+    """``value`` as a finite number in ``[low, high]`` (no upper bound when ``high`` is None)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"'{what}' must be a number, got {value!r}.")
-    if (low is not None and value < low) or (high is not None and value > high) or value != value:
+    if not low <= value <= (float("inf") if high is None else high) or value == float("inf"):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise RequestError(
-            HTTPStatus.BAD_REQUEST, f"'{what}' must lie in [{low}, {high}], got {value!r}."
+            HTTPStatus.BAD_REQUEST, f"'{what}' must be a finite number {bounds}, got {value!r}."
         )
     return float(value)
 
@@ -110,7 +112,7 @@ def choose_target(targets: dict[str, dict], request: dict) -> str:
         )
     if not isinstance(memory, dict):
         raise RequestError(HTTPStatus.BAD_REQUEST, "A descriptor needs memory.ram_gb.")
-    ram = _number(memory.get("ram_gb"), "memory.ram_gb", low=0)
+    ram = _number(memory.get("ram_gb"), "memory.ram_gb")
     accelerator = request.get("accelerator")
     if accelerator is not None and not (
         isinstance(accelerator, dict) and isinstance(accelerator.get("kind"), str)
@@ -180,17 +182,17 @@ class Registry:
             )
         report = {"device_id": device_id, "received": rollout.report_time()}
         if "p99_ms" in body:
-            report["p99_ms"] = _number(body["p99_ms"], "p99_ms", low=0)
+            report["p99_ms"] = _number(body["p99_ms"], "p99_ms")
         if "within_budget" in body:
             report["within_budget"] = _number(body["within_budget"], "within_budget", 0, 1)
         if "drift_psi" in body:
             drift = body["drift_psi"]
             if isinstance(drift, dict):  # one PSI per signal: keep them, summarise by the worst
-                per_signal = {str(k): _number(v, f"drift_psi.{k}", low=0) for k, v in drift.items()}
+                per_signal = {str(k): _number(v, f"drift_psi.{k}") for k, v in drift.items()}
                 report["drift_psi_by_signal"] = per_signal
                 report["drift_psi"] = max(per_signal.values(), default=0.0)
             else:
-                report["drift_psi"] = _number(drift, "drift_psi", low=0)
+                report["drift_psi"] = _number(drift, "drift_psi")
         if len(report) == 2:
             raise RequestError(
                 HTTPStatus.BAD_REQUEST, "A report needs p99_ms, within_budget or drift_psi."

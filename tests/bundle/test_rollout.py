@@ -177,3 +177,20 @@ def test_a_fresh_zoo_needs_a_first_release_before_a_canary(tmp_path):
     assert result.exit_code == 2 and "Nothing to roll back to" in result.output
     assert not (tmp_path / "zoo" / "releases.json").exists()
     assert sorted(os.listdir(tmp_path)) == ["zoo"]
+
+
+def test_a_bundle_edited_in_the_zoo_is_not_published(zoo):
+    """Publishing verifies every bundle against its manifest: an edited file refuses the
+    canary (exit 2) and nothing is released."""
+    path, *_ = zoo
+    before = (path / "releases.json").read_bytes()
+    manifest = json.loads((path / "raspberry-pi-4" / "manifest.json").read_text())
+    victim = path / "raspberry-pi-4" / sorted(manifest["files"])[0]
+    victim.write_bytes(victim.read_bytes() + b"#")
+    result = run("rollout", path, "--canary", "5")
+    assert result.exit_code == 2 and "no longer matches the zoo's index" in result.output
+    assert (path / "releases.json").read_bytes() == before
+    assert sorted(p.name for p in (path / "releases").iterdir()) == [
+        f"{json.loads(before)['current']}.json"
+    ]
+    assert len(list((path / "archives").iterdir())) == 2  # v1's two, no orphan of v2

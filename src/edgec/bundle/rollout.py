@@ -236,15 +236,18 @@ def publish(zoo: Path) -> str:
         return version
     (zoo / ARCHIVES).mkdir(exist_ok=True)
     (zoo / RELEASE_DIR).mkdir(exist_ok=True)
-    targets = {}
-    for name, entry in sorted(index["targets"].items()):
+    for entry in index["targets"].values():  # all first: a refusal writes nothing
         bundle = zoo / entry["bundle"]
         result = trust.verify_bundle(bundle)  # the files still match the manifest
         if not result.valid or manifest_digest(bundle) != entry["manifest_sha256"]:
+            problems = "; ".join(result.problems) or "another manifest"
             raise BadInputError(
-                f"Bundle {bundle} no longer matches the zoo's index ({'; '.join(result.problems)}"
-                "); recompile the zoo."
+                f"Bundle {bundle} no longer matches the zoo's index ({problems}); recompile the "
+                "zoo."
             )
+    targets = {}
+    for name, entry in sorted(index["targets"].items()):
+        bundle = zoo / entry["bundle"]
         digest, size = _snapshot_archive(zoo, bundle)
         released = ReleasedBundle(
             entry["manifest_sha256"], digest, size, _signature(bundle), entry["target"]

@@ -17,6 +17,7 @@ from edgec.cli.captures import captures_command
 from edgec.cli.check import check_command
 from edgec.cli.compile import compile_command
 from edgec.cli.inspect import inspect_command
+from edgec.cli.rollout import rollout_command
 from edgec.cli.targets import targets_group
 
 __all__ = ["main"]
@@ -45,5 +46,6 @@ for _command in (
     *trust.COMMANDS,
     *runtime.COMMANDS,
     captures_command,
+    rollout_command,
 ):
     main.add_command(_command)

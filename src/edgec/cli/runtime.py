@@ -100,10 +100,11 @@ def _describe(item: dict) -> str:
 @options.bundle_argument()
 @click.option(
     "--tier",
-    type=click.Choice(["gateway"]),
+    type=click.Choice(["gateway", "registry"]),
     default="gateway",
     show_default=True,
-    help="The tier to serve (devices run `edgec run`).",
+    help="The tier to serve (devices run `edgec run`); registry: BUNDLE is a zoo whose "
+    "bundles devices fetch (docs/fleet.md).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free).")
@@ -129,13 +130,27 @@ def serve(
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
 
+    With --tier registry, BUNDLE is a zoo (`edgec compile --target a,b,c`) and devices fetch
+    the bundle that fits them from it.
+
     \b
-    Example:
+    Examples:
       edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
+      edgec serve zoo --tier registry --port 8090
     """
+    if tier == "registry":
+        from edgec.bundle.registry import serve_registry
+        from edgec.errors import BadInputError
+
+        if queue_size is not None or workers is not None or key is not None:
+            raise BadInputError(
+                "--queue-size, --workers and --key apply to --tier gateway only; leave them out "
+                "for the registry."
+            )
+        serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
+        return
     from edgec.bundle.launch import serve_bundle
 
-    del tier  # only the gateway tier is served
     serve_bundle(
         bundle,
         host,

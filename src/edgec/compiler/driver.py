@@ -305,8 +305,52 @@ def _build_stage(
     return dataclasses.replace(entry, **scores), logits
 
 
-def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> CompileResult:
+@dataclass(frozen=True)
+class PreparedModel:
+    """The target-independent start of a compile: the loaded model and its canonical form.
+
+    A zoo (several targets, :mod:`edgec.compiler.zoo`) prepares it once and passes it to each
+    target's :func:`compile_model`, which works on its own copy of ``canonical``.
+
+    Attributes:
+        loaded: The loaded, validated model.
+        canonical: Its canonical form.
+        passes: The canonicalisation's pass records (``--time-passes`` / ``--dump-ir``).
+    """
+
+    loaded: LoadedModel
+    canonical: onnx.ModelProto
+    passes: tuple[PassRecord, ...] = ()
+
+
+def prepare_model(config: CompileConfig, reporter: Reporter | None = None) -> PreparedModel:
+    """Load and canonicalise ``config.model`` (what every target's compile starts with).
+
+    Raises:
+        BadInputError: A bad model or input shape.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.step(f"Loading {config.model}"):
+        loaded = load_model(config.model, config.input_shapes)
+    for note in loaded.notes:
+        reporter.note(note)
+    instrument = None
+    if config.time_passes or config.dump_ir is not None:
+        instrument = PassInstrument(dump_dir=config.dump_ir)
+    with reporter.step("Canonicalising the graph"):
+        canonical = canonicalize(loaded.proto, instrument)
+    return PreparedModel(loaded, canonical, tuple(instrument.records) if instrument else ())
+
+
+def compile_model(
+    config: CompileConfig,
+    reporter: Reporter | None = None,
+    prepared: PreparedModel | None = None,
+) -> CompileResult:
     """Compile a teacher into a bundle per ``config``.
+
+    ``prepared`` (from :func:`prepare_model`, same model and input shapes) skips loading and
+    canonicalising.
 
     Raises:
         BadInputError: Any bad model, data, target, flag or output path (nothing is written).
@@ -320,17 +364,24 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     precision = _check_precision(config, target)
     backend = primary_backend(target, config)
     check_fp16_request(config.precision, target, backend)  # FP16 needs the backend on a GPU
-    with reporter.step(f"Loading {config.model}"):
-        loaded = load_model(config.model, config.input_shapes)
-    for note in loaded.notes:
-        reporter.note(note)
+    if prepared is None:
+        with reporter.step(f"Loading {config.model}"):
+            loaded = load_model(config.model, config.input_shapes)
+        for note in loaded.notes:
+            reporter.note(note)
+    else:
+        loaded = prepared.loaded
     frames = plan_for_model(config.preprocess, loaded) if config.preprocess else None
     data = _load_data(config, loaded, frames)
     instrument = None
-    if config.time_passes or config.dump_ir is not None:
+    if prepared is None and (config.time_passes or config.dump_ir is not None):
         instrument = PassInstrument(dump_dir=config.dump_ir)
-    with reporter.step("Canonicalising the graph"):
-        canonical = canonicalize(loaded.proto, instrument)
+    if prepared is None:
+        with reporter.step("Canonicalising the graph"):
+            canonical = canonicalize(loaded.proto, instrument)
+    else:
+        canonical = onnx.ModelProto()
+        canonical.CopyFrom(prepared.canonical)  # later steps may edit it: never the shared one
     # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
     tensors = tensors_dataset(data, frames) if frames and data else data
     students = derive_students(
@@ -414,7 +465,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         gate=gate,
         archive=archive,
         signed_by=signed_by,
-        passes=tuple(instrument.records) if instrument else (),
+        passes=tuple(instrument.records) if instrument else (prepared.passes if prepared else ()),
         notes=tuple(
             s["backend_fallback"]["note"] for s in manifest["stages"] if "backend_fallback" in s
         ),

@@ -34,12 +34,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgec.compiler.int8.precision import saturates_u8s8
 from edgec.compiler.planning.cost_model import estimate_latency
 from edgec.compiler.progress import Reporter
 from edgec.config import CompileConfig
 from edgec.errors import BadInputError, MissingDependencyError
 from edgec.targets import BuildOptions, LatencyStats, Target, get_backend
 from edgec.targets.base import Artifact, Backend, MeasurePolicy, Runner
+from edgec.targets.descriptor import detect_host
 from edgec.targets.registry import (
     backend_names,
     buildable,
@@ -343,20 +345,36 @@ def _remove_new(directory: Path, before: set[Path]) -> None:
 
 
 def evaluation_runner(
-    backend: Backend, artifact: Artifact, model_path: Path
+    backend: Backend, artifact: Artifact, model_path: Path, target: Target, precision: str
 ) -> tuple[Runner, str | None]:
-    """A runner for ``--data`` evaluation, and what ran it when it is not the artifact.
+    """A runner for ``--data`` evaluation that computes as ``target`` would, and what ran it
+    when it is not the artifact.
 
     An artifact that cannot run on this machine (another architecture, a GPU) is replaced by
-    ONNX Runtime on the stage's ONNX model, the model the artifact was compiled from.
+    ONNX Runtime on the stage's ONNX model, the model the artifact was compiled from. So is an
+    INT8 artifact that runs here when this CPU's integer arithmetic is not the target's: x86
+    without VNNI saturates u8 x s8 products, an ARM board or an x86 with VNNI does not, and the
+    accuracy the manifest states is the target's, the one the accuracy guard judged.
     """
-    if backend.runs_here(artifact):
+    exact_elsewhere = (
+        precision == "int8"
+        and not target.is_host
+        and not saturates_u8s8(target)
+        and saturates_u8s8(detect_host())
+    )
+    if backend.runs_here(artifact) and not exact_elsewhere:
         return backend.load(artifact), None
     from edgec.targets.onnxruntime.backend import OrtRunner
 
-    note = (
-        f"onnxruntime on this machine (the {backend.name} artifact is for "
-        f"{artifact.metadata.get('device', '?')}/{artifact.metadata.get('arch', '?')})"
-    )
-    # The artifact's own integer arithmetic is exact (ARM, CUDA): so is the stand-in's.
+    if backend.runs_here(artifact):
+        note = (
+            "onnxruntime on this machine with exact integer kernels (this CPU's u8s8 kernels "
+            f"saturate, {target.name}'s do not)"
+        )
+    else:
+        note = (
+            f"onnxruntime on this machine (the {backend.name} artifact is for "
+            f"{artifact.metadata.get('device', '?')}/{artifact.metadata.get('arch', '?')})"
+        )
+    # The target's own integer arithmetic is exact (ARM, CUDA, VNNI): so is the stand-in's.
     return OrtRunner(model_path, exact_int8=True), note

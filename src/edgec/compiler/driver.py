@@ -281,7 +281,9 @@ def _build_stage(
         return entry, None
     x_val = data.x_val if x_eval is None else x_eval
     with reporter.step(f"Evaluating '{stage.name}' on {len(x_val)} validation samples"):
-        runner, evaluated_with = evaluation_runner(backend, artifact, model_path)
+        runner, evaluated_with = evaluation_runner(
+            backend, artifact, model_path, target, stage.precision
+        )
         logits = predict(runner, x_val)
     if not np.isfinite(logits).all():  # the bundle would answer NaN: fail the build
         raise BadInputError(

@@ -204,7 +204,7 @@ def rule_flavour(target: Target, backend: str) -> Int8Flavour:
     return Int8Flavour("int8", per_channel=True)
 
 
-def _saturates_u8s8(target: Target) -> bool:
+def saturates_u8s8(target: Target) -> bool:
     """Whether the target's INT8 kernels saturate u8 x s8 products (x86 without VNNI)."""
     x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
     return x86 and not (set(target.cpu.isa_features) & _VNNI)
@@ -256,7 +256,7 @@ class _Workspace:
         self.threads = target.cpu.cores if target.is_host else None
         # Another target's INT8 is judged by its own arithmetic: exact, unless it is an x86
         # CPU without VNNI, whose u8s8 kernels saturate (as this machine's may, or may not).
-        self.exact_int8 = not target.is_host and not _saturates_u8s8(target)
+        self.exact_int8 = not target.is_host and not saturates_u8s8(target)
         self._count = 0
 
     def runner(self, model: onnx.ModelProto):

@@ -97,7 +97,8 @@ def _data_frames(path: Path, spec: inputs.InputSpec, count: int) -> list[np.ndar
     frames = []
     try:
         for raw in inputs.iter_frames([path], spec):
-            frames.append(inputs.prepare(raw, spec))
+            # A copy: a sample may be a view of a memory map closed once the walk ends.
+            frames.append(np.array(inputs.prepare(raw, spec), copy=True))
             if len(frames) == count:
                 break
     except inputs.InputFileError as err:
@@ -179,6 +180,7 @@ class LoadReport:
     codes: dict[str, int] = field(default_factory=dict)
     lost_reasons: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)  # of the 200s
+    late_by_ms: list[float] = field(default_factory=list)  # how late each late 200 came
     connections: int = 0
     elapsed_s: float = 0.0
 
@@ -203,6 +205,7 @@ class LoadReport:
             "ok": ok,
             "lost": self.lost,
             "late": self.late,
+            "late_by_ms_max": round(max(self.late_by_ms), 3) if self.late_by_ms else None,
             "skipped": self.skipped,
             "codes": dict(sorted(self.codes.items())),
             "status_429": self.codes.get("429", 0),
@@ -300,7 +303,7 @@ class _Recorder:
         self.last = 0.0
         self.closed = False
 
-    def answer(self, status: int, latency_ms: float, late: bool) -> None:
+    def answer(self, status: int, latency_ms: float, deadline_ms: float) -> None:
         with self.lock:
             if self.closed:
                 return
@@ -308,7 +311,9 @@ class _Recorder:
             self.report.codes[code] = self.report.codes.get(code, 0) + 1
             if status == 200:
                 self.report.latencies_ms.append(latency_ms)
-                self.report.late += int(late)
+                if latency_ms > deadline_ms:
+                    self.report.late += 1
+                    self.report.late_by_ms.append(latency_ms - deadline_ms)
             self._finish()
 
     def lose(self, reason: str) -> None:
@@ -352,7 +357,33 @@ def _send_frame(
         device.give_back(connection)
     else:
         connection.close()
-    recorder.answer(status, latency_s * 1000.0, latency_s > deadline_s)
+    recorder.answer(status, latency_s * 1000.0, deadline_s * 1000.0)
+
+
+def check_load(
+    url: str, devices: int, rate: float, seconds: float, grace_ms: float
+) -> tuple[str, int, str]:
+    """Check a load test's settings before anything is prepared; the URL's host, port and
+    ``host:port``.
+
+    Raises:
+        BadInputError: A URL that is not ``http://HOST[:PORT]``, or a number out of range.
+    """
+    address = _split_url(url)
+    if devices < 1:
+        raise BadInputError(f"--devices must be at least 1, got {devices}.")
+    if not (math.isfinite(rate) and rate > 0):
+        raise BadInputError(f"--rate must be a positive number of frames per second, got {rate}.")
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+        raise BadInputError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds}.")
+    if not (math.isfinite(grace_ms) and grace_ms >= 0):
+        raise BadInputError(f"--grace-ms must be a non-negative number, got {grace_ms}.")
+    if round(rate * seconds) > MAX_FRAMES:
+        raise BadInputError(
+            f"--rate x --seconds is {round(rate * seconds)} frames; the limit is {MAX_FRAMES}: "
+            "lower either."
+        )
+    return address
 
 
 def run_load(
@@ -367,22 +398,10 @@ def run_load(
     """Send ``rate * seconds`` frames from ``devices`` devices, open loop, and measure.
 
     Raises:
-        BadInputError: A bad URL or out-of-range numbers.
+        BadInputError: A bad URL or out-of-range numbers (see :func:`check_load`).
     """
-    host, port, netloc = _split_url(url)
-    if devices < 1:
-        raise BadInputError(f"--devices must be at least 1, got {devices}.")
-    if not (math.isfinite(rate) and rate > 0):
-        raise BadInputError(f"--rate must be a positive number of frames per second, got {rate}.")
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
-        raise BadInputError(f"--seconds must be in (0, {MAX_SECONDS:g}], got {seconds}.")
-    if not (math.isfinite(grace_ms) and grace_ms >= 0):
-        raise BadInputError(f"--grace-ms must be a non-negative number, got {grace_ms}.")
+    host, port, netloc = check_load(url, devices, rate, seconds, grace_ms)
     frames = max(1, round(rate * seconds))
-    if frames > MAX_FRAMES:
-        raise BadInputError(
-            f"--rate x --seconds is {frames} frames; the limit is {MAX_FRAMES}: lower either."
-        )
     report = LoadReport(url, devices, rate, seconds, workload.deadline_ms, grace_ms)
     recorder = _Recorder(report)
     fleet = [_Device(f"loadtest-{i}", host, port, netloc) for i in range(devices)]

@@ -1,7 +1,8 @@
 """``edgec loadtest`` against the generated gateway (``edgec serve``) on loopback.
 
 Two bundles, compiled without students (no training): the digits teacher served whole by the
-gateway (``--partition gateway-only``, raw float32 frames), and a bottleneck model cut after
+gateway (``--partition gateway-only``: devices send their input, int8-encoded as the planner
+chose for the 50 Mbps link), and a bottleneck model cut after
 its stem (the device runs the stem and sends its output int8-encoded; the gateway's stage takes
 ~15-30 ms, so one worker is easy to overload). Every run is bounded: a few seconds, at most a
 few hundred frames.
@@ -21,9 +22,10 @@ import pytest
 from models import bottleneck_model
 from runtime_helpers import TEACHER, GatewayProcess, write_loopback_target
 
-from edgec.bundle.loadtest import prepare_workload, run_load
+from edgec.bundle.loadtest import Payload, prepare_workload, run_load
 from edgec.compiler import compile_model
 from edgec.config import CompileConfig
+from edgec.runtime import codec
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +58,7 @@ FIGURES = {
 
 @pytest.fixture(scope="module")
 def digits_gateway_bundle(tmp_path_factory) -> Path:
-    """The digits teacher, all on the gateway: devices send their raw input."""
+    """The digits teacher, all on the gateway: devices send their input (int8-encoded)."""
     root = tmp_path_factory.mktemp("loadtest-digits")
     result = compile_model(
         CompileConfig(
@@ -261,8 +263,9 @@ def test_a_bundle_without_gateway_stages_is_refused(tmp_path):
 
 
 def test_data_inputs_are_sent_as_the_device_would(digits_gateway_bundle, start_gateway, tmp_path):
-    """--data frames (an .npz of digits) are what is sent; a file that is not an array is
-    one sentence and exit 2."""
+    """--data frames (an .npz of digits) are sent encoded as the device runtime encodes them
+    (the manifest says int8 for this bundle); a file that is not an array is one sentence and
+    exit 2."""
     import numpy as np
 
     from edgec.data import load_dataset
@@ -271,7 +274,9 @@ def test_data_inputs_are_sent_as_the_device_would(digits_gateway_bundle, start_g
     np.savez(tmp_path / "digits.npz", x=data.x_val[:8], y=data.y_val[:8])
     workload = prepare_workload(digits_gateway_bundle, tmp_path / "digits.npz")
     assert len(workload.payloads) == 8
-    assert workload.payloads[0].body == np.ascontiguousarray(data.x_val[:1], "<f4").tobytes()
+    assert workload.wire["encoding"] == "int8"
+    body, headers = codec.encode_tensor(data.x_val[:1], workload.deadline_ms, None, "int8")
+    assert workload.payloads[0] == Payload(body, headers)
     gateway = start_gateway(digits_gateway_bundle)
     report = run_load(gateway.url, workload, devices=2, rate=20, seconds=0.5)
     assert report.codes == {"200": 10} and report.lost == 0

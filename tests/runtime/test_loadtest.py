@@ -15,6 +15,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import onnx
@@ -229,6 +231,53 @@ def test_a_gateway_that_is_not_there_loses_every_request_and_exits_1(digits_gate
     assert "Traceback" not in result.stderr
 
 
+class _BadGateway:
+    """A TCP server on loopback that reads each request and then stays silent or hangs up."""
+
+    def __init__(self, behaviour: str):
+        self.behaviour = behaviour
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            connection.recv(65536)
+            if self.behaviour == "hang-up":
+                connection.close()
+            else:
+                self.held.append(connection)
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.mark.parametrize(("behaviour", "reason"), [("silent", "timeout"), ("hang-up", "reset")])
+def test_a_gateway_that_never_answers_is_counted_lost_within_deadline_and_grace(
+    digits_gateway_bundle, behaviour, reason
+):
+    """A server that swallows requests (or hangs up on them) gives no HTTP answer: each
+    request is lost with its reason, and the run ends within deadline + grace."""
+    workload = prepare_workload(digits_gateway_bundle, deadline_ms=50.0)
+    bad = _BadGateway(behaviour)
+    try:
+        started = time.monotonic()
+        report = run_load(bad.url, workload, devices=2, rate=20, seconds=0.2, grace_ms=100.0)
+        took = time.monotonic() - started
+    finally:
+        bad.close()
+    assert report.sent == 4 and report.codes == {}
+    assert report.lost == 4 and report.lost_reasons == {reason: 4}
+    assert took < 0.2 + 0.15 + 1.0  # sending time + deadline + grace, with slack
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -286,3 +335,10 @@ def test_data_inputs_are_sent_as_the_device_would(digits_gateway_bundle, start_g
         "--rate", "5", "--data", str(tmp_path / "notes.txt"),
     )  # fmt: skip
     assert result.returncode == 2 and "unknown type" in result.stderr
+    result = _loadtest(
+        "--gateway", gateway.url, "--bundle", str(digits_gateway_bundle),
+        "--devices", "2", "--rate", "10", "--seconds", "0.3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "sent 3, answered 3, lost 0, skipped 0" in result.stdout
+    assert "status codes: 200: 3 (5xx: 0)" in result.stdout

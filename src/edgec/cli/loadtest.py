@@ -26,7 +26,7 @@ from edgec.errors import GateFailedError
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    help="Inputs (.npz/.npy); default: random inputs of the bundle's input spec.",
+    help="Inputs (.npz/.npy/images); default: random inputs of the bundle's input spec.",
 )
 @click.option(
     "--deadline-ms",

@@ -25,6 +25,7 @@ ORDER = [
     "run",
     "serve",
     "captures",
+    "loadtest",
     "rollout",
     "inspect",
     "targets",
@@ -59,6 +60,7 @@ SEE_ALSO = {
     "serve": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), "
     "[fleet](fleet.md#registry) (`--tier registry`)",
     "captures": "[field](field.md#capture)",
+    "loadtest": "[gateway](gateway.md)",
     "rollout": "[fleet](fleet.md#canary-promote-rollback)",
     "inspect": "[inspect](inspect.md), [INT8](int8.md), [partition](partition.md)",
     "targets": "[targets](targets.md)",

@@ -17,6 +17,7 @@ from edgec.cli.captures import captures_command
 from edgec.cli.check import check_command
 from edgec.cli.compile import compile_command
 from edgec.cli.inspect import inspect_command
+from edgec.cli.loadtest import loadtest_command
 from edgec.cli.rollout import rollout_command
 from edgec.cli.targets import targets_group
 
@@ -47,5 +48,6 @@ for _command in (
     *runtime.COMMANDS,
     captures_command,
     rollout_command,
+    loadtest_command,
 ):
     main.add_command(_command)

@@ -16,6 +16,7 @@ The runtime's own errors (a stage that cannot be loaded, an unreadable input) be
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -136,6 +137,7 @@ def run_bundle(
     gateway_url: str | None = None,
     public_key: Path | None = None,
     device_id: str | None = None,
+    power_state_file: Path | None = None,
 ) -> Iterator[dict]:
     """Answer every input frame with the bundle's device runtime; one dict per frame.
 
@@ -155,10 +157,11 @@ def run_bundle(
     root, _, verified = open_bundle(bundle, public_key)
     device = import_runtime(root, "device", verified)
     log = device.observability.json_logger("edgec.runtime.device", _log_level())
+    extra = _power_state_option(device, power_state_file)
     try:
         # Already verified above by edgec's own verifier: the bundle's copy is not asked.
         runtime = device.DeviceRuntime(
-            root, gateway_url=gateway_url, public_key=None, device_id=device_id, logger=log
+            root, gateway_url=gateway_url, public_key=None, device_id=device_id, logger=log, **extra
         )
     except device.BundleError as err:
         raise _bundle_error(device, err) from None
@@ -187,6 +190,19 @@ def run_bundle(
             f"No frame of {frames} got an answer{where}; check that the gateway runs "
             "(`edgec serve`) and is reachable."
         )
+
+
+def _power_state_option(device: ModuleType, power_state_file: Path | None) -> dict:
+    """``power_state_file`` for the bundle's runtime; a runtime generated before policy
+    switching has no such option (it is passed only when given)."""
+    if power_state_file is None:
+        return {}
+    if "power_state_file" not in inspect.signature(device.DeviceRuntime).parameters:
+        raise BadInputError(
+            "This bundle's runtime predates --power-state-file; recompile the bundle with this "
+            "edgec to switch policies with the power state."
+        )
+    return {"power_state_file": power_state_file}
 
 
 _GATEWAY_FAILURES = frozenset({"fallback-error", "fallback-down", "fallback-refused"})

@@ -23,6 +23,12 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
 @click.option("--gateway", metavar="URL", help="Gateway to offload to, e.g. http://gw:8080.")
 @options.public_key_option(_VERIFY_KEY_HELP)
 @click.option("--device-id", help="This device's name in logs and requests.")
+@click.option(
+    "--power-state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the power state, normal or low, re-read when it changes; low switches "
+    "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
+)
 @options.json_option("One JSON object per input, one a line.")
 @handle_errors
 def run(
@@ -31,6 +37,7 @@ def run(
     gateway: str | None,
     key: Path | None,
     device_id: str | None,
+    power_state_file: Path | None,
     as_json: bool,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
@@ -43,7 +50,7 @@ def run(
     from edgec.bundle.launch import run_bundle
 
     try:
-        for item in run_bundle(bundle, list(inputs), gateway, key, device_id):
+        for item in run_bundle(bundle, list(inputs), gateway, key, device_id, power_state_file):
             if as_json:
                 click.echo(json.dumps(item))
             else:

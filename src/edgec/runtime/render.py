@@ -32,6 +32,7 @@ SHARED_MODULES = (
     "observability.py",
     "loaders.py",
     "verify_bundle.py",
+    "switching.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",
@@ -243,10 +244,29 @@ def runtime_context(manifest: dict) -> dict:
             "accuracy_basis": policy.get("accuracy_basis", "labels"),
         },
         "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": wire_bytes},
+        "switching": _switching(policy, device, gateway),
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
     }
+
+
+def _switching(policy: dict, device: list[dict], gateway: list[dict]) -> dict:
+    """The policies the device runtime switches between (``runtime.switching``): the
+    top-level policy as ``link-good``, then the manifest's ``policy.alternatives``."""
+    keys = ("stages", "offload", "thresholds", "forward_cost_ms", "fusion_weight")
+    policies = {
+        "link-good": {
+            "stages": [s["name"] for s in device + gateway],
+            "offload": bool(gateway),
+            "thresholds": dict(policy.get("thresholds") or {}),
+            "forward_cost_ms": dict(policy.get("forward_cost_ms") or {}),
+            "fusion_weight": policy.get("fusion_weight"),
+        }
+    }
+    for name, alternative in sorted((policy.get("alternatives") or {}).items()):
+        policies[name] = {key: alternative.get(key) for key in keys}
+    return {"planned_rtt_ms": (policy.get("link") or {}).get("rtt_ms"), "policies": policies}
 
 
 def _dns_name(text: str) -> str:

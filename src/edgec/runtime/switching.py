@@ -148,7 +148,7 @@ class PowerState:
     Args:
         path: A file holding ``normal`` or ``low`` (a missing file reads as ``normal``).
         value: The state when there is no file (default ``$EDGEC_POWER_STATE``, else
-            ``normal``).
+            ``normal``; the variable is not read when there is a file).
 
     Raises:
         ValueError: ``value`` is neither ``normal`` nor ``low``.
@@ -156,7 +156,9 @@ class PowerState:
 
     def __init__(self, path: str | os.PathLike | None = None, value: str | None = None):
         self.path = os.fspath(path) if path is not None else None
-        value = (value or os.environ.get(POWER_STATE_ENV) or "normal").strip().lower()
+        if value is None and self.path is None:
+            value = os.environ.get(POWER_STATE_ENV)
+        value = (value or "normal").strip().lower()
         if value not in POWER_STATES:
             raise ValueError(
                 f"The power state {value!r} (${POWER_STATE_ENV}) is not one of "

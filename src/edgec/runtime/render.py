@@ -266,7 +266,10 @@ def _switching(policy: dict, device: list[dict], gateway: list[dict]) -> dict:
     }
     for name, alternative in sorted((policy.get("alternatives") or {}).items()):
         policies[name] = {key: alternative.get(key) for key in keys}
-    return {"planned_rtt_ms": (policy.get("link") or {}).get("rtt_ms"), "policies": policies}
+    link = policy.get("link") or {}
+    # A health probe is a small request: the plan prices it at the RTT plus the overhead.
+    planned = link["rtt_ms"] + link.get("overhead_ms", 0.0) if link.get("rtt_ms") else None
+    return {"planned_rtt_ms": planned, "policies": policies}
 
 
 def _dns_name(text: str) -> str:

@@ -14,10 +14,13 @@ the link and reads the power state between frames, and :class:`Switcher` picks t
   never counts against a frame's budget.
 * **Hysteresis** (:class:`LinkState`, ``K`` = :attr:`Settings.window`): the link turns
   *degraded* when the median of the last ``K`` samples exceeds :attr:`Settings.degrade_factor`
-  times the planned RTT, and *good* again once ``K`` samples in a row are below
-  :attr:`Settings.recover_factor` times it. It is *down* after :attr:`Settings.down_after`
-  failed probes in a row, and leaves *down* after ``K`` answered probes in a row (to *good* if
-  they are all below the recovery line, else *degraded*).
+  times the planned round trip, and *good* again when, after at least ``K`` samples degraded,
+  the median of the last ``K`` is below :attr:`Settings.recover_factor` times it (the gap
+  between the two lines and the ``K``-sample dwell keep it from flapping; the median keeps a
+  lone slow probe from holding it back). It is *down* after :attr:`Settings.down_after` failed
+  probes in a row, and leaves *down* after ``K`` answered probes in a row (to *good* if their
+  median is below the recovery line, else *degraded*). The planned round trip of a probe is
+  what the plan prices a small request at: the link's RTT plus its per-request overhead.
 * **Power** (:class:`PowerState`): ``normal`` or ``low``, from a file re-read when it changes
   (``--power-state-file``) or from ``$EDGEC_POWER_STATE``; it takes effect at the next frame.
 * **Choice** (:func:`choose`): ``link-down`` when the link is down; else ``low-power`` when
@@ -59,8 +62,9 @@ class Settings:
     Attributes:
         window: ``K``: RTT samples the decisions look at (and answered probes to leave down).
         degrade_factor: Degraded when the median of the last ``K`` samples exceeds this times
-            the planned RTT.
-        recover_factor: Good again when ``K`` samples in a row are below this times it.
+            the planned round trip.
+        recover_factor: Good again when, after ``K`` samples degraded, the median of the last
+            ``K`` is below this times it.
         down_after: Failed probes in a row that make the link down.
         probe_every_frames: A probe every this many frames...
         probe_every_s: ...or when this many seconds have passed since the last one.
@@ -90,7 +94,8 @@ class LinkState:
     """The link's state (``good``, ``degraded`` or ``down``) from probe results, with hysteresis.
 
     Args:
-        planned_rtt_ms: The RTT the ``link-good`` policy was planned for.
+        planned_rtt_ms: The round trip of a probe the ``link-good`` policy was planned for
+            (the link's RTT plus the plan's per-request overhead).
         settings: Window, factors and the failures that mean down.
     """
 
@@ -100,6 +105,7 @@ class LinkState:
         self.samples: deque[float] = deque(maxlen=self.settings.window)
         self.failures = 0
         self.state = "good"
+        self.degraded_for = 0  # samples taken while degraded
 
     @property
     def median_ms(self) -> float | None:
@@ -117,16 +123,21 @@ class LinkState:
             return self.state
         self.failures = 0
         self.samples.append(rtt_ms)
-        full = len(self.samples) == s.window
-        recovered = full and max(self.samples) < s.recover_factor * self.planned_rtt_ms
+        if len(self.samples) < s.window:
+            return self.state
+        median = statistics.median(self.samples)
+        recovered = median < s.recover_factor * self.planned_rtt_ms
         if self.state == "down":
-            if full:
-                self.state = "good" if recovered else "degraded"
+            self.state = "good" if recovered else "degraded"
         elif self.state == "good":
-            if full and statistics.median(self.samples) > s.degrade_factor * self.planned_rtt_ms:
+            if median > s.degrade_factor * self.planned_rtt_ms:
                 self.state = "degraded"
-        elif recovered:
-            self.state = "good"
+        else:
+            self.degraded_for += 1
+            if recovered and self.degraded_for >= s.window:
+                self.state = "good"
+        if self.state != "degraded":
+            self.degraded_for = 0
         return self.state
 
 
@@ -263,8 +274,8 @@ class Switcher:
 
     Args:
         available: The policies the bundle has (``link-good`` at least).
-        planned_rtt_ms: The RTT the ``link-good`` policy was planned for (``None``: the link
-            is not measured).
+        planned_rtt_ms: The round trip of a probe the ``link-good`` policy was planned for
+            (``None``: the link is not measured).
         probe: Measures the gateway's RTT (``None``: no gateway, the link is not measured).
         power: The power state.
         settings: Window, factors and the probe schedule.

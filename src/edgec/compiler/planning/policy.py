@@ -6,7 +6,9 @@ target's link; this module turns them into plain data for
 :func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
 ``policy`` section, and returns the manifest with that policy and each stage's threshold. A
 forwarded request is sized and priced by :mod:`edgec.compiler.planning.link` (the runtime's own
-wire format), as the partition planner prices its requests.
+wire format), as the partition planner prices its requests. Beside the plan for the
+descriptor's link, the policy holds ``alternatives``: the plans for a degraded or down link and
+for low power (:mod:`edgec.compiler.planning.alternatives`), which the runtime switches to.
 
 A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
 device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the

@@ -24,6 +24,8 @@ ORDER = [
     "check",
     "run",
     "serve",
+    "captures",
+    "rollout",
     "inspect",
     "targets",
     "targets show",
@@ -46,11 +48,18 @@ SEE_ALSO = {
         "[pre-processing](preprocess.md) (`--preprocess`), [graph passes](passes.md) "
         "(`--time-passes`, `--dump-ir`), [latency and the gate](latency.md) (`--budget-ms`, "
         "`--percentile`, `--measure-seconds`), [bundle](bundle.md) (`-o`, `--force`, "
-        "`--archive`), [trust](trust.md) (`--sign-key`)"
+        "`--archive`), [trust](trust.md) (`--sign-key`), [fleet](fleet.md#zoo) (a `--target` "
+        "list)"
     ),
     "check": "[latency and the gate](latency.md)",
-    "run": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`)",
-    "serve": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`)",
+    "run": (
+        "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), "
+        "[field](field.md#capture) (`--capture`)"
+    ),
+    "serve": "[cascade](cascade.md#the-generated-runtime), [trust](trust.md) (`--key`), "
+    "[fleet](fleet.md#registry) (`--tier registry`)",
+    "captures": "[field](field.md#capture)",
+    "rollout": "[fleet](fleet.md#canary-promote-rollback)",
     "inspect": "[inspect](inspect.md), [INT8](int8.md), [partition](partition.md)",
     "targets": "[targets](targets.md)",
     "targets show": "[targets](targets.md)",

@@ -99,6 +99,7 @@ def test_the_recorded_command_writes_the_folder_as_DIR(tmp_path, argv):
         ("int8.py", ["--models", "resnet18", "efficientnet_b0"]),
         ("tvm.py", ["--part", "speed"]),
         ("passes.py", ["--models", "resnet18", "mobilenet_v2"]),
+        ("fp16.py", ["--models", "resnet18", "efficientnet_b0"]),
     ],
 )
 @pytest.mark.parametrize("with_dir", [True, False])
@@ -118,7 +119,7 @@ def test_each_script_skips_absent_models_in_one_line_and_records_nothing(
     assert results.read_bytes() == before
 
 
-@pytest.mark.parametrize("script", ["int8.py", "partition.py", "tvm.py", "passes.py"])
+@pytest.mark.parametrize("script", ["int8.py", "partition.py", "tvm.py", "passes.py", "fp16.py"])
 def test_each_script_documents_models_dir(script):
     """``--help`` lists the option, and the docstring (the help's source) names it too."""
     text = (BENCHMARKS / script).read_text(encoding="utf-8")

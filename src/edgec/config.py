@@ -17,8 +17,7 @@ from edgec.kernels.preprocess.spec import PreprocessSpec
 
 Percentile = Literal[50, 90, 99]
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
-# fp16 is not offered until a backend builds it (descriptors may still list it).
-PRECISIONS: tuple[str, ...] = ("fp32", "int8", "auto")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
@@ -107,8 +106,9 @@ class CompileConfig:
         budget_ms: Latency budget; when set, the gate runs after building.
         percentile: Which latency percentile the budget applies to.
         input_shapes: Static shapes for inputs with dynamic dimensions.
-        precision: ``auto`` (default: per stage, the faster of FP32 and INT8 that passes the
-            accuracy guard), ``fp32`` or ``int8`` (``fp16`` is not built yet).
+        precision: ``auto`` (default: per stage, FP16 where the target's GPU runs it, else the
+            faster of FP32 and INT8; whatever passes the accuracy guard), ``fp32``, ``fp16``
+            (GPU targets only) or ``int8``.
         backend: ``auto`` (the target's preference) or a backend name.
         data: ``--data`` source (``digits`` or an ``.npz`` path) for accuracy.
         force: Replace an existing bundle.
@@ -216,8 +216,6 @@ class CompileConfig:
             raise BadInputError(f"--temperature must be positive, got {self.temperature}.")
         if not 0 <= self.alpha <= 1:
             raise BadInputError(f"--alpha must be between 0 and 1, got {self.alpha}.")
-        if self.precision == "fp16":
-            raise BadInputError("--precision fp16 is not built yet; use fp32, int8 or auto.")
         if self.precision not in PRECISIONS:
             raise BadInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'."

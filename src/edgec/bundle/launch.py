@@ -137,9 +137,13 @@ def run_bundle(
     gateway_url: str | None = None,
     public_key: Path | None = None,
     device_id: str | None = None,
+    capture: dict | None = None,
     power_state_file: Path | None = None,
 ) -> Iterator[dict]:
     """Answer every input frame with the bundle's device runtime; one dict per frame.
+
+    ``capture`` (``capture_dir``, ``capture_max_frames``, ``capture_max_mb``) spools the
+    frames worth annotating (the runtime's ``--capture``); ``None`` captures nothing.
 
     Each dict has ``input``, ``prediction``, ``confidence``, ``stage``, ``latency_ms`` and
     ``route`` (how the answer came about). The first frame the gateway fails to answer (down,
@@ -157,11 +161,22 @@ def run_bundle(
     root, _, verified = open_bundle(bundle, public_key)
     device = import_runtime(root, "device", verified)
     log = device.observability.json_logger("edgec.runtime.device", _log_level())
+    if capture and not hasattr(device, "capture"):
+        raise BadInputError(
+            f"Bundle {bundle}'s runtime cannot capture frames (it predates --capture); "
+            "recompile it with this edgec."
+        )
     extra = _power_state_option(device, power_state_file)
     try:
         # Already verified above by edgec's own verifier: the bundle's copy is not asked.
         runtime = device.DeviceRuntime(
-            root, gateway_url=gateway_url, public_key=None, device_id=device_id, logger=log, **extra
+            root,
+            gateway_url=gateway_url,
+            public_key=None,
+            device_id=device_id,
+            logger=log,
+            **(capture or {}),
+            **extra,
         )
     except device.BundleError as err:
         raise _bundle_error(device, err) from None

@@ -228,6 +228,9 @@ class Manifest:
         stages: The stages in cascade order.
         partition: Where ``--partition`` split the teacher, or ``None``.
         policy: The cascade's policy section (``None`` until it is planned).
+        monitoring: What the runtime watches in the field: the drift reference and the
+            capture threshold (:mod:`edgec.compiler.planning.monitoring`; ``None`` until
+            planned).
     """
 
     edgec_version: str
@@ -241,6 +244,7 @@ class Manifest:
     stages: tuple[StageEntry, ...]
     partition: PartitionSection | None = None
     policy: Mapping[str, Any] | None = None
+    monitoring: Mapping[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
@@ -259,6 +263,7 @@ class Manifest:
                 PartitionSection.from_json(data["partition"]) if data.get("partition") else None
             ),
             policy=data.get("policy"),
+            monitoring=data.get("monitoring"),
         )
 
     def stage(self, name: str) -> StageEntry:
@@ -278,6 +283,10 @@ class Manifest:
         stages = tuple(entry.with_threshold(thresholds.get(entry.name)) for entry in self.stages)
         return dataclasses.replace(self, stages=stages, policy=policy)
 
+    def with_monitoring(self, monitoring: Mapping[str, Any]) -> Manifest:
+        """This manifest with its ``monitoring`` section."""
+        return dataclasses.replace(self, monitoring=monitoring)
+
     def to_json(self) -> dict:
         """The manifest as JSON values (without ``files``, which the writer adds)."""
         manifest = {
@@ -295,4 +304,6 @@ class Manifest:
         }
         if self.policy is not None:
             manifest["policy"] = self.policy
+        if self.monitoring is not None:
+            manifest["monitoring"] = self.monitoring
         return manifest

@@ -13,9 +13,11 @@ import logging
 import click
 
 from edgec.cli import runtime, trust
+from edgec.cli.captures import captures_command
 from edgec.cli.check import check_command
 from edgec.cli.compile import compile_command
 from edgec.cli.inspect import inspect_command
+from edgec.cli.rollout import rollout_command
 from edgec.cli.targets import targets_group
 
 __all__ = ["main"]
@@ -43,5 +45,7 @@ for _command in (
     check_command,
     *trust.COMMANDS,
     *runtime.COMMANDS,
+    captures_command,
+    rollout_command,
 ):
     main.add_command(_command)

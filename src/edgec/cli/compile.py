@@ -36,14 +36,20 @@ from edgec.errors import EXIT_GATE_FAILED
 def compile_command(model: Path, output: Path | None, as_json: bool, **flags) -> None:
     """Compile MODEL (ONNX) into a bundle for a target.
 
+    A comma-separated --target list builds a zoo: one bundle per target in OUTPUT/<target>/
+    and OUTPUT/index.json, for `edgec serve --tier registry` (docs/fleet.md).
+
     \b
-    Example:
+    Examples:
       edgec compile examples/digits/teacher.onnx --target raspberry-pi-4 -o out/rpi4 --budget-ms 5
+      edgec compile examples/digits/teacher.onnx --target raspberry-pi-4,jetson-nano -o zoo
     """
     from edgec.compiler import compile_model
     from edgec.compiler.progress import Reporter
     from edgec.passes.instrument import format_pass_table
 
+    if "," in flags["target"]:  # a list of targets: a zoo (edgec.compiler.zoo)
+        return compile_zoo_command(model, output, as_json, flags)
     config = build_config(model, output, flags)
     result = compile_model(config, Reporter(quiet=as_json, console=err))
     if as_json:
@@ -55,6 +61,30 @@ def compile_command(model: Path, output: Path | None, as_json: bool, **flags) ->
     if result.gate is not None and not result.gate.passed:
         if not as_json:
             warn(f"gate failed: {result.gate.summary}")
+        sys.exit(EXIT_GATE_FAILED)
+
+
+def compile_zoo_command(model: Path, output: Path | None, as_json: bool, flags: dict) -> None:
+    """``--target a,b,c``: one bundle per target in OUTPUT/<target>/ and OUTPUT/index.json."""
+    from edgec.compiler.progress import Reporter
+    from edgec.compiler.zoo import compile_zoo
+
+    config = build_config(model, output or Path("out") / f"{model.stem}-zoo", flags)
+    result = compile_zoo(config, Reporter(quiet=as_json, console=err))
+    if config.time_passes and result.results:  # the passes ran once, for every target
+        from edgec.passes.instrument import format_pass_table
+
+        warn(format_pass_table(result.results[0].passes))
+    if as_json:
+        print_json(result.to_json())
+    else:
+        for bundle in result.results:
+            print_summary(bundle)
+        click.echo(f"zoo: {result.zoo} ({len(result.results)} targets, {result.zoo}/index.json)")
+    for bundle in result.results:
+        if bundle.gate is not None and not bundle.gate.passed and not as_json:
+            warn(f"gate failed for {bundle.manifest['target']['name']}: {bundle.gate.summary}")
+    if result.gate_failed:
         sys.exit(EXIT_GATE_FAILED)
 
 

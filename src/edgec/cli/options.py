@@ -102,15 +102,15 @@ def objective_option(help: str):  # noqa: A002 - click's name
     )
 
 
-# fp16 is not offered: no backend builds it yet (config refuses it from the API too).
 int8_options = compose(
     click.option(
         "--precision",
-        type=click.Choice(["fp32", "int8", "auto"]),
+        type=click.Choice(["fp32", "fp16", "int8", "auto"]),
         default="auto",
         show_default=True,
-        help="Precision of the stages: auto picks, per stage, the faster of FP32 and INT8 that "
-        "passes the accuracy guard (INT8 needs --data); int8 forces it.",
+        help="Precision of the stages: auto picks, per stage, FP16 where the target's GPU runs "
+        "it (FP32 I/O), else the faster of FP32 and INT8 (needs --data), whichever passes the "
+        "accuracy guard; fp16 (GPU targets only) and int8 force one.",
     ),
     click.option(
         "--calibration",
@@ -131,8 +131,8 @@ int8_options = compose(
         type=float,
         default=1.0,
         show_default=True,
-        help="Largest accuracy drop INT8 may cause, in points (without labels: disagreement "
-        "with FP32 where FP32 is confident); worse layers are kept in FP32.",
+        help="Largest accuracy drop INT8 or FP16 may cause, in points (without labels: "
+        "disagreement with FP32 where FP32 is confident); worse layers are kept in FP32.",
     ),
     click.option(
         "--min-sqnr-db",

@@ -30,6 +30,28 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
 )
 @options.json_option("One JSON object per input, one a line.")
+@click.option(
+    "--capture",
+    "capture_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Spool frames under the capture threshold, or overruled by the gateway, to DIR with "
+    "their metadata (off by default: frames may be private). Export: edgec captures DIR.",
+)
+@click.option(
+    "--capture-max-frames",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Most frames --capture keeps (the oldest are dropped).",
+)
+@click.option(
+    "--capture-max-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Most megabytes --capture keeps (the oldest are dropped).",
+)
 @handle_errors
 def run(
     bundle: Path,
@@ -39,6 +61,9 @@ def run(
     device_id: str | None,
     power_state_file: Path | None,
     as_json: bool,
+    capture_dir: Path | None,
+    capture_max_frames: int,
+    capture_max_mb: float,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
 
@@ -46,11 +71,21 @@ def run(
     Examples:
       edgec run out/rpi4 frames.npy --json
       edgec run out/rpi4 photo.png --gateway http://gateway:8080
+      edgec run out/rpi4 frames.npy --capture spool/ --capture-max-mb 50
     """
     from edgec.bundle.launch import run_bundle
 
     try:
-        for item in run_bundle(bundle, list(inputs), gateway, key, device_id, power_state_file):
+        capture = None
+        if capture_dir is not None:
+            capture = {
+                "capture_dir": capture_dir,
+                "capture_max_frames": capture_max_frames,
+                "capture_max_mb": capture_max_mb,
+            }
+        for item in run_bundle(
+            bundle, list(inputs), gateway, key, device_id, capture, power_state_file
+        ):
             if as_json:
                 click.echo(json.dumps(item))
             else:
@@ -74,10 +109,11 @@ def _describe(item: dict) -> str:
 @options.bundle_argument()
 @click.option(
     "--tier",
-    type=click.Choice(["gateway"]),
+    type=click.Choice(["gateway", "registry"]),
     default="gateway",
     show_default=True,
-    help="The tier to serve (devices run `edgec run`).",
+    help="The tier to serve (devices run `edgec run`); registry: BUNDLE is a zoo whose "
+    "bundles devices fetch (docs/fleet.md).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free).")
@@ -103,13 +139,27 @@ def serve(
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
 
+    With --tier registry, BUNDLE is a zoo (`edgec compile --target a,b,c`) and devices fetch
+    the bundle that fits them from it.
+
     \b
-    Example:
+    Examples:
       edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
+      edgec serve zoo --tier registry --port 8090
     """
+    if tier == "registry":
+        from edgec.bundle.registry import serve_registry
+        from edgec.errors import BadInputError
+
+        if queue_size is not None or workers is not None or key is not None:
+            raise BadInputError(
+                "--queue-size, --workers and --key apply to --tier gateway only; leave them out "
+                "for the registry."
+            )
+        serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
+        return
     from edgec.bundle.launch import serve_bundle
 
-    del tier  # only the gateway tier is served
     serve_bundle(
         bundle,
         host,

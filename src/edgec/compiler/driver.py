@@ -30,6 +30,7 @@ from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
+from edgec.compiler.fp16 import check_fp16_request, decide_fp16, wants_fp16
 from edgec.compiler.int8.precision import (
     PrecisionOptions,
     check_request,
@@ -48,7 +49,7 @@ from edgec.compiler.preprocess import (
     tensors_dataset,
 )
 from edgec.compiler.progress import Reporter
-from edgec.compiler.report import write_report
+from edgec.compiler.report.markdown import write_report
 from edgec.compiler.students import derive_students
 from edgec.config import CompileConfig
 from edgec.data import Dataset, check_matches_model, load_dataset
@@ -163,8 +164,13 @@ def _apply_precision(
     config: CompileConfig,
     reporter: Reporter,
 ) -> None:
-    """Decide the stage's precision (INT8 or FP32) on ``stage_target``, the target it runs on
-    (the gateway's for gateway stages), and write its calibration files."""
+    """Decide the stage's precision (FP16, INT8 or FP32) on ``stage_target``, the target it
+    runs on (the gateway's for gateway stages), and write its calibration files.
+
+    FP16 (:mod:`edgec.compiler.fp16`) where asked for or, under ``auto``, where the stage's
+    backend runs it on the target's GPU; ``--precision fp16`` was checked against the device
+    target, so a gateway stage whose target cannot run FP16 stays FP32 (and says so).
+    """
     if stage_target.name != target.name:
         backend = choose_backend(stage_target, config.backend)
     options = PrecisionOptions(
@@ -176,6 +182,17 @@ def _apply_precision(
         compare_seconds=min(config.measure_seconds, 2.0),
         seed=config.seed,
     )
+    if config.precision == "fp16" and stage_target.name != target.name:
+        options = dataclasses.replace(options, requested="fp32")
+        reporter.note(f"'{stage.name}': FP32 on {stage_target.name}, which runs no FP16")
+    if wants_fp16(options.requested, stage_target, backend):
+        with reporter.step(f"Converting '{stage.name}' to FP16 and checking it against FP32"):
+            fp16 = decide_fp16(stage.model, stage_target, backend.name, data, options, stage.name)
+        reporter.note(f"'{stage.name}': {fp16.describe()}")
+        stage.model, stage.precision = fp16.model, fp16.precision
+        stage.extra.update(fp16.manifest_fields())
+        stage.extra["calibration"] = None
+        return
     decision = decide_precision(
         stage.model, stage_target, backend.name, data, options, reporter, stage.name
     )
@@ -273,6 +290,12 @@ def _build_stage(
             f"{len(logits)} validation samples; check the model's numerics and the data's "
             "scale."
         )
+    if evaluated_with and stage.precision == "fp16":
+        # ORT's CPU provider has no FP16 kernels for most ops: it casts around them.
+        evaluated_with += (
+            ", on the FP16 ONNX: ops without an FP16 CPU kernel run in FP32 between casts "
+            "(the accuracy guard judged a stricter FP16 emulation)"
+        )
     scores = {"accuracy_measured_with": evaluated_with or None}
     if stage.role != "prefix":  # a prefix outputs intermediate tensors: nothing to score
         if data.has_labels:
@@ -282,8 +305,52 @@ def _build_stage(
     return dataclasses.replace(entry, **scores), logits
 
 
-def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> CompileResult:
+@dataclass(frozen=True)
+class PreparedModel:
+    """The target-independent start of a compile: the loaded model and its canonical form.
+
+    A zoo (several targets, :mod:`edgec.compiler.zoo`) prepares it once and passes it to each
+    target's :func:`compile_model`, which works on its own copy of ``canonical``.
+
+    Attributes:
+        loaded: The loaded, validated model.
+        canonical: Its canonical form.
+        passes: The canonicalisation's pass records (``--time-passes`` / ``--dump-ir``).
+    """
+
+    loaded: LoadedModel
+    canonical: onnx.ModelProto
+    passes: tuple[PassRecord, ...] = ()
+
+
+def prepare_model(config: CompileConfig, reporter: Reporter | None = None) -> PreparedModel:
+    """Load and canonicalise ``config.model`` (what every target's compile starts with).
+
+    Raises:
+        BadInputError: A bad model or input shape.
+    """
+    reporter = reporter or Reporter(quiet=True)
+    with reporter.step(f"Loading {config.model}"):
+        loaded = load_model(config.model, config.input_shapes)
+    for note in loaded.notes:
+        reporter.note(note)
+    instrument = None
+    if config.time_passes or config.dump_ir is not None:
+        instrument = PassInstrument(dump_dir=config.dump_ir)
+    with reporter.step("Canonicalising the graph"):
+        canonical = canonicalize(loaded.proto, instrument)
+    return PreparedModel(loaded, canonical, tuple(instrument.records) if instrument else ())
+
+
+def compile_model(
+    config: CompileConfig,
+    reporter: Reporter | None = None,
+    prepared: PreparedModel | None = None,
+) -> CompileResult:
     """Compile a teacher into a bundle per ``config``.
+
+    ``prepared`` (from :func:`prepare_model`, same model and input shapes) skips loading and
+    canonicalising.
 
     Raises:
         BadInputError: Any bad model, data, target, flag or output path (nothing is written).
@@ -296,17 +363,25 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
     signing_key = trust.load_private_key(config.sign_key) if config.sign_key else None
     precision = _check_precision(config, target)
     backend = primary_backend(target, config)
-    with reporter.step(f"Loading {config.model}"):
-        loaded = load_model(config.model, config.input_shapes)
-    for note in loaded.notes:
-        reporter.note(note)
+    check_fp16_request(config.precision, target, backend)  # FP16 needs the backend on a GPU
+    if prepared is None:
+        with reporter.step(f"Loading {config.model}"):
+            loaded = load_model(config.model, config.input_shapes)
+        for note in loaded.notes:
+            reporter.note(note)
+    else:
+        loaded = prepared.loaded
     frames = plan_for_model(config.preprocess, loaded) if config.preprocess else None
     data = _load_data(config, loaded, frames)
     instrument = None
-    if config.time_passes or config.dump_ir is not None:
+    if prepared is None and (config.time_passes or config.dump_ir is not None):
         instrument = PassInstrument(dump_dir=config.dump_ir)
-    with reporter.step("Canonicalising the graph"):
-        canonical = canonicalize(loaded.proto, instrument)
+    if prepared is None:
+        with reporter.step("Canonicalising the graph"):
+            canonical = canonicalize(loaded.proto, instrument)
+    else:
+        canonical = onnx.ModelProto()
+        canonical.CopyFrom(prepared.canonical)  # later steps may edit it: never the shared one
     # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
     tensors = tensors_dataset(data, frames) if frames and data else data
     students = derive_students(
@@ -390,7 +465,7 @@ def compile_model(config: CompileConfig, reporter: Reporter | None = None) -> Co
         gate=gate,
         archive=archive,
         signed_by=signed_by,
-        passes=tuple(instrument.records) if instrument else (),
+        passes=tuple(instrument.records) if instrument else (prepared.passes if prepared else ()),
         notes=tuple(
             s["backend_fallback"]["note"] for s in manifest["stages"] if "backend_fallback" in s
         ),

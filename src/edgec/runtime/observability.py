@@ -8,7 +8,11 @@ several can live in one process. Without ``prometheus-client`` the metrics are n
 Metrics (both tiers): ``inference_latency_seconds`` (histogram of a frame's or request's
 latency), ``stage_exit_total{stage}`` (which stage answered), ``offload_rate`` (share of frames
 sent to the gateway; on the gateway, the share of requests it admitted). Device only:
-``offload_requests_total{outcome}`` and ``offload_bytes_total``. Gateway only:
+``offload_requests_total{outcome}``, ``offload_bytes_total``, ``edgec_drift_psi{signal}``
+(population stability index of each watched signal over the last window, see ``drift.py``),
+``edgec_drift_alerts_total{signal}`` (times a signal crossed its threshold),
+``edgec_capture_frames_total{reason}`` (frames spooled by ``--capture``) and
+``edgec_capture_dropped_total`` (spooled frames deleted to keep the caps). Gateway only:
 ``gateway_requests_total{code}``, ``gateway_queue_depth``, ``gateway_queue_peak`` and
 ``gateway_inflight``. Device with switchable policies (:meth:`Metrics.define_switching`):
 ``edgec_policy_switches_total{to}``, ``edgec_policy_active{policy}`` (1 for the current
@@ -40,6 +44,8 @@ LATENCY_BUCKETS = (
     2.0,
 )
 OFFLOAD_OUTCOMES = ("ok", "timeout", "refused", "error")
+DRIFT_SIGNALS = ("confidence", "class", "exit_stage", "offload")
+CAPTURE_REASONS = ("low-confidence", "overruled")
 
 
 class _NullMetric:
@@ -106,6 +112,7 @@ class Metrics:
             self.offload_bytes = make(
                 "Counter", "offload_bytes", "Bytes sent to the gateway (requests)."
             )
+            self._define_field(make)
         else:
             self.requests = make(
                 "Counter", "gateway_requests", "Inference requests by HTTP status.", ("code",)
@@ -113,6 +120,44 @@ class Metrics:
             self.queue_depth = make("Gauge", "gateway_queue_depth", "Requests waiting.")
             self.queue_peak = make("Gauge", "gateway_queue_peak", "Most requests ever waiting.")
             self.inflight = make("Gauge", "gateway_inflight", "Requests being handled.")
+
+    def _define_field(self, make) -> None:
+        """The device's drift and capture metrics."""
+        self.drift_psi = make(
+            "Gauge",
+            "edgec_drift_psi",
+            "Population stability index of a signal over the last window vs. validation.",
+            ("signal",),
+        )
+        self.drift_alerts = make(
+            "Counter",
+            "edgec_drift_alerts",
+            "Times a signal crossed its drift threshold.",
+            ("signal",),
+        )
+        for signal in DRIFT_SIGNALS:
+            self.drift_alerts.labels(signal=signal)
+        self.captured = make(
+            "Counter", "edgec_capture_frames", "Frames spooled by --capture.", ("reason",)
+        )
+        for reason in CAPTURE_REASONS:
+            self.captured.labels(reason=reason)
+        self.capture_dropped = make(
+            "Counter", "edgec_capture_dropped", "Spooled frames deleted to keep the caps."
+        )
+
+    def record_drift(self, values: dict[str, float], crossed: list[str]) -> None:
+        """Set each signal's PSI; count the signals that crossed their threshold."""
+        for signal, value in values.items():
+            self.drift_psi.labels(signal=signal).set(value)
+        for signal in crossed:
+            self.drift_alerts.labels(signal=signal).inc()
+
+    def record_capture(self, reason: str, dropped: int) -> None:
+        """Count one spooled frame and the old ones deleted for it."""
+        self.captured.labels(reason=reason).inc()
+        if dropped:
+            self.capture_dropped.inc(dropped)
 
     def record_frame(self, stage: str, seconds: float, offloaded: bool) -> None:
         """Count one answered frame (device) or request (gateway)."""

@@ -5,7 +5,8 @@ before the manifest is written, so every generated file is hashed (and signed) w
 Templates live in ``templates/`` and are rendered with jinja2 and ``StrictUndefined``: a
 missing value is an error, never an empty string. The modules the runtime shares with the
 compiler (:data:`SHARED_MODULES`: the wire format, the scoring arithmetic, input reading,
-metrics, stage loaders and bundle verification) are copied verbatim, so the planner and the
+metrics, stage loaders, bundle verification, drift binning and frame capture) are copied
+verbatim, so the planner and the
 runtime compute with the same code.
 
 Rendering is deterministic: the same manifest gives byte-identical files. The rendered Python
@@ -32,6 +33,8 @@ SHARED_MODULES = (
     "observability.py",
     "loaders.py",
     "verify_bundle.py",
+    "drift.py",
+    "capture.py",
     "switching.py",
 )
 TEMPLATES = {
@@ -245,6 +248,7 @@ def runtime_context(manifest: dict) -> dict:
         },
         "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": wire_bytes},
         "switching": _switching(policy, device, gateway),
+        "monitoring": _monitoring(manifest),
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
@@ -270,6 +274,15 @@ def _switching(policy: dict, device: list[dict], gateway: list[dict]) -> dict:
     # A health probe is a small request: the plan prices it at the RTT plus the overhead.
     planned = link["rtt_ms"] + link.get("overhead_ms", 0.0) if link.get("rtt_ms") else None
     return {"planned_rtt_ms": planned, "policies": policies}
+
+
+def _monitoring(manifest: dict) -> dict:
+    """The drift reference and capture threshold (none for a manifest without them)."""
+    monitoring = manifest.get("monitoring") or {}
+    return {
+        "drift": monitoring.get("drift"),
+        "capture": {"threshold": (monitoring.get("capture") or {}).get("threshold")},
+    }
 
 
 def _dns_name(text: str) -> str:

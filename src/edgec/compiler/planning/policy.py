@@ -26,6 +26,7 @@ from edgec.bundle.manifest import Manifest, PartitionSection, StageEntry
 from edgec.compiler.planning.alternatives import plan_alternatives
 from edgec.compiler.planning.cascade import Policy, plan_cascade
 from edgec.compiler.planning.link import LinkModel, request_bytes
+from edgec.compiler.planning.monitoring import monitoring_section
 from edgec.config import CompileConfig
 from edgec.runtime import scoring
 from edgec.targets.base import LatencyStats
@@ -126,8 +127,9 @@ def policy_for_bundle(
     link: Link | None,
     config: CompileConfig,
 ) -> Manifest:
-    """``manifest`` with the ``policy`` of a compile and each stage's threshold (``config``
-    gives the budget and the options)."""
+    """``manifest`` with the ``policy`` of a compile, each stage's threshold (``config``
+    gives the budget and the options) and the ``monitoring`` section (drift reference,
+    capture threshold)."""
     policy, _ = plan_bundle_policy(
         manifest.stages,
         outputs,
@@ -142,4 +144,8 @@ def policy_for_bundle(
         config.seed,
         manifest.partition,
     )
-    return manifest.with_policy(policy)
+    classifiers = [e for e in manifest.stages if e.role != "prefix"]
+    monitoring = monitoring_section(
+        [e.name for e in classifiers], [e.tier for e in classifiers], outputs, policy
+    )
+    return manifest.with_policy(policy).with_monitoring(monitoring)

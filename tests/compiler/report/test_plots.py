@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from edgec.compiler.plots import MIN_POINT_SHARE, pareto_figure, write_pareto_plot
+from edgec.compiler.report.plots import MIN_POINT_SHARE, pareto_figure, write_pareto_plot
 
 
 def _policy(points: list[tuple[float, float]], chosen: int, budget: float | None) -> dict:

@@ -87,7 +87,7 @@ def partition_section(partition: dict) -> list[str]:
 
 def cascade_section(policy: dict) -> list[str]:
     """Markdown lines: the cascade's thresholds, exits and its accuracy–latency front."""
-    from edgec.compiler.plots import pareto_table
+    from edgec.compiler.report.plots import pareto_table
 
     shown = ", ".join(f"{n} ≥ {t:.4g}" for n, t in policy["thresholds"].items())
     exits = ", ".join(f"{n} {100 * s:.1f}%" for n, s in policy["exit_shares"].items())
@@ -112,7 +112,7 @@ def write_report(root: Path, manifest: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(manifest))
     if len(manifest["stages"]) > 1 and manifest["policy"].get("pareto"):
-        from edgec.compiler.plots import write_pareto_plot
+        from edgec.compiler.report.plots import write_pareto_plot
 
         write_pareto_plot(path.parent / "pareto.png", manifest["policy"])
     return path

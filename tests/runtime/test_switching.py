@@ -297,3 +297,26 @@ def test_edgec_run_takes_the_power_state_file(cascade_bundle, tmp_path):
         stages[state] = {line["stage"] for line in lines}
     assert small not in stages["low"]
     assert small in stages["normal"]
+
+
+@pytest.mark.slow
+def test_edgec_run_refuses_the_power_state_file_for_a_runtime_without_it(cascade_bundle, tmp_path):
+    """A bundle generated before policy switching (its DeviceRuntime has no power_state_file)
+    gets one sentence and exit 2, not a TypeError."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    old = tmp_path / "old"
+    shutil.copytree(cascade_bundle, old)
+    device = old / "runtime" / "device.py"
+    device.write_text(device.read_text().replace("power_state_file", "power_state_path"))
+    frames = tmp_path / "frames.npy"
+    np.save(frames, load_dataset("digits").x_val[:4])
+    args = ["run", str(old), str(frames), "--power-state-file", str(tmp_path / "power")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "predates --power-state-file" in result.output
+    assert "Traceback" not in result.output

@@ -16,6 +16,7 @@ The runtime's own errors (a stage that cannot be loaded, an unreadable input) be
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -137,6 +138,7 @@ def run_bundle(
     public_key: Path | None = None,
     device_id: str | None = None,
     capture: dict | None = None,
+    power_state_file: Path | None = None,
 ) -> Iterator[dict]:
     """Answer every input frame with the bundle's device runtime; one dict per frame.
 
@@ -164,6 +166,7 @@ def run_bundle(
             f"Bundle {bundle}'s runtime cannot capture frames (it predates --capture); "
             "recompile it with this edgec."
         )
+    extra = _power_state_option(device, power_state_file)
     try:
         # Already verified above by edgec's own verifier: the bundle's copy is not asked.
         runtime = device.DeviceRuntime(
@@ -173,6 +176,7 @@ def run_bundle(
             device_id=device_id,
             logger=log,
             **(capture or {}),
+            **extra,
         )
     except device.BundleError as err:
         raise _bundle_error(device, err) from None
@@ -201,6 +205,19 @@ def run_bundle(
             f"No frame of {frames} got an answer{where}; check that the gateway runs "
             "(`edgec serve`) and is reachable."
         )
+
+
+def _power_state_option(device: ModuleType, power_state_file: Path | None) -> dict:
+    """``power_state_file`` for the bundle's runtime; a runtime generated before policy
+    switching has no such option (it is passed only when given)."""
+    if power_state_file is None:
+        return {}
+    if "power_state_file" not in inspect.signature(device.DeviceRuntime).parameters:
+        raise BadInputError(
+            "This bundle's runtime predates --power-state-file; recompile the bundle with this "
+            "edgec to switch policies with the power state."
+        )
+    return {"power_state_file": power_state_file}
 
 
 _GATEWAY_FAILURES = frozenset({"fallback-error", "fallback-down", "fallback-refused"})

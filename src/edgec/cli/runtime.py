@@ -23,6 +23,12 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
 @click.option("--gateway", metavar="URL", help="Gateway to offload to, e.g. http://gw:8080.")
 @options.public_key_option(_VERIFY_KEY_HELP)
 @click.option("--device-id", help="This device's name in logs and requests.")
+@click.option(
+    "--power-state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the power state, normal or low, re-read when it changes; low switches "
+    "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
+)
 @options.json_option("One JSON object per input, one a line.")
 @click.option(
     "--capture",
@@ -53,6 +59,7 @@ def run(
     gateway: str | None,
     key: Path | None,
     device_id: str | None,
+    power_state_file: Path | None,
     as_json: bool,
     capture_dir: Path | None,
     capture_max_frames: int,
@@ -76,7 +83,9 @@ def run(
                 "capture_max_frames": capture_max_frames,
                 "capture_max_mb": capture_max_mb,
             }
-        for item in run_bundle(bundle, list(inputs), gateway, key, device_id, capture):
+        for item in run_bundle(
+            bundle, list(inputs), gateway, key, device_id, capture, power_state_file
+        ):
             if as_json:
                 click.echo(json.dumps(item))
             else:

@@ -14,7 +14,9 @@ sent to the gateway; on the gateway, the share of requests it admitted). Device 
 ``edgec_capture_frames_total{reason}`` (frames spooled by ``--capture``) and
 ``edgec_capture_dropped_total`` (spooled frames deleted to keep the caps). Gateway only:
 ``gateway_requests_total{code}``, ``gateway_queue_depth``, ``gateway_queue_peak`` and
-``gateway_inflight``.
+``gateway_inflight``. Device with switchable policies (:meth:`Metrics.define_switching`):
+``edgec_policy_switches_total{to}``, ``edgec_policy_active{policy}`` (1 for the current
+policy, 0 for the others) and ``edgec_link_rtt_seconds`` (median of the recent probes).
 
 Logs are one JSON object per line with ``ts``, ``level``, ``event`` and the fields of the event
 (the device logs ``device_id``, ``model_version``, ``stage`` and ``inference_time_ms`` per frame).
@@ -175,6 +177,50 @@ class Metrics:
         """Count one gateway answer."""
         self.latency.observe(seconds)
         self.stage_exit.labels(stage=stage).inc()
+
+    # --- Policy switching (runtime.switching): its own metrics, defined on demand ---
+
+    def define_switching(self, policies: list[str], current: str) -> None:
+        """Add the policy-switching metrics for ``policies``, with ``current`` active."""
+        if self.registry is None:
+            self.policy_switches = self.policy_active = self.link_rtt = _NullMetric()
+            return
+        import prometheus_client as prom
+
+        self.policy_switches = prom.Counter(
+            "edgec_policy_switches",
+            "Policy switches by the policy switched to.",
+            labelnames=("to",),
+            registry=self.registry,
+        )
+        self.policy_active = prom.Gauge(
+            "edgec_policy_active",
+            "1 for the policy in use, 0 for the others.",
+            labelnames=("policy",),
+            registry=self.registry,
+        )
+        self.link_rtt = prom.Gauge(
+            "edgec_link_rtt_seconds",
+            "Median RTT of the recent health probes to the gateway.",
+            registry=self.registry,
+        )
+        for name in policies:
+            self.policy_switches.labels(to=name)
+            self.policy_active.labels(policy=name).set(float(name == current))
+        self._policies = list(policies)
+
+    def record_switch(self, to: str) -> None:
+        """Count a switch to ``to`` and make it the active policy."""
+        self.policy_switches.labels(to=to).inc()
+        for name in getattr(self, "_policies", []):
+            self.policy_active.labels(policy=name).set(float(name == to))
+
+    def record_link_rtt(self, rtt_ms: float | None) -> None:
+        """The median RTT of the recent probes (``None``: none answered lately)."""
+        if rtt_ms is not None:
+            self.link_rtt.set(rtt_ms / 1000.0)
+
+    # --- end of policy switching ---
 
     def exposition(self) -> tuple[int, bytes, str]:
         """HTTP status, body and content type for a ``/metrics`` endpoint."""

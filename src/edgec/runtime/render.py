@@ -35,6 +35,7 @@ SHARED_MODULES = (
     "verify_bundle.py",
     "drift.py",
     "capture.py",
+    "switching.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",
@@ -246,11 +247,33 @@ def runtime_context(manifest: dict) -> dict:
             "accuracy_basis": policy.get("accuracy_basis", "labels"),
         },
         "gateway": {**GATEWAY_DEFAULTS, "max_request_bytes": wire_bytes},
+        "switching": _switching(policy, device, gateway),
         "monitoring": _monitoring(manifest),
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
     }
+
+
+def _switching(policy: dict, device: list[dict], gateway: list[dict]) -> dict:
+    """The policies the device runtime switches between (``runtime.switching``): the
+    top-level policy as ``link-good``, then the manifest's ``policy.alternatives``."""
+    keys = ("stages", "offload", "thresholds", "forward_cost_ms", "fusion_weight")
+    policies = {
+        "link-good": {
+            "stages": [s["name"] for s in device + gateway],
+            "offload": bool(gateway),
+            "thresholds": dict(policy.get("thresholds") or {}),
+            "forward_cost_ms": dict(policy.get("forward_cost_ms") or {}),
+            "fusion_weight": policy.get("fusion_weight"),
+        }
+    }
+    for name, alternative in sorted((policy.get("alternatives") or {}).items()):
+        policies[name] = {key: alternative.get(key) for key in keys}
+    link = policy.get("link") or {}
+    # A health probe is a small request: the plan prices it at the RTT plus the overhead.
+    planned = link["rtt_ms"] + link.get("overhead_ms", 0.0) if link.get("rtt_ms") else None
+    return {"planned_rtt_ms": planned, "policies": policies}
 
 
 def _monitoring(manifest: dict) -> dict:

@@ -6,7 +6,9 @@ target's link; this module turns them into plain data for
 :func:`edgec.compiler.planning.cascade.plan_cascade` and its result into the manifest's
 ``policy`` section, and returns the manifest with that policy and each stage's threshold. A
 forwarded request is sized and priced by :mod:`edgec.compiler.planning.link` (the runtime's own
-wire format), as the partition planner prices its requests.
+wire format), as the partition planner prices its requests. Beside the plan for the
+descriptor's link, the policy holds ``alternatives``: the plans for a degraded or down link and
+for low power (:mod:`edgec.compiler.planning.alternatives`), which the runtime switches to.
 
 A partitioned teacher (``--partition``) is two entries: its prefix (role ``prefix``, on the
 device) and the rest (role ``teacher``, on the gateway). The planner sees one stage: the
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgec.bundle.manifest import Manifest, PartitionSection, StageEntry
+from edgec.compiler.planning.alternatives import plan_alternatives
 from edgec.compiler.planning.cascade import Policy, plan_cascade
 from edgec.compiler.planning.link import LinkModel, request_bytes
 from edgec.compiler.planning.monitoring import monitoring_section
@@ -76,22 +79,40 @@ def plan_bundle_policy(
         if have_outputs
         else None
     )
+    tiers = [entry.tier for entry in entries]
+    link_model = LinkModel.from_link(link) if link else None
+    options = {
+        "budget_ms": budget_ms,
+        "percentile": percentile,
+        "confidence": confidence,
+        "fusion": fusion,
+        "tolerance": tolerance,
+        "seed": seed,
+    }
     plan = plan_cascade(
         probs,
         latency,
-        [entry.tier for entry in entries],
-        LinkModel.from_link(link) if link else None,
+        tiers,
+        link_model,
         payload,
-        budget_ms,
-        percentile,
-        confidence,
-        fusion,
-        labels if have_outputs else None,
+        labels=labels if have_outputs else None,
         names=names,
-        tolerance=tolerance,
-        seed=seed,
+        **options,
     )
     policy = {**plan.to_json(), "scores": kinds}
+    # The policies the runtime switches to when the link degrades or fails, or power is low.
+    alternatives = plan_alternatives(
+        probs,
+        latency,
+        tiers,
+        names,
+        link_model,
+        payload,
+        labels if have_outputs else None,
+        **options,
+    )
+    if alternatives:
+        policy["alternatives"] = alternatives
     if policy["bandwidth_saved"] is not None and payload != input_payload:
         # Against sending every input as it is: a partition sends a different tensor.
         sent = policy["offload_rate"] * payload / input_payload

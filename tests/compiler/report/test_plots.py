@@ -72,6 +72,26 @@ def test_the_chosen_point_is_labelled():
     assert "chosen: 0.215 ms, 99.33%" in texts
 
 
+@pytest.mark.parametrize("chosen", [0, 1, 2])
+def test_the_chosen_label_stays_inside_the_axes_and_clear_of_the_legend(chosen):
+    """The demo's plot had its legend (lower right, inside the axes) over the chosen label;
+    the legend now sits below the axes and the label turns to the side with room."""
+    points = [(0.0668, 0.9911), (0.0670, 0.9911), (0.0670, 0.9933)]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = pareto_figure(_policy(points, chosen, 5.0))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figure.axes[0]
+    (label,) = [t for t in axes.texts if t.get_gid() == "chosen-label"]
+    box = label.get_window_extent(renderer)
+    frame = axes.get_window_extent(renderer)
+    legend = axes.get_legend().get_window_extent(renderer)
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    assert not box.overlaps(legend) and legend.y1 <= frame.y0
+
+
 def test_a_far_budget_is_named_in_the_legend_instead_of_stretching_the_axis():
     axes = pareto_figure(DEMO).axes[0]
     assert axes.get_xlim()[1] < 5.0

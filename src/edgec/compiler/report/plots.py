@@ -74,11 +74,16 @@ def pareto_figure(policy: dict):
     axes.step(xs, ys, where="post", color=_BLUE, label="Pareto front", linewidth=1.2)
     axes.scatter(xs, ys, s=14, color=_BLUE, zorder=3)
     axes.scatter([chosen_x], [chosen_y], s=90, marker="*", color=_RED, zorder=4, label="chosen")
+    # The label goes on the side with room: left of a point in the right half of the axis,
+    # above the lowest point (below it the axis ends).
+    right_half = math.log(chosen_x / lo) > 0.5 * math.log(hi / lo)
+    lowest = chosen_y <= min(ys)
     axes.annotate(
         f"chosen: {chosen_x:.3g} ms, {chosen_y:.2f}%",
         (chosen_x, chosen_y),
-        xytext=(12, -14),
+        xytext=(-10 if right_half else 10, 8 if lowest else -14),
         textcoords="offset points",
+        horizontalalignment="right" if right_half else "left",
         color=_RED,
         fontsize="small",
         gid="chosen-label",
@@ -97,7 +102,10 @@ def pareto_figure(policy: dict):
     axes.set_ylim(low_y - margin, high_y + margin)
     axes.set_title("Cascade policies on the validation split")
     axes.grid(True, alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    # Below the axes, so it never covers a point or the chosen label.
+    axes.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize="small", frameon=False
+    )
     figure.tight_layout()
     return figure
 

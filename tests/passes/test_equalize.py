@@ -31,22 +31,23 @@ def _uneven(rng, shape, spread: float = 3.0) -> np.ndarray:
     return w * scale.reshape((-1,) + (1,) * (len(shape) - 1))
 
 
-def _mobilenet_like(seed: int = 0) -> onnx.ModelProto:
+def _mobilenet_like(seed: int = 0, spread: float = 3.0) -> onnx.ModelProto:
     """stem 3x3 -> Relu -> depthwise 3x3 -> Clip(0) -> pointwise 1x1 -> pointwise 1x1 -> Relu
-    -> depthwise 3x3 (multiplier 2) -> Relu -> pointwise 1x1: four equalizable pairs."""
+    -> depthwise 3x3 (multiplier 2) -> Relu -> pointwise 1x1: five equalizable pairs; channel
+    ranges spread over ``spread`` decades."""
     rng = np.random.default_rng(seed)
     c = 8
     inits = {
-        "w0": _uneven(rng, [c, 3, 3, 3]),
+        "w0": _uneven(rng, [c, 3, 3, 3], spread),
         "b0": rng.standard_normal(c) * 0.1,
-        "w1": _uneven(rng, [c, 1, 3, 3]),
+        "w1": _uneven(rng, [c, 1, 3, 3], spread),
         "b1": rng.standard_normal(c) * 0.1,
-        "w2": _uneven(rng, [c, c, 1, 1]),
+        "w2": _uneven(rng, [c, c, 1, 1], spread),
         "b2": rng.standard_normal(c) * 0.1,
-        "w3": _uneven(rng, [c, c, 1, 1]),
-        "w4": _uneven(rng, [2 * c, 1, 3, 3]),
+        "w3": _uneven(rng, [c, c, 1, 1], spread),
+        "w4": _uneven(rng, [2 * c, 1, 3, 3], spread),
         "b4": rng.standard_normal(2 * c) * 0.1,
-        "w5": _uneven(rng, [4, 2 * c, 1, 1]),
+        "w5": _uneven(rng, [4, 2 * c, 1, 1], spread),
         "zero": np.array(0.0, np.float32),
     }
     nodes = [

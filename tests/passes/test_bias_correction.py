@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, numpy_helper
 from test_equalize import _mobilenet_like
 
 from edgec.errors import BadInputError
@@ -110,3 +111,30 @@ def test_bad_samples_are_refused(quantized):
     pre, qdq, _ = quantized
     with pytest.raises(BadInputError, match="shape"):
         correct_biases(pre, qdq, np.zeros((4, 3, 5, 5), np.float32))
+
+
+def test_quantize_step_option_applies_the_correction(quantized):
+    """``Int8Flavour(bias_correction=True)`` makes quantize_model return the corrected model
+    (named ``...-bias-corrected``); without calibration samples it is a caller bug."""
+    pre, qdq, calibration = quantized
+    table = calibrate(pre, calibration)
+    flavour = Int8Flavour(per_channel=False, reduce_range=True, bias_correction=True)
+    assert flavour.name == "u8s8-per-tensor-reduce-range-bias-corrected"
+    assert flavour.to_json()["bias_correction"] is True
+    via_option = quantize_model(pre, table, flavour, samples=calibration)
+    direct, _ = correct_biases(pre, qdq, calibration)
+    biases = {
+        i.name: numpy_helper.to_array(i)
+        for i in direct.graph.initializer
+        if i.data_type == TensorProto.INT32
+    }
+    got = {
+        i.name: numpy_helper.to_array(i)
+        for i in via_option.graph.initializer
+        if i.data_type == TensorProto.INT32
+    }
+    assert biases.keys() == got.keys() and len(biases) == 12  # 6 biases + 6 zero points
+    for name, value in biases.items():
+        np.testing.assert_array_equal(got[name], value)
+    with pytest.raises(ValueError, match="needs the calibration samples"):
+        quantize_model(pre, table, flavour)

@@ -256,3 +256,22 @@ def test_preprocess_option_equalizes_and_per_tensor_int8_gets_closer_to_fp32():
         got = np.concatenate([run(qdq, {"x": held_out[i : i + 2]})[0] for i in range(0, 32, 2)])
         sqnr[equalize] = sqnr_db(want, got)
     assert sqnr[True] > sqnr[False] + 10.0, sqnr
+
+
+def test_relu6_as_relu_equalizes_through_relu6_like_the_paper(caplog):
+    """``relu6_as_relu=True``: the ReLU6 (Clip 0..6) of an equalized pair becomes Relu, and
+    the model then computes exactly what the original does with Relu in its place (the only
+    FP32 change is the dropped bound); the info line says so."""
+    between = [helper.make_node("Clip", ["c1", "lo", "hi"], ["a"], name="relu6")]
+    bounds = {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}
+    model = _pair(between, **bounds)
+    with caplog.at_level(logging.INFO, logger="edgec.passes.equalize"):
+        after, modified = run_pass(model, EqualizeCrossLayerPass(relu6_as_relu=True))
+    assert modified
+    assert [n.op_type for n in after.graph.node] == ["Conv", "Relu", "Conv"]
+    assert any("1 ReLU6 replaced by ReLU" in r.getMessage() for r in caplog.records)
+    as_relu = _pair([helper.make_node("Relu", ["c1"], ["a"])])
+    assert_same_outputs(as_relu, after)
+    # and the bound mattered: the original model's outputs differ
+    feeds = {"x": 3 * random_feeds(model)["x"]}
+    assert not np.allclose(run(model, feeds)[0], run(after, feeds)[0], rtol=1e-3)

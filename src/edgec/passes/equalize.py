@@ -27,8 +27,11 @@ Refused (the pair is left alone, the reason is logged at ``debug``):
 
 * ``Clip`` with an upper bound, which includes ReLU6 (``Clip(0, 6)``): ``min(y / s, 6)`` is not
   ``min(y, 6) / s`` for any ``s != 1`` (the clip point moves to ``6 * s``), so no scale keeps
-  FP32 outputs exact; the paper replaces ReLU6 by ReLU, which changes the FP32 model and is
-  not done here. ``Clip`` with ``min != 0`` is refused for the same reason;
+  FP32 outputs exact. The paper replaces ReLU6 by ReLU; ``relu6_as_relu=True`` does that
+  (for ``Clip`` with ``min = 0`` and a finite max, only in pairs that get equalized, logged at
+  ``info``): the FP32 model then changes wherever an activation exceeded the bound, so the
+  result is to be judged against the original FP32 model (the accuracy guard does). ``Clip``
+  with ``min != 0`` is refused for the same reason;
 * Conv1's output (or ``f``'s) has another consumer or is a graph output: the scale would
   reach that consumer too;
 * a weight or bias is not a constant initializer, is a graph input (a user could feed another
@@ -65,6 +68,7 @@ class _Pair:
     conv1: ir.Node
     conv2: ir.Node
     depthwise2: bool
+    unclip: ir.Node | None = None  # a ReLU6-style Clip to become Relu (relu6_as_relu)
 
 
 def _is_default_domain(node: ir.Node) -> bool:
@@ -101,6 +105,38 @@ def _only_consumer(value: ir.Value) -> ir.Node | None:
     return next(iter(users))
 
 
+def _clip_bounds(node: ir.Node) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """A Clip's constant ``(min, max)`` (``None`` when absent), or a reason they are unknown."""
+    low = high = None
+    if len(node.inputs) > 1 and node.inputs[1] is not None:  # opset >= 11: inputs
+        low = constant(node.inputs[1])
+        if low is None:
+            return None, None, "Clip's min is not a constant"
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        high = constant(node.inputs[2])
+        if high is None:
+            return None, None, "Clip's max is not a constant"
+    if (attr := node.attributes.get("min")) is not None:  # opset < 11: attributes
+        low = np.asarray(attr.as_float())
+    if (attr := node.attributes.get("max")) is not None:
+        high = np.asarray(attr.as_float())
+    return low, high, None
+
+
+def _is_relu6_like(node: ir.Node) -> bool:
+    """A Clip with min 0 and a finite max (ReLU6 and its kin)."""
+    low, high, reason = _clip_bounds(node)
+    return (
+        node.op_type == "Clip"
+        and _is_default_domain(node)
+        and reason is None
+        and low is not None
+        and float(np.max(low)) == 0.0
+        and high is not None
+        and bool(np.isfinite(high).all())
+    )
+
+
 def _activation_reason(node: ir.Node) -> str | None:
     """Why ``node`` between the convs does not commute with positive scales, or ``None``."""
     if not _is_default_domain(node):
@@ -109,19 +145,9 @@ def _activation_reason(node: ir.Node) -> str | None:
         return None
     if node.op_type != "Clip":
         return f"{node.op_type} between the convs does not commute with channel scales"
-    low = high = None
-    if len(node.inputs) > 1 and node.inputs[1] is not None:  # opset >= 11: inputs
-        low = constant(node.inputs[1])
-        if low is None:
-            return "Clip's min is not a constant"
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        high = constant(node.inputs[2])
-        if high is None:
-            return "Clip's max is not a constant"
-    if (attr := node.attributes.get("min")) is not None:  # opset < 11: attributes
-        low = np.asarray(attr.as_float())
-    if (attr := node.attributes.get("max")) is not None:
-        high = np.asarray(attr.as_float())
+    low, high, reason = _clip_bounds(node)
+    if reason:
+        return reason
     if high is not None and np.isfinite(high).all():
         return (
             f"Clip with max {float(np.max(high)):g} (ReLU6-style) does not commute with "
@@ -132,9 +158,10 @@ def _activation_reason(node: ir.Node) -> str | None:
     return None
 
 
-def _pair_from(conv1: ir.Node) -> tuple[_Pair | None, str | None]:
+def _pair_from(conv1: ir.Node, relu6_as_relu: bool) -> tuple[_Pair | None, str | None]:
     """The pair starting at ``conv1``; ``(None, reason)`` when refused, ``(None, None)`` when
     ``conv1`` feeds no Conv at all (nothing worth logging)."""
+    unclip = None
     out = conv1.outputs[0]
     between = _only_consumer(out)
     conv2 = between
@@ -144,7 +171,9 @@ def _pair_from(conv1: ir.Node) -> tuple[_Pair | None, str | None]:
         conv2 = _only_consumer(between.outputs[0])
         if conv2 is None or conv2.op_type != "Conv":
             return None, None
-        if reason := _activation_reason(between):
+        if relu6_as_relu and _is_relu6_like(between):
+            unclip = between
+        elif reason := _activation_reason(between):
             return None, reason
     if conv2 is None:
         if any(user.op_type == "Conv" for user, _ in out.uses()):
@@ -173,7 +202,7 @@ def _pair_from(conv1: ir.Node) -> tuple[_Pair | None, str | None]:
         return None, f"the next Conv '{conv2.name}' reads {w2.shape[1]} channels, not {channels}"
     if b1 is not None and b1.shape != (channels,):
         return None, "its bias does not have one value per output channel"
-    return _Pair(conv1, conv2, depthwise2), None
+    return _Pair(conv1, conv2, depthwise2, unclip), None
 
 
 def _input_ranges(w2: np.ndarray, channels: int, depthwise: bool) -> np.ndarray:
@@ -214,8 +243,16 @@ class EqualizeCrossLayerPass(ir.passes.InPlacePass):
 
     The math and the refusals are in the module docstring. ``modified`` is true exactly when a
     weight changed (a scale other than 1 was applied); one line at ``info`` says how many pairs
-    were equalized, and nothing is logged when none was.
+    were equalized (and how many ReLU6 became ReLU), and nothing is logged when none was.
+
+    Attributes:
+        relu6_as_relu: Replace a ReLU6-style Clip between an equalized pair by Relu (the
+            paper's recipe; changes FP32 outputs where activations exceeded the bound).
     """
+
+    def __init__(self, relu6_as_relu: bool = False):
+        super().__init__()
+        self.relu6_as_relu = relu6_as_relu
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         """Find the pairs, sweep until the scales settle, write the weights back."""
@@ -223,7 +260,7 @@ class EqualizeCrossLayerPass(ir.passes.InPlacePass):
         for node in model.graph:
             if node.op_type != "Conv" or not _is_default_domain(node):
                 continue
-            pair, reason = _pair_from(node)
+            pair, reason = _pair_from(node, self.relu6_as_relu)
             if reason:
                 logger.debug("Conv '%s' not equalized: %s", node.name or "?", reason)
             if pair is not None:
@@ -263,10 +300,22 @@ class EqualizeCrossLayerPass(ir.passes.InPlacePass):
             _store(node.inputs[1], weights[key])
             if key in biases:
                 _store(node.inputs[2], biases[key])
+        unclipped = [pairs[i].unclip for i in sorted(changed) if pairs[i].unclip is not None]
+        for clip in unclipped:
+            relu = ir.Node("", "Relu", inputs=[clip.inputs[0]], name=clip.name)
+            relu.outputs[0].name = clip.outputs[0].name
+            relu.outputs[0].shape, relu.outputs[0].type = (
+                clip.outputs[0].shape,
+                clip.outputs[0].type,
+            )
+            ir.convenience.replace_nodes_and_values(
+                clip.graph, clip, [clip], [relu], [clip.outputs[0]], [relu.outputs[0]]
+            )
         if changed:
             logger.info(
-                "EqualizeCrossLayerPass: equalized %d Conv pairs (%d found)",
+                "EqualizeCrossLayerPass: equalized %d Conv pairs (%d found)%s",
                 len(changed),
                 len(pairs),
+                f", {len(unclipped)} ReLU6 replaced by ReLU" if unclipped else "",
             )
         return ir.passes.PassResult(model, modified=bool(changed))

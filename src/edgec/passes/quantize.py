@@ -186,7 +186,9 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def preprocess(model: onnx.ModelProto, equalize: bool = False) -> onnx.ModelProto:
+def preprocess(
+    model: onnx.ModelProto, equalize: bool = False, relu6_as_relu: bool = False
+) -> onnx.ModelProto:
     """ORT's quantization pre-processing of a copy; the model as it is when that fails.
 
     Args:
@@ -194,6 +196,9 @@ def preprocess(model: onnx.ModelProto, equalize: bool = False) -> onnx.ModelProt
         equalize: Then run cross-layer equalization
             (:class:`~edgec.passes.equalize.EqualizeCrossLayerPass`) on it: after ORT's
             pre-processing, which folds BatchNormalization into Convs, so more Conv pairs meet.
+        relu6_as_relu: With ``equalize``, let it replace ReLU6 by ReLU in the pairs it
+            equalizes (the paper's recipe for MobileNetV2; changes FP32 outputs, so judge the
+            result against the original model).
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -208,7 +213,9 @@ def preprocess(model: onnx.ModelProto, equalize: bool = False) -> onnx.ModelProt
             try:
                 with _quiet():
                     quant_pre_process(source, out, skip_symbolic_shape=skip_symbolic)
-                return name_nodes(_equalized(onnx.load(out)) if equalize else onnx.load(out))
+                return name_nodes(
+                    _equalized(onnx.load(out), relu6_as_relu) if equalize else onnx.load(out)
+                )
             except Exception as err:  # ORT's pre-processing raises many unrelated types
                 logger.debug(
                     "quant_pre_process failed (skip_symbolic_shape=%s): %s", skip_symbolic, err
@@ -216,14 +223,14 @@ def preprocess(model: onnx.ModelProto, equalize: bool = False) -> onnx.ModelProt
     logger.info("quantization pre-processing failed; quantizing the model as it is")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return name_nodes(_equalized(copy) if equalize else copy)
+    return name_nodes(_equalized(copy, relu6_as_relu) if equalize else copy)
 
 
-def _equalized(model: onnx.ModelProto) -> onnx.ModelProto:
+def _equalized(model: onnx.ModelProto, relu6_as_relu: bool) -> onnx.ModelProto:
     from edgec.passes.equalize import EqualizeCrossLayerPass
 
     ir_model = ir.serde.deserialize_model(model)
-    EqualizeCrossLayerPass()(ir_model)
+    EqualizeCrossLayerPass(relu6_as_relu=relu6_as_relu)(ir_model)
     return ir.serde.serialize_model(ir_model)
 
 

@@ -38,7 +38,7 @@ from edgec.runtime.loaders import session_options
 logger = logging.getLogger(__name__)
 
 #: Calibration inputs used for the means (the first ones).
-MAX_SAMPLES = 256
+MAX_SAMPLES = 128
 _INT32 = np.iinfo(np.int32)
 
 

@@ -7,8 +7,9 @@ stage (:func:`decide_precision`):
 1. A target whose ``precisions`` lack ``int8`` stays FP32; so does a stage without ``--data``
    under ``auto`` (``int8`` without data is refused earlier, by the driver).
 2. The model is pre-processed and calibrated once (ONNX Runtime's tools, see
-   :mod:`edgec.passes.quantize`) on ``--calib-samples`` inputs from the training split.
-3. Candidate flavours are quantized from the same ranges:
+   :mod:`edgec.passes.quantize`) on ``--calib-samples`` inputs from the training split; on
+   this machine a second time with cross-layer equalization, when that changes the model.
+3. Candidate flavours are quantized from those ranges:
 
    * **this machine** (target ``host``, ONNX Runtime backend): u8s8 and s8s8 activations, each
      with per-channel and per-tensor weights (7-bit weights on x86 without VNNI), and the

@@ -9,7 +9,8 @@ Nothing here re-implements quantization. The three steps wrap ``onnxruntime.quan
 2. :func:`calibrate` — ORT's ``create_calibrator`` (``minmax``, ``entropy`` or ``percentile``)
    over an :class:`ArrayCalibrationReader`; the result is a
    :class:`~edgec.passes.calibration_table.CalibrationTable` of per-tensor ranges, computed once
-   and reused for every flavour and every exclusion list the accuracy guard tries.
+   per pre-processed model (twice on the host: plain and equalized) and reused for every
+   flavour and every exclusion list the accuracy guard tries.
 3. :class:`QuantizeInt8Pass` — ``quantize_static`` in QDQ format with those ranges (through
    ORT's ``calibration_cache_path``, so calibration is not run again), the activation type and
    weight granularity of an :class:`Int8Flavour`, and the nodes to keep in FP32.

@@ -10,8 +10,9 @@ QuantizeLinear clamps instead, and the Conv keeps its node name).
 
 The layers are corrected one at a time in graph order, each measured with every earlier
 correction in place (a correction changes what later layers read), as the paper's empirical
-variant does. The cost is one run of the calibration inputs through the Q/DQ model per layer
-(the FP32 means take one run for all layers); :data:`MAX_SAMPLES` bounds the inputs used.
+variant does. The cost is one run of the calibration inputs through the Q/DQ model up to each
+layer (the FP32 means take one run for all layers); :data:`MAX_SAMPLES` bounds the inputs
+used.
 
 Which layers: every ``Conv`` and ``Gemm`` whose weight is the output of a DequantizeLinear
 (quantized; layers kept in FP32 are left alone) and whose node name is in the FP32 model. The
@@ -90,14 +91,7 @@ def channel_means(
     """
     import onnxruntime as ort
 
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    outputs = {o.name for o in exposed.graph.output}
-    for name in tensors:
-        if name not in outputs:
-            exposed.graph.output.append(
-                helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-            )
+    exposed = _up_to(model, list(tensors))
     # No graph optimisation: a Q/DQ model then runs its reference arithmetic (float ops on
     # dequantized values), not this machine's integer kernels (which saturate on x86 without
     # VNNI, and differ between machines).
@@ -115,6 +109,34 @@ def channel_means(
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
             counts[name] += flat.shape[1]
     return {name: sums[name] / counts[name] for name in names}
+
+
+def _up_to(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are ``tensors`` and whose nodes are only those they
+    need: measuring layer *k* then runs the graph up to layer *k*, not all of it."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    # By index: protobuf does not promise one Python object per element across iterations.
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    needed: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            stack.extend(name for name in graph.node[index].input if name)
+    kept = []
+    for index in sorted(needed):
+        kept.append(onnx.NodeProto())
+        kept[-1].CopyFrom(graph.node[index])
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.extend(
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors
+    )
+    return result
 
 
 @dataclass

@@ -32,6 +32,15 @@ from edgec.cli.common import handle_errors, out, print_json
     help="Also cost every device/gateway cut over the target's link (estimated).",
 )
 @options.objective_option("What the partition choice minimises: end-to-end latency or energy.")
+@click.option(
+    "--data", "data_source", help="With --sensitivity: 'digits' or an .npz with x to measure on."
+)
+@click.option(
+    "--sensitivity",
+    is_flag=True,
+    help="With --precision int8 and --data: each compute layer's share of the INT8 output "
+    "error (quantized alone, and kept FP32), worst first.",
+)
 @options.json_option()
 @handle_errors
 def inspect_command(
@@ -43,6 +52,8 @@ def inspect_command(
     precision: str,
     show_partition: bool,
     objective: str,
+    data_source: str | None,
+    sensitivity: bool,
     as_json: bool,
 ) -> None:
     """Per-layer table of MODEL on a target: shapes, MACs, parameters, activation bytes,
@@ -54,7 +65,10 @@ def inspect_command(
     """
     from edgec.compiler.inspect.inspection import inspect_model
     from edgec.config import parse_input_shapes
+    from edgec.errors import BadInputError
 
+    if sensitivity and (precision != "int8" or not data_source):
+        raise BadInputError("--sensitivity needs --precision int8 and --data to measure on.")
     shapes = parse_input_shapes(input_shapes)
     report = inspect_model(model, target, shapes, canonical=not raw, precision=precision, top=top)
     explanation = None
@@ -62,6 +76,11 @@ def inspect_command(
         from edgec.compiler.int8.explain import explain_model_int8
 
         explanation = explain_model_int8(model, target, shapes)
+    layers = None
+    if sensitivity:
+        from edgec.compiler.int8.sensitivity import model_sensitivity
+
+        layers = model_sensitivity(model, data_source, target, shapes)
     partition = None
     if show_partition:
         from edgec.compiler.planning.partition import partition_model
@@ -71,6 +90,8 @@ def inspect_command(
         data = report.to_json()
         if explanation is not None:
             data["int8_explanation"] = explanation
+        if layers is not None:
+            data["int8_sensitivity"] = layers.to_json()
         if partition is not None:
             data["partition"] = partition.to_json()
         print_json(data)
@@ -80,8 +101,28 @@ def inspect_command(
         out.print(f"[bold]INT8 on {escape(report.target)}[/bold]")
         for line in explanation:
             click.echo(f"  - {line}")
+    if layers is not None:
+        _print_sensitivity(layers)
     if partition is not None:
         _print_partition(partition)
+
+
+def _print_sensitivity(report) -> None:
+    table = Table(
+        title=f"INT8 sensitivity ({report.flavour.name}, {report.samples} held-out inputs; "
+        f"fully quantized: {report.full_sqnr_db:.1f} dB output SQNR), worst first"
+    )
+    for column in ("layer", "op", "quantized alone dB", "kept FP32 dB", "gain dB"):
+        table.add_column(column)
+    for layer in report.layers:
+        table.add_row(
+            escape(layer.node),
+            layer.op,
+            f"{layer.alone_sqnr_db:.1f}",
+            f"{layer.kept_fp32_sqnr_db:.1f}",
+            f"{layer.gain_db:+.1f}",
+        )
+    out.print(table)
 
 
 def _print_partition(plan) -> None:

@@ -9,7 +9,8 @@ Nothing here re-implements quantization. The three steps wrap ``onnxruntime.quan
 2. :func:`calibrate` — ORT's ``create_calibrator`` (``minmax``, ``entropy`` or ``percentile``)
    over an :class:`ArrayCalibrationReader`; the result is a
    :class:`~edgec.passes.calibration_table.CalibrationTable` of per-tensor ranges, computed once
-   and reused for every flavour and every exclusion list the accuracy guard tries.
+   per pre-processed model (twice on the host: plain and equalized) and reused for every
+   flavour and every exclusion list the accuracy guard tries.
 3. :class:`QuantizeInt8Pass` — ``quantize_static`` in QDQ format with those ranges (through
    ORT's ``calibration_cache_path``, so calibration is not run again), the activation type and
    weight granularity of an :class:`Int8Flavour`, and the nodes to keep in FP32.
@@ -19,6 +20,15 @@ Nothing here re-implements quantization. The three steps wrap ``onnxruntime.quan
    the same way): three small kernels each, the cost that keeps INT8 MobileNetV3-style models
    from being faster than FP32. The Q/DQ graph is rewritten so the function becomes integer
    arithmetic ORT fuses.
+
+Two optional steps keep more of the FP32 answers (Nagel et al. 2019, "Data-Free
+Quantization"): ``preprocess(model, equalize=True)`` runs
+:class:`~edgec.passes.equalize.EqualizeCrossLayerPass` on the pre-processed FP32 model, so the
+model is calibrated and quantized with evened-out weight ranges (exact in FP32); an
+:class:`Int8Flavour` with ``bias_correction`` has :func:`quantize_model` take each quantized
+layer's mean output shift on the calibration inputs out of its bias
+(:func:`~edgec.passes.bias_correction.correct_biases`). An :class:`Int8Flavour` with
+``equalize`` records that the model was pre-processed that way.
 
 An :class:`Int8Flavour` with ``fp32_stem`` keeps the *stem* in FP32 (:func:`stem_nodes`): the
 first compute layer on the input and the elementwise layers right after it. A stem reads few
@@ -70,6 +80,10 @@ class Int8Flavour:
             CPUs without VNNI.
         symmetric_activations: Zero point 0 for activations (TensorRT requires it).
         fp32_stem: Keep the stem (:func:`stem_nodes`) in FP32.
+        equalize: The model was pre-processed with cross-layer equalization
+            (``preprocess(model, equalize=True)``); the caller does that, calibration must see
+            the equalized model.
+        bias_correction: :func:`quantize_model` corrects the biases on calibration inputs.
     """
 
     activations: str = "uint8"
@@ -77,6 +91,8 @@ class Int8Flavour:
     reduce_range: bool = False
     symmetric_activations: bool = False
     fp32_stem: bool = False
+    equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.activations not in ("uint8", "int8"):
@@ -93,6 +109,10 @@ class Int8Flavour:
             parts.append("symmetric")
         if self.fp32_stem:
             parts.append("fp32-stem")
+        if self.equalize:
+            parts.append("cle")
+        if self.bias_correction:
+            parts.append("bias-corrected")
         return "-".join(parts)
 
     def to_json(self) -> dict:
@@ -105,6 +125,8 @@ class Int8Flavour:
             "reduce_range": self.reduce_range,
             "symmetric_activations": self.symmetric_activations,
             "fp32_stem": self.fp32_stem,
+            "equalize": self.equalize,
+            "bias_correction": self.bias_correction,
         }
 
 
@@ -165,8 +187,20 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ORT's quantization pre-processing of a copy; the model as it is when that fails."""
+def preprocess(
+    model: onnx.ModelProto, equalize: bool = False, relu6_as_relu: bool = False
+) -> onnx.ModelProto:
+    """ORT's quantization pre-processing of a copy; the model as it is when that fails.
+
+    Args:
+        model: The FP32 model (not changed).
+        equalize: Then run cross-layer equalization
+            (:class:`~edgec.passes.equalize.EqualizeCrossLayerPass`) on it: after ORT's
+            pre-processing, which folds BatchNormalization into Convs, so more Conv pairs meet.
+        relu6_as_relu: With ``equalize``, let it replace ReLU6 by ReLU in the pairs it
+            equalizes (the paper's recipe for MobileNetV2; changes FP32 outputs, so judge the
+            result against the original model).
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="edgec-preprocess-") as tmp:
@@ -180,7 +214,9 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
             try:
                 with _quiet():
                     quant_pre_process(source, out, skip_symbolic_shape=skip_symbolic)
-                return name_nodes(onnx.load(out))
+                return name_nodes(
+                    _equalized(onnx.load(out), relu6_as_relu) if equalize else onnx.load(out)
+                )
             except Exception as err:  # ORT's pre-processing raises many unrelated types
                 logger.debug(
                     "quant_pre_process failed (skip_symbolic_shape=%s): %s", skip_symbolic, err
@@ -188,7 +224,15 @@ def preprocess(model: onnx.ModelProto) -> onnx.ModelProto:
     logger.info("quantization pre-processing failed; quantizing the model as it is")
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    return name_nodes(copy)
+    return name_nodes(_equalized(copy, relu6_as_relu) if equalize else copy)
+
+
+def _equalized(model: onnx.ModelProto, relu6_as_relu: bool) -> onnx.ModelProto:
+    from edgec.passes.equalize import EqualizeCrossLayerPass
+
+    ir_model = ir.serde.deserialize_model(model)
+    EqualizeCrossLayerPass(relu6_as_relu=relu6_as_relu)(ir_model)
+    return ir.serde.serialize_model(ir_model)
 
 
 @contextlib.contextmanager
@@ -368,6 +412,7 @@ class QuantizeInt8Pass(ir.passes.FunctionalPass):
         flavour: Activation type and weight granularity.
         nodes_to_exclude: Node names kept in FP32.
         op_types: Op types to quantize (``None``: every op ORT can quantize).
+        samples: Calibration inputs, for a flavour with ``bias_correction``.
     """
 
     def __init__(
@@ -376,8 +421,10 @@ class QuantizeInt8Pass(ir.passes.FunctionalPass):
         flavour: Int8Flavour = Int8Flavour(),
         nodes_to_exclude: Iterable[str] = (),
         op_types: Sequence[str] | None = None,
+        samples: np.ndarray | None = None,
     ):
         super().__init__()
+        self.samples = samples
         self.calibration = calibration
         self.flavour = flavour
         self.nodes_to_exclude = tuple(nodes_to_exclude)
@@ -387,7 +434,12 @@ class QuantizeInt8Pass(ir.passes.FunctionalPass):
         """Return the quantized copy of ``model``."""
         proto = ir.serde.serialize_model(model)
         quantized = quantize_model(
-            proto, self.calibration, self.flavour, self.nodes_to_exclude, self.op_types
+            proto,
+            self.calibration,
+            self.flavour,
+            self.nodes_to_exclude,
+            self.op_types,
+            self.samples,
         )
         modified = any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
         # A functional pass returns a new model even when nothing was quantized.
@@ -429,8 +481,18 @@ def quantize_model(
     flavour: Int8Flavour = Int8Flavour(),
     nodes_to_exclude: Iterable[str] = (),
     op_types: Sequence[str] | None = None,
+    samples: np.ndarray | None = None,
 ) -> onnx.ModelProto:
-    """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``."""
+    """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``.
+
+    ``samples`` (calibration inputs) are needed, and only used, when ``flavour`` has
+    ``bias_correction``.
+
+    Raises:
+        ValueError: ``flavour.bias_correction`` without ``samples`` (a bug in the caller).
+    """
+    if flavour.bias_correction and samples is None:
+        raise ValueError(f"flavour {flavour.name} needs the calibration samples")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -466,6 +528,11 @@ def quantize_model(
         result = onnx.shape_inference.infer_shapes(result, strict_mode=False)
     except Exception as err:  # onnx raises several types; shapes are optional here
         logger.debug("shape inference on the quantized model failed: %s", err)
+    if flavour.bias_correction:
+        # Imported here: bias_correction imports this module (check_calibration_samples).
+        from edgec.passes.bias_correction import correct_biases
+
+        result, _ = correct_biases(model, result, samples)
     logger.info(
         "quantized (%s): %d Q/DQ nodes, %d nodes kept in FP32, %d HardSigmoid folded",
         flavour.name,

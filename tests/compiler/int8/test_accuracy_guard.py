@@ -4,20 +4,26 @@ keeps a deliberately fragile layer (a huge activation outlier) in FP32."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from int8_helpers import fragile_teacher
+from onnx import numpy_helper
 
+from edgec.compiler.int8 import precision
 from edgec.compiler.int8.accuracy_guard import (
     MIN_CONFIDENT,
     fp32_activations,
     judge,
     rank_tensors,
+    repair,
     sqnr_db,
     tensor_error_db,
 )
 from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
 from edgec.data import load_dataset
 from edgec.errors import GateFailedError
+from edgec.passes.bias_correction import correct_biases
 from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
 from edgec.targets import load_target
 
@@ -104,8 +110,20 @@ def test_ranking_puts_the_outlier_activation_first(fragile):
     assert worst.sqnr_db < 3.0 < ranking[len(ranking) // 2].sqnr_db
 
 
+@pytest.fixture
+def plain_host_search(monkeypatch):
+    """Limit the host search to the flavours without cross-layer equalization, which removes
+    the fragile teacher's outlier exactly (see
+    test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32), so the guard's own
+    work stays tested."""
+    candidates = precision.host_candidates
+    monkeypatch.setattr(
+        precision, "host_candidates", lambda t: [f for f in candidates(t) if not f.equalize]
+    )
+
+
 @pytest.mark.slow
-def test_guard_keeps_the_fragile_layer_fp32_and_meets_the_tolerance(fragile):
+def test_guard_keeps_the_fragile_layer_fp32_and_meets_the_tolerance(fragile, plain_host_search):
     """Fully quantized, the fragile teacher loses ~80 points; the guard keeps the outlier conv
     (and the neighbours that would quantize its output) in FP32 and the drop is back under 1
     point, while the rest of the network stays INT8."""
@@ -124,17 +142,69 @@ def test_guard_keeps_the_fragile_layer_fp32_and_meets_the_tolerance(fragile):
     assert kept == set(decision.fp32_layers)
 
 
-def test_guard_that_cannot_be_met_fails_with_the_numbers_under_int8(fragile):
+@pytest.mark.slow
+def test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32(fragile):
+    """The fragile teacher's outlier (conv 1's channel 0 scaled 1000x, conv 2's input channel
+    scaled back) is what cross-layer equalization undoes: every plain flavour loses ~89 points,
+    the equalized ones pass with no layer kept in FP32, and the host search picks one."""
+    model, _, data = fragile
+    options = PrecisionOptions(requested="int8", compare_seconds=0.2)
+    decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
+    assert decision.precision == "int8"
+    verdicts = {c["flavour"]: c for c in decision.candidates}
+    equalized = [name for name in verdicts if "-cle" in name]
+    assert len(equalized) == 2 and len(verdicts) == 8
+    assert all(not c["passed"] for name, c in verdicts.items() if name not in equalized)
+    assert all(verdicts[name]["passed"] and verdicts[name]["sqnr_db"] > 30 for name in equalized)
+    assert decision.flavour.equalize and decision.fp32_layers == []
+    assert not decision.repair_steps and decision.verdict.drop_points <= 1.0
+
+
+def test_guard_that_cannot_be_met_fails_with_the_numbers_under_int8(fragile, plain_host_search):
     model, _, data = fragile
     options = PrecisionOptions(requested="int8", compare_seconds=0.1, max_fp32_steps=0)
     with pytest.raises(GateFailedError, match=r"accuracy 99\.\d\d% FP32 vs \d+\.\d\d% INT8"):
         decide_precision(model, load_target("host"), "onnxruntime", data, options)
 
 
-def test_guard_that_cannot_be_met_keeps_fp32_under_auto(fragile):
+def test_guard_that_cannot_be_met_keeps_fp32_under_auto(fragile, plain_host_search):
     model, _, data = fragile
     options = PrecisionOptions(requested="auto", compare_seconds=0.1, max_fp32_steps=0)
     decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
     assert decision.precision == "fp32" and decision.decided_by == "accuracy-guard"
     assert decision.model is model
     assert not decision.verdict.passed and "misses the accuracy guard" in decision.reason
+
+
+def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+@pytest.mark.slow
+def test_guard_repair_of_a_bias_corrected_flavour_keeps_correcting(fragile):
+    """The accuracy guard's repair re-quantizes with layers kept in FP32: with a
+    bias-corrected flavour every re-quantized model is corrected too (its biasless Gemm/Conv
+    layers that stay INT8 keep their corrections) and the repair still meets the guard."""
+    model, conv, data = fragile
+    pre = preprocess(model)
+    x_cal, x_val, y_val = data.x_train[:100], data.x_val[:200], data.y_val[:200]
+    table = calibrate(pre, x_cal)
+    flavour = Int8Flavour(reduce_range=True, bias_correction=True)
+    qdq = quantize_model(pre, table, flavour, samples=x_cal)
+    fp32_logits = _logits(pre, x_val)
+
+    def judge_model(candidate):
+        return judge(fp32_logits, _logits(candidate, x_val), y_val, 1.0, None)
+
+    verdict = judge_model(qdq)
+    assert not verdict.passed
+    repaired = repair(pre, qdq, verdict, table, flavour, judge_model, x_val, 6, samples=x_cal)
+    assert repaired.verdict.passed and conv in repaired.excluded
+    plain = quantize_model(pre, table, Int8Flavour(reduce_range=True), repaired.excluded)
+    corrected, done = correct_biases(pre, plain, x_cal)
+    assert done  # the layers still INT8 have something to correct ...
+    got = {i.name: numpy_helper.to_array(i) for i in repaired.model.graph.initializer}
+    for init in corrected.graph.initializer:  # ... and the repaired model carries it
+        np.testing.assert_array_equal(got[init.name], numpy_helper.to_array(init))

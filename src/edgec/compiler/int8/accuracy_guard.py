@@ -370,6 +370,7 @@ def repair(
     judge_model: Callable[[onnx.ModelProto], GuardVerdict],
     ranking_samples: np.ndarray,
     max_steps: int,
+    samples: np.ndarray | None = None,
 ) -> RepairResult:
     """Keep the worst-quantized tensors in FP32, one at a time, until the verdict passes.
 
@@ -382,6 +383,7 @@ def repair(
         judge_model: Runs a Q/DQ model on the validation split and judges it.
         ranking_samples: Inputs whose FP32 activations :func:`rank_tensors` scores.
         max_steps: Most tensors to keep in FP32 before giving up.
+        samples: Calibration inputs, for a flavour with ``bias_correction``.
     """
     result = RepairResult(model=qdq_model, verdict=verdict)
     if verdict.passed or max_steps <= 0:
@@ -408,7 +410,7 @@ def repair(
             break
         error, nodes = candidates[0]
         excluded |= nodes
-        model = quantize_model(fp32_model, calibration, flavour, sorted(excluded))
+        model = quantize_model(fp32_model, calibration, flavour, sorted(excluded), samples=samples)
         result.model, result.verdict = model, judge_model(model)
         result.excluded = sorted(excluded, key=order.__getitem__)
         result.steps.append(

@@ -7,13 +7,19 @@ stage (:func:`decide_precision`):
 1. A target whose ``precisions`` lack ``int8`` stays FP32; so does a stage without ``--data``
    under ``auto`` (``int8`` without data is refused earlier, by the driver).
 2. The model is pre-processed and calibrated once (ONNX Runtime's tools, see
-   :mod:`edgec.passes.quantize`) on ``--calib-samples`` inputs from the training split.
-3. Candidate flavours are quantized from the same ranges:
+   :mod:`edgec.passes.quantize`) on ``--calib-samples`` inputs from the training split; on
+   this machine a second time with cross-layer equalization, when that changes the model.
+3. Candidate flavours are quantized from those ranges:
 
    * **this machine** (target ``host``, ONNX Runtime backend): u8s8 and s8s8 activations, each
      with per-channel and per-tensor weights (7-bit weights on x86 without VNNI), and the
      activation type the ISA prefers (u8s8 on x86) again with the model's stem kept in FP32
-     (:func:`~edgec.passes.quantize.stem_nodes`). FP32 and all candidates are timed
+     (:func:`~edgec.passes.quantize.stem_nodes`), and, per-channel, with cross-layer
+     equalization (the model pre-processed with
+     :class:`~edgec.passes.equalize.EqualizeCrossLayerPass` and calibrated again; offered only
+     when it changes the model) without and with bias correction
+     (:func:`~edgec.passes.bias_correction.correct_biases`, on the calibration inputs). FP32
+     and all candidates are timed
      interleaved in one process; each candidate is judged by the guard.
      The choice is the fastest candidate that passes, where candidates within 10% (or 20 us)
      of the fastest count as equally fast and the most accurate of them wins (ties: u8s8
@@ -212,17 +218,29 @@ def saturates_u8s8(target: Target) -> bool:
 
 def host_candidates(target: Target) -> list[Int8Flavour]:
     """Flavours worth timing on this machine: u8s8 and s8s8, per-channel and per-tensor, and
-    the activation type this ISA's integer kernels prefer with its stem kept in FP32."""
+    the activation type this ISA's integer kernels prefer with its stem kept in FP32, then
+    per-channel with cross-layer equalization, without and with bias correction."""
     x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
     reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
     preferred = "uint8" if x86 else "int8"
-    return [
+    plain = [
         Int8Flavour(acts, per_channel=pc, reduce_range=reduce and acts == "uint8", fp32_stem=stem)
         for acts in ("uint8", "int8")
         for stem in (False, True)
         for pc in (True, False)
         if not stem or acts == preferred
     ]
+    equalized = [
+        Int8Flavour(
+            preferred,
+            per_channel=True,
+            reduce_range=reduce and preferred == "uint8",
+            equalize=True,
+            bias_correction=corrected,
+        )
+        for corrected in (False, True)
+    ]
+    return plain + equalized
 
 
 def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:
@@ -319,6 +337,13 @@ def decide_precision(
             pre = preprocess(model)
             x_cal, _ = _subset(data.x_train, None, options.calib_samples, options.seed)
             table = calibrate(pre, x_cal, options.calibration, data.sha256)
+            # Per flavour.equalize: the pre-processed model and its ranges.
+            prepared = {False: (pre, table)}
+            if measured:
+                equalized = preprocess(model, equalize=True)
+                if equalized.SerializeToString() != pre.SerializeToString():
+                    eq_table = calibrate(equalized, x_cal, options.calibration, data.sha256)
+                    prepared[True] = (equalized, eq_table)
         x_val, y_val = _subset(data.x_val, data.y_val, MAX_GUARD_SAMPLES, options.seed)
         fp32_runner = work.runner(model)
         fp32_logits = predict(fp32_runner, x_val)
@@ -330,7 +355,7 @@ def decide_precision(
         if measured:
             with reporter.step(f"Timing FP32 against INT8 flavours of '{stage}' on this machine"):
                 choice = _choose_on_host(
-                    pre, table, target, work, fp32_runner, x_val, judge_model, options
+                    prepared, x_cal, target, work, fp32_runner, x_val, judge_model, options
                 )
         else:
             flavour = rule_flavour(target, backend)
@@ -338,6 +363,8 @@ def decide_precision(
             latency = _estimates(model, qdq, target, backend)
             choice = _Choice(flavour, qdq, judge_model(qdq), latency, "estimated", [])
         result = choice
+        # The chosen flavour's pre-processed model and ranges (equalized or not).
+        pre, table = prepared[choice.flavour.equalize]
         slower = choice.latency["int8"] * MIN_SPEEDUP > choice.latency["fp32"]
         if options.requested == "auto" and slower:
             # Keeping layers in FP32 only makes INT8 slower still: no repair can help.
@@ -360,6 +387,7 @@ def decide_precision(
                     judge_model,
                     x_val,
                     options.max_fp32_steps,
+                    samples=x_cal if choice.flavour.bias_correction else None,
                 )
             result = _Choice(
                 choice.flavour,
@@ -466,8 +494,8 @@ def _time(work: _Workspace, runners: dict, x_val: np.ndarray, options: Precision
 
 
 def _choose_on_host(
-    pre: onnx.ModelProto,
-    table: CalibrationTable,
+    prepared: dict[bool, tuple[onnx.ModelProto, CalibrationTable]],
+    x_cal: np.ndarray,
     target: Target,
     work: _Workspace,
     fp32_runner,
@@ -475,11 +503,23 @@ def _choose_on_host(
     judge_model,
     options: PrecisionOptions,
 ) -> _Choice:
-    """Quantize every host candidate, time them against FP32, judge them; pick one."""
+    """Quantize every host candidate, time them against FP32, judge them; pick one.
+
+    ``prepared`` maps ``flavour.equalize`` to the pre-processed model and its ranges; without
+    an equalized one (equalization changed nothing) the equalizing flavours are left out.
+    """
     flavours = host_candidates(target)
+    pre = prepared[False][0]
     if not stem_nodes(pre):  # nothing to keep in FP32: the stem flavours equal the others
         flavours = [f for f in flavours if not f.fp32_stem]
-    models = {f.name: (f, quantize_model(pre, table, f)) for f in flavours}
+    flavours = [f for f in flavours if f.equalize in prepared]
+    models = {
+        f.name: (
+            f,
+            quantize_model(*prepared[f.equalize], f, samples=x_cal if f.bias_correction else None),
+        )
+        for f in flavours
+    }
     runners = {"fp32": fp32_runner} | {name: work.runner(m) for name, (_, m) in models.items()}
     stats = _time(work, runners, x_val, options)
     verdicts = {name: judge_model(m) for name, (_, m) in models.items()}

@@ -1,0 +1,275 @@
+"""Empirical bias correction of a Q/DQ INT8 model (Nagel et al. 2019, section 4.2).
+
+Quantizing a layer's weights (and the activations before it) shifts the mean of its output:
+``E[y_q] - E[y]`` per output channel is not zero, and a per-tensor grid makes the shift large
+on the channels it serves badly. The shift is a per-channel constant, so it can be taken out
+of the layer's bias: ``b_i -= E[y_q,i] - E[y_i]``, the expectations over calibration inputs,
+``y`` the layer's output in the FP32 model and ``y_q`` in the Q/DQ model (both before the
+activation that follows it; ONNX Runtime's quantizer drops a Relu after a Conv, the output
+QuantizeLinear clamps instead, and the Conv keeps its node name).
+
+The layers are corrected one at a time in graph order, each measured with every earlier
+correction in place (a correction changes what later layers read), as the paper's empirical
+variant does. The cost is one run of the calibration inputs through the Q/DQ model up to each
+layer (the FP32 means take one run for all layers); :data:`MAX_SAMPLES` bounds the inputs
+used.
+
+Which layers: every ``Conv`` and ``Gemm`` whose weight is the output of a DequantizeLinear
+(quantized; layers kept in FP32 are left alone) and whose node name is in the FP32 model. The
+bias is ORT's int32 bias behind a DequantizeLinear; the correction moves it by
+``round(shift / bias_scale)`` steps (saturating at the int32 limits). A Conv without a bias
+gets one, in the same form ORT gives biases (int32, scale ``input_scale * weight_scale`` per
+output channel, zero point 0), so ORT still fuses it into an integer kernel. Skipped (logged at
+``debug``): a Gemm without a bias, a bias that is not an int32 DequantizeLinear of an
+initializer, a layer the FP32 model does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec.passes.quantize import check_calibration_samples
+from edgec.runtime.loaders import session_options
+
+logger = logging.getLogger(__name__)
+
+#: Calibration inputs used for the means (the first ones).
+MAX_SAMPLES = 128
+_INT32 = np.iinfo(np.int32)
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """What correcting one layer did.
+
+    Attributes:
+        node: The Conv/Gemm node name.
+        max_shift: Largest |mean output shift| over its channels before the correction.
+        added_bias: Whether the layer had no bias and got one.
+    """
+
+    node: str
+    max_shift: float
+    added_bias: bool
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    inits = _initializers(model)
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+def _batch(model: onnx.ModelProto) -> int:
+    inits = _initializers(model)
+    value = next(i for i in model.graph.input if i.name not in inits)
+    first = value.type.tensor_type.shape.dim[0]
+    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
+
+
+def channel_means(
+    model: onnx.ModelProto, tensors: dict[str, int], samples: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-channel means of intermediate tensors over ``samples``, on ONNX Runtime with graph
+    optimisations off (a Q/DQ model runs its reference arithmetic).
+
+    Args:
+        model: Any model with one input.
+        tensors: Tensor name -> its channel axis (1 for a Conv output, -1 for a Gemm's).
+        samples: Inputs ``[N, ...]``; a static batch size ``B`` uses the first ``N // B * B``.
+    """
+    import onnxruntime as ort
+
+    exposed = _up_to(model, list(tensors))
+    # No graph optimisation: a Q/DQ model then runs its reference arithmetic (float ops on
+    # dequantized values), not this machine's integer kernels (which saturate on x86 without
+    # VNNI, and differ between machines).
+    session = ort.InferenceSession(
+        exposed.SerializeToString(), session_options("disabled"), providers=["CPUExecutionProvider"]
+    )
+    names, input_name, batch = list(tensors), _input_name(model), _batch(model)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+    for start in range(0, len(samples) // batch * batch, batch):
+        feed = {input_name: np.ascontiguousarray(samples[start : start + batch])}
+        for name, value in zip(names, session.run(names, feed), strict=True):
+            moved = np.moveaxis(value.astype(np.float64), tensors[name], 0)
+            flat = moved.reshape(moved.shape[0], -1)
+            sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
+            counts[name] += flat.shape[1]
+    return {name: sums[name] / counts[name] for name in names}
+
+
+def _up_to(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs are ``tensors`` and whose nodes are only those they
+    need: measuring layer *k* then runs the graph up to layer *k*, not all of it."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    # By index: protobuf does not promise one Python object per element across iterations.
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    needed: set[int] = set()
+    stack = list(tensors)
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            stack.extend(name for name in graph.node[index].input if name)
+    kept = []
+    for index in sorted(needed):
+        kept.append(onnx.NodeProto())
+        kept[-1].CopyFrom(graph.node[index])
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.output[:]
+    graph.output.extend(
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors
+    )
+    return result
+
+
+@dataclass
+class _Layer:
+    node: onnx.NodeProto
+    reference: str  # the FP32 model's output of the same node
+    axis: int
+
+
+def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
+    """The quantized Conv/Gemm layers of ``qdq`` that the FP32 model also has, in graph order."""
+    fp32_nodes = {n.name: n for n in fp32.graph.node if n.name}
+    producers = _producers(qdq)
+    layers = []
+    for node in qdq.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or weight.op_type != "DequantizeLinear":
+            continue  # kept in FP32
+        twin = fp32_nodes.get(node.name)
+        if twin is None or twin.op_type != node.op_type:
+            logger.debug("%s '%s' not corrected: not in the FP32 model", node.op_type, node.name)
+            continue
+        layers.append(_Layer(node, twin.output[0], 1 if node.op_type == "Conv" else -1))
+    return layers
+
+
+def _scale_of(model: onnx.ModelProto, dq_output: str) -> np.ndarray | None:
+    """The scale of the DequantizeLinear that produces ``dq_output`` (float64), else ``None``."""
+    node = _producers(model).get(dq_output)
+    init = _initializers(model).get(node.input[1]) if node is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or init is None:
+        return None
+    return numpy_helper.to_array(init).astype(np.float64)
+
+
+def _add_bias(model: onnx.ModelProto, node: onnx.NodeProto, channels: int) -> str | None:
+    """Give a biasless quantized Conv a zero int32 bias behind a DequantizeLinear, as ORT
+    does; return why not, or ``None``."""
+    x_scale = _scale_of(model, node.input[0])
+    w_scale = _scale_of(model, node.input[1])
+    if x_scale is None or w_scale is None or x_scale.size != 1:
+        return "its input or weight scale is not a constant DequantizeLinear scale"
+    scale = np.broadcast_to(x_scale.reshape(()) * w_scale.reshape(-1), (channels,))
+    base = f"{node.name}_bias_correction"
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros(channels, np.int32), f"{base}_quantized"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+            numpy_helper.from_array(np.zeros(channels, np.int32), f"{base}_zero_point"),
+        ]
+    )
+    dq = helper.make_node(
+        "DequantizeLinear",
+        [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+        [base],
+        name=f"{base}_DequantizeLinear",
+        axis=0,
+    )
+    # Before the layer, so the graph stays topologically sorted.
+    index = list(model.graph.node).index(node)
+    model.graph.node.insert(index, dq)
+    if len(node.input) > 2:  # an empty name stands for the missing bias
+        node.input[2] = base
+    else:
+        node.input.append(base)
+    return None
+
+
+def _shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str | None:
+    """Subtract ``shift`` from the layer's int32 bias; return why not, or ``None``."""
+    dq = _producers(model).get(node.input[2])
+    inits = _initializers(model)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        return "its bias is not a DequantizeLinear of an initializer"
+    bias = inits[dq.input[0]]
+    if bias.data_type != TensorProto.INT32:
+        return "its bias is not int32"
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+    values = numpy_helper.to_array(bias).astype(np.int64)
+    steps = np.rint(shift / np.broadcast_to(scale.reshape(-1), shift.shape)).astype(np.int64)
+    corrected = np.clip(values - steps, _INT32.min, _INT32.max).astype(np.int32)
+    bias.CopyFrom(numpy_helper.from_array(corrected, bias.name))
+    return None
+
+
+def correct_biases(
+    fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: np.ndarray
+) -> tuple[onnx.ModelProto, list[BiasCorrection]]:
+    """The Q/DQ model with each quantized layer's mean output shift taken out of its bias.
+
+    Args:
+        fp32: The FP32 model ``qdq`` was quantized from (after
+            :func:`~edgec.passes.quantize.preprocess`: node names must match).
+        qdq: The Q/DQ model (not changed).
+        samples: Calibration inputs for ``fp32``'s single input (at most
+            :data:`MAX_SAMPLES` are used).
+
+    Returns:
+        The corrected copy and one :class:`BiasCorrection` per corrected layer.
+
+    Raises:
+        BadInputError: Bad samples (see
+            :func:`~edgec.passes.quantize.check_calibration_samples`).
+    """
+    samples = check_calibration_samples(fp32, samples)[:MAX_SAMPLES]
+    result = onnx.ModelProto()
+    result.CopyFrom(qdq)
+    layers = _layers(fp32, result)
+    if not layers:
+        return result, []
+    reference = channel_means(fp32, {layer.reference: layer.axis for layer in layers}, samples)
+    done: list[BiasCorrection] = []
+    for layer in layers:
+        node, output = layer.node, layer.node.output[0]
+        shift = channel_means(result, {output: layer.axis}, samples)[output]
+        shift = shift - reference[layer.reference]
+        added = len(node.input) < 3 or not node.input[2]
+        if added and node.op_type == "Gemm":
+            reason = "a Gemm without a bias"
+        else:
+            reason = _add_bias(result, node, len(shift)) if added else None
+        reason = reason or _shift_bias(result, node, shift)
+        if reason:
+            logger.debug("%s '%s' not corrected: %s", node.op_type, node.name, reason)
+            continue
+        done.append(BiasCorrection(node.name, float(np.max(np.abs(shift))), added))
+    if done:
+        logger.info(
+            "bias correction: %d of %d quantized layers corrected (largest mean shift %.3g)",
+            len(done),
+            len(layers),
+            max(c.max_shift for c in done),
+        )
+    return result, done

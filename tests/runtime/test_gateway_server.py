@@ -339,3 +339,46 @@ def test_an_answer_that_finishes_after_its_deadline_is_a_504(cascade_bundle, in_
     status, reply = _post(server.address[1], *codec.encode_tensor(x, deadline_ms=100.0))
     assert status == 504 and json.loads(reply)["error"]
     assert _post(server.address[1], *codec.encode_tensor(x, deadline_ms=5000.0))[0] == 200
+
+
+def test_a_deadline_counts_from_the_requests_first_byte_not_from_when_it_was_read(
+    cascade_bundle, in_process_gateway
+):
+    """The device's deadline runs from when it sent the request: one whose body arrives 400
+    ms after its first byte, with 150 ms to live, is a 504 (it was a 200 while the clock
+    started once the request was read and decoded); sent at once, the same request is a 200."""
+    server = in_process_gateway()
+    port = server.address[1]
+    body, headers = codec.encode_tensor(_input(cascade_bundle), deadline_ms=150.0)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = f"POST {codec.PATH} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.encode())
+        time.sleep(0.4)
+        sock.sendall(body)
+        reply = b""
+        while b"\r\n\r\n" not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 504 "), reply[:200]
+    assert _post(port, body, headers)[0] == 200
+
+
+def test_an_answer_must_be_ready_a_reply_margin_before_its_deadline(
+    cascade_bundle, in_process_gateway
+):
+    """With a 400 ms reply margin (a slow link), a request with 300 ms to live is a 504 at
+    once although its stage takes milliseconds: its answer could not reach the device in
+    time. With 5 s it is a 200; /healthz states the margin in use (configured + measured)
+    and which clock starts a request; a negative margin is refused."""
+    server = in_process_gateway(reply_margin_ms=400.0)
+    port = server.address[1]
+    x = _input(cascade_bundle)
+    started = time.monotonic()
+    assert _post(port, *codec.encode_tensor(x, deadline_ms=300.0))[0] == 504
+    assert time.monotonic() - started < 0.3  # answered at once, not after running
+    assert _post(port, *codec.encode_tensor(x, deadline_ms=5000.0))[0] == 200
+    status = json.loads(_get(port, "/healthz")[1])
+    assert status["reply_margin_ms"] >= 400.0
+    assert status["arrival_clock"] in ("kernel", "first read")
+    with pytest.raises(ValueError, match="reply margin"):
+        in_process_gateway(reply_margin_ms=-1.0)

@@ -33,8 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.passes.quantize import check_calibration_samples
-from edgec.runtime.loaders import session_options
+from edgec.passes.calibration_data import check_calibration_samples
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +94,13 @@ def channel_means(
     # No graph optimisation: a Q/DQ model then runs its reference arithmetic (float ops on
     # dequantized values), not this machine's integer kernels (which saturate on x86 without
     # VNNI, and differ between machines).
+    # Not the runtime's session options (passes import no runtime, and this session is not
+    # timed or shipped): only quiet logs and no optimisation.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
     session = ort.InferenceSession(
-        exposed.SerializeToString(), session_options("disabled"), providers=["CPUExecutionProvider"]
+        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     names, input_name, batch = list(tensors), _input_name(model), _batch(model)
     sums: dict[str, np.ndarray] = {}
@@ -241,7 +245,7 @@ def correct_biases(
 
     Raises:
         BadInputError: Bad samples (see
-            :func:`~edgec.passes.quantize.check_calibration_samples`).
+            :func:`~edgec.passes.calibration_data.check_calibration_samples`).
     """
     samples = check_calibration_samples(fp32, samples)[:MAX_SAMPLES]
     result = onnx.ModelProto()

@@ -54,7 +54,10 @@ import onnx
 import onnx_ir as ir
 
 from edgec.errors import BadInputError
+from edgec.passes.bias_correction import correct_biases
+from edgec.passes.calibration_data import check_calibration_samples, model_input
 from edgec.passes.calibration_table import CalibrationTable
+from edgec.passes.equalize import EqualizeCrossLayerPass
 from edgec.passes.qdq_hard_sigmoid import fold_hard_sigmoid
 
 logger = logging.getLogger(__name__)
@@ -228,8 +231,6 @@ def preprocess(
 
 
 def _equalized(model: onnx.ModelProto, relu6_as_relu: bool) -> onnx.ModelProto:
-    from edgec.passes.equalize import EqualizeCrossLayerPass
-
     ir_model = ir.serde.deserialize_model(model)
     EqualizeCrossLayerPass(relu6_as_relu=relu6_as_relu)(ir_model)
     return ir.serde.serialize_model(ir_model)
@@ -269,54 +270,6 @@ def _op_types() -> list[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def _model_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise BadInputError(
-            f"INT8 calibration needs a model with one input; this one has {len(inputs)}."
-        )
-    return inputs[0]
-
-
-def check_calibration_samples(model: onnx.ModelProto, samples: np.ndarray) -> np.ndarray:
-    """Validate calibration samples against the model's single input; return them in its dtype.
-
-    Raises:
-        BadInputError: Not numeric, wrong sample shape, too few, NaN/inf, or all identical.
-    """
-    value = _model_input(model)
-    dims = [
-        d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
-    ]
-    samples = np.asarray(samples)
-    if not np.issubdtype(samples.dtype, np.number):
-        raise BadInputError(f"Calibration data must be numeric, got dtype {samples.dtype}.")
-    if samples.ndim != len(dims) or any(
-        d is not None and d != s for d, s in zip(dims[1:], samples.shape[1:], strict=False)
-    ):
-        raise BadInputError(
-            f"Calibration samples have shape {list(samples.shape[1:])} but input "
-            f"'{value.name}' takes {dims[1:]} (after the batch dimension)."
-        )
-    batch = dims[0] or 1
-    if len(samples) < batch:
-        raise BadInputError(
-            f"Calibration needs at least {batch} samples (one batch of '{value.name}'); "
-            f"got {len(samples)}."
-        )
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-    samples = samples.astype(dtype, copy=False)
-    if np.issubdtype(dtype, np.floating) and not np.isfinite(samples).all():
-        raise BadInputError("Calibration data contains NaN or infinite values.")
-    if len(samples) > 1 and np.ptp(samples.reshape(len(samples), -1), axis=0).max() == 0:
-        raise BadInputError(
-            "Calibration data has no variation (every sample is identical), so activation "
-            "ranges would describe a single input; use representative inputs."
-        )
-    return samples
-
-
 def _chunk_samples(model: onnx.ModelProto, batch: int) -> int:
     """Samples per calibration chunk so the activations held stay within ~512 MB."""
     elements = 0
@@ -350,7 +303,7 @@ def calibrate(
 
     ort_method = _method(method)
     samples = check_calibration_samples(model, samples)
-    value = _model_input(model)
+    value = model_input(model)
     first = value.type.tensor_type.shape.dim[0]
     batch = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
     usable = (len(samples) // batch) * batch
@@ -529,9 +482,6 @@ def quantize_model(
     except Exception as err:  # onnx raises several types; shapes are optional here
         logger.debug("shape inference on the quantized model failed: %s", err)
     if flavour.bias_correction:
-        # Imported here: bias_correction imports this module (check_calibration_samples).
-        from edgec.passes.bias_correction import correct_biases
-
         result, _ = correct_biases(model, result, samples)
     logger.info(
         "quantized (%s): %d Q/DQ nodes, %d nodes kept in FP32, %d HardSigmoid folded",

@@ -25,12 +25,12 @@ import onnxruntime as ort
 
 from edgec.compiler.int8.accuracy_guard import sqnr_db
 from edgec.errors import BadInputError
+from edgec.passes.calibration_data import check_calibration_samples
 from edgec.passes.calibration_table import CalibrationTable
 from edgec.passes.quantize import (
     COMPUTE_OPS,
     Int8Flavour,
     calibrate,
-    check_calibration_samples,
     preprocess,
     quantize_model,
 )

@@ -5,6 +5,7 @@ statistics recalibrated) are not part of the repository. A benchmark that uses t
 ``--models-dir DIR``, a folder holding ``<name>.onnx`` for each; without it, or where a file
 is missing, the script skips those models and says so in one line. The command a script
 records in ``benchmarks/RESULTS.md`` names the folder ``DIR``, never the path it was given.
+Their inputs are :func:`photo_crops` of scikit-image's bundled photos (real images, no download).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 BENCHMARK_MODELS = ("resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0")
 OPTION = "--models-dir"
@@ -75,3 +78,24 @@ def recorded_command(script: str, argv: list[str], models_dir: Path | None) -> s
             word = "DIR"
         words.append(word)
     return " ".join([f"python benchmarks/{script}", *words])
+
+
+def photo_crops(sources: list[np.ndarray], count: int, seed: int) -> np.ndarray:
+    """Random square crops of ``sources`` (HxWx3 uint8 photos), resized to 224x224, randomly
+    mirrored, ImageNet-normalised, NCHW float32: the same ``seed`` gives the same crops."""
+    from skimage.transform import resize
+
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, 3, 224, 224), np.float32)
+    for i in range(count):
+        image = sources[rng.integers(len(sources))]
+        h, w = image.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.3, 1.0))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = resize(image[y : y + side, x : x + side], (224, 224), preserve_range=True) / 255.0
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = ((crop - mean) / std).transpose(2, 0, 1)
+    return out

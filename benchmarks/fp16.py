@@ -41,7 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from bench_models import BENCHMARK_MODELS, add_models_dir, find_models, recorded_command
+from bench_models import (
+    BENCHMARK_MODELS,
+    add_models_dir,
+    find_models,
+    photo_crops,
+    recorded_command,
+)
 from results_md import write_section  # benchmarks/, the script's folder, is on the path
 
 from edgec.compiler.canonicalize import canonicalize
@@ -54,27 +60,13 @@ MIN_AGREEMENT = 0.99  # the issue's bar for a shared 224x224 model
 THREADS = 2
 
 
-def photo_crops(count: int, seed: int) -> np.ndarray:
+def crops(count: int, seed: int) -> np.ndarray:
     """Random crops of scikit-image's photos, 224x224, ImageNet-normalised, NCHW float32."""
     from skimage import data as photos
-    from skimage.transform import resize
 
     colour = [photos.astronaut(), photos.chelsea(), photos.coffee(), photos.rocket()]
     sources = [*colour, np.stack([photos.camera()] * 3, axis=-1)]
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    rng = np.random.default_rng(seed)
-    out = np.empty((count, 3, 224, 224), np.float32)
-    for i in range(count):
-        image = sources[rng.integers(len(sources))]
-        h, w = image.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.3, 1.0))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = resize(image[y : y + side, x : x + side], (224, 224), preserve_range=True) / 255.0
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[i] = ((crop - mean) / std).transpose(2, 0, 1)
-    return out
+    return photo_crops(sources, count, seed)
 
 
 @dataclass
@@ -195,7 +187,7 @@ def main() -> None:
     if not paths:
         print("nothing measured: RESULTS.md left as it is")
         return
-    x = photo_crops(args.samples, seed=2)
+    x = crops(args.samples, seed=2)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgec-fp16-bench-") as tmp:
         for path in paths.values():

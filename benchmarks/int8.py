@@ -74,6 +74,7 @@ from bench_models import (  # noqa: E402  (benchmarks/ is the script's folder)
     BENCHMARK_MODELS,
     add_models_dir,
     find_models,
+    photo_crops,
     recorded_command,
 )
 from results_md import write_section  # noqa: E402
@@ -116,7 +117,6 @@ class Row:
 def natural_images(count: int, seed: int) -> np.ndarray:
     """Random crops of scikit-image's bundled photos, 224x224, ImageNet-normalised, NCHW."""
     from skimage import data as photos
-    from skimage.transform import resize
 
     colour = [
         photos.astronaut(),
@@ -130,20 +130,7 @@ def natural_images(count: int, seed: int) -> np.ndarray:
     grey = [photos.camera(), photos.coins(), photos.moon(), photos.grass(), photos.gravel()]
     grey += [photos.brick(), photos.clock()]
     sources = colour + [np.stack([g] * 3, axis=-1) for g in grey]
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
-    rng = np.random.default_rng(seed)
-    out = np.empty((count, 3, 224, 224), np.float32)
-    for i in range(count):
-        image = sources[rng.integers(len(sources))]
-        h, w = image.shape[:2]
-        side = int(min(h, w) * rng.uniform(0.3, 1.0))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = resize(image[y : y + side, x : x + side], (224, 224), preserve_range=True) / 255.0
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[i] = ((crop - mean) / std).transpose(2, 0, 1)
-    return out
+    return photo_crops(sources, count, seed)
 
 
 def photo_dataset() -> Dataset:

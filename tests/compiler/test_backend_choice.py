@@ -166,6 +166,27 @@ def test_explicit_tvm_without_the_cross_compiler_exits_2_naming_the_packages(
     assert not out.exists()
 
 
+def _pi_refused_and_nano_fallback(tmp_path, teacher_path, *extra: str) -> tuple[str, dict]:
+    """Compile for the Pi with an explicit ``--backend tvm`` (must be exit 2, nothing written)
+    and for the Nano under auto (must succeed); return the Pi's last stderr line and the
+    Nano's stage entry."""
+    out = tmp_path / "pi"
+    result = compile_cli(
+        str(teacher_path), "-t", "raspberry-pi-4", "--backend", "tvm", "--students", "none",
+        *extra, "-o", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert not out.exists()
+    last = result.stderr.strip().splitlines()[-1]
+    nano = tmp_path / "nano"
+    result = compile_cli(
+        str(teacher_path), "-t", "jetson-nano", "--students", "none", "-o", str(nano)
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (stage,) = manifest_of(nano)["stages"]
+    return last, stage
+
+
 @needs_tvm
 def test_cross_compiler_without_its_c_library_is_exit_2_or_a_fallback(
     tmp_path, teacher_path, no_cross_compiler
@@ -174,21 +195,8 @@ def test_cross_compiler_without_its_c_library_is_exit_2_or_a_fallback(
     recommendation) finds no ``crti.o``: --backend tvm exits 2 naming the package, and auto
     on the Nano falls back to ONNX Runtime with that reason recorded."""
     fake_compiler(no_cross_compiler, 'echo "$1" | grep -q print-file-name && echo crti.o')
-    out = tmp_path / "pi"
-    result = compile_cli(
-        str(teacher_path), "-t", "raspberry-pi-4", "--backend", "tvm", "--students", "none",
-        "-o", str(out),
-    )  # fmt: skip
-    assert result.exit_code == 2, result.output
-    last = result.stderr.strip().splitlines()[-1]
+    last, stage = _pi_refused_and_nano_fallback(tmp_path, teacher_path)
     assert "crti.o" in last and "libc6-dev-arm64-cross" in last
-    assert not out.exists()
-    nano = tmp_path / "nano"
-    result = compile_cli(
-        str(teacher_path), "-t", "jetson-nano", "--students", "none", "-o", str(nano)
-    )
-    assert result.exit_code == 0, result.output
-    (stage,) = manifest_of(nano)["stages"]
     assert stage["backend"] == "onnxruntime"
     assert "crti.o" in stage["backend_candidates"]["tvm"]["skipped"]
 
@@ -205,21 +213,8 @@ def test_a_failing_link_is_exit_2_never_an_internal_error(
         'case "$1" in -print-file-name*) echo /bin/sh; exit 0;; esac\n'
         'echo "ld: cannot find crti.o: No such file or directory" >&2; exit 1',
     )
-    out = tmp_path / "pi"
-    result = compile_cli(
-        str(teacher_path), "-t", "raspberry-pi-4", "--backend", "tvm", "--students", "none",
-        "--precision", "fp32", "-o", str(out),
-    )  # fmt: skip
-    assert result.exit_code == 2, result.output
-    last = result.stderr.strip().splitlines()[-1]
+    last, stage = _pi_refused_and_nano_fallback(tmp_path, teacher_path, "--precision", "fp32")
     assert "cannot find crti.o" in last and "libc6-dev-arm64-cross" in last
-    assert not out.exists()
-    nano = tmp_path / "nano"
-    result = compile_cli(
-        str(teacher_path), "-t", "jetson-nano", "--students", "none", "-o", str(nano)
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    (stage,) = manifest_of(nano)["stages"]
     assert stage["backend"] == "onnxruntime"
     assert "cannot find crti.o" in stage["backend_candidates"]["tvm"]["failed"]
     assert stage["backend_fallback"]["wanted"] == "tensorrt"

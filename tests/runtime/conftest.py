@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from delay_proxy import DelayProxy
+from models import bottleneck_model
 from onnx import TensorProto, helper, numpy_helper
 from runtime_helpers import BUDGET_MS, RTT_MS, TEACHER, GatewayProcess, write_loopback_target
 
@@ -151,3 +152,23 @@ def start_proxy():
     yield start
     for proxy in started:
         proxy.close()
+
+
+@pytest.fixture(scope="session")
+def bottleneck_bundle(tmp_path_factory):
+    """The bottleneck CNN cut after its stem (``s``): devices send the stem's output, int8.
+    The compile result (manifest and bundle path)."""
+    root = tmp_path_factory.mktemp("partition")
+    onnx.save(bottleneck_model(), root / "bottleneck.onnx")
+    result = compile_model(
+        CompileConfig(
+            model=root / "bottleneck.onnx",
+            target=str(write_loopback_target(root)),
+            output=root / "bundle",
+            students="none",
+            partition="s",
+            measure_seconds=0.2,
+        )
+    )
+    assert result.manifest["partition"]["encoding"] == "int8"
+    return result

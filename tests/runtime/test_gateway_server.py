@@ -157,14 +157,20 @@ def test_device_client_backs_off_after_a_429(slow_bundle, start_gateway):
     assert not client.available()  # Retry-After: 1 s
 
 
-def _raw(port: int, data: bytes) -> str:
+def _exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes, close the sending side, and return the whole reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
-    return reply.split(b"\r\n", 1)[0].decode()
+    return reply
+
+
+def _raw(port: int, data: bytes) -> str:
+    """The status line of the answer to raw bytes."""
+    return _exchange(port, data).split(b"\r\n", 1)[0].decode()
 
 
 def _case(body: bytes, **headers: str) -> tuple[bytes, dict]:
@@ -215,13 +221,7 @@ def test_malformed_requests_are_400s_and_the_server_keeps_serving(cascade_bundle
 
 def _raw_reply(port: int, data: bytes) -> tuple[str, dict]:
     """Status line and JSON body of the answer to raw bytes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _, body = _exchange(port, data).partition(b"\r\n\r\n")
     return head.split(b"\r\n", 1)[0].decode(), json.loads(body)
 
 

@@ -19,9 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-import onnx
 import pytest
-from models import bottleneck_model
 from runtime_helpers import TEACHER, GatewayProcess, write_loopback_target
 
 from edgec.bundle.loadtest import Payload, prepare_workload, run_load
@@ -77,22 +75,9 @@ def digits_gateway_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slow_partitioned_bundle(tmp_path_factory) -> Path:
+def slow_partitioned_bundle(bottleneck_bundle) -> Path:
     """A bottleneck model cut after its stem: devices send the stem's output, int8."""
-    root = tmp_path_factory.mktemp("loadtest-slow")
-    onnx.save(bottleneck_model(), root / "bottleneck.onnx")
-    result = compile_model(
-        CompileConfig(
-            model=root / "bottleneck.onnx",
-            target=str(write_loopback_target(root)),
-            output=root / "bundle",
-            students="none",
-            partition="s",
-            measure_seconds=0.2,
-        )
-    )
-    assert result.manifest["partition"]["encoding"] == "int8"
-    return result.bundle
+    return bottleneck_bundle.bundle
 
 
 def _loadtest(*args: str) -> subprocess.CompletedProcess:

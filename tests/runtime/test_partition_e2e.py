@@ -19,7 +19,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from models import bottleneck_model
 from runtime_helpers import TEACHER, write_loopback_target
 
 from edgec.bundle.launch import import_runtime
@@ -29,22 +28,6 @@ from edgec.data import load_dataset
 from edgec.runtime import codec
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def bottleneck_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("partition")
-    onnx.save(bottleneck_model(), root / "bottleneck.onnx")
-    return compile_model(
-        CompileConfig(
-            model=root / "bottleneck.onnx",
-            target=str(write_loopback_target(root)),
-            output=root / "bundle",
-            students="none",
-            partition="s",
-            measure_seconds=0.2,
-        )
-    )
 
 
 def _session(path) -> ort.InferenceSession:

@@ -52,6 +52,13 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     show_default=True,
     help="Most megabytes --capture keeps (the oldest are dropped).",
 )
+@click.option(
+    "--emulate",
+    is_flag=True,
+    help="Run the device runtime on an emulated Raspberry Pi CPU (qemu-aarch64, Cortex-A72) "
+    "with Debian's arm64 Python and the real aarch64 wheels, fetched once into "
+    "~/.cache/edgec/emulate (docs/emulate.md); latencies are labelled emulated.",
+)
 @handle_errors
 def run(
     bundle: Path,
@@ -64,6 +71,7 @@ def run(
     capture_dir: Path | None,
     capture_max_frames: int,
     capture_max_mb: float,
+    emulate: bool,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
 
@@ -72,8 +80,12 @@ def run(
       edgec run out/rpi4 frames.npy --json
       edgec run out/rpi4 photo.png --gateway http://gateway:8080
       edgec run out/rpi4 frames.npy --capture spool/ --capture-max-mb 50
+      edgec run out/rpi4 frames.npy --emulate --json
     """
-    from edgec.bundle.launch import run_bundle
+    if emulate:
+        from edgec.emulate.run import run_emulated as run_bundle
+    else:
+        from edgec.bundle.launch import run_bundle
 
     try:
         capture = None
@@ -102,7 +114,8 @@ def _describe(item: dict) -> str:
         answer = "no answer"
     else:
         answer = f"class {item['prediction']} (p={item['confidence']:.3f}) from {item['stage']}"
-    return f"{item['input']}: {answer} in {item['latency_ms']:.3f} ms [{item['route']}]"
+    timing = f" ({item['timing']})" if "timing" in item else ""
+    return f"{item['input']}: {answer} in {item['latency_ms']:.3f} ms{timing} [{item['route']}]"
 
 
 @click.command("serve")

@@ -50,7 +50,8 @@ PYTHON_TAG = "cp311"
 ROOT_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6")
 PYTHON = "usr/bin/python3.11"
 # bookworm's glibc is 2.36: any manylinux wheel up to that runs on it.
-PLATFORMS = tuple(f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)) + (
+PLATFORMS = (
+    *(f"manylinux_2_{minor}_aarch64" for minor in range(36, 16, -1)),
     "manylinux2014_aarch64",
 )
 

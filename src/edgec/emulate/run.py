@@ -38,7 +38,7 @@ BACKEND_WHEELS = {
     "onnxruntime": ("onnxruntime",),
     "litert": ("ai-edge-litert",),
     "tflite": ("ai-edge-litert",),
-    "tvm": ("apache-tvm", "apache-tvm-ffi"),
+    "tvm": ("apache-tvm", "apache-tvm-ffi", "typing-extensions", "ml-dtypes"),
 }
 _ARRAYS = (".npy", ".npz")
 # What the runtime reads from the environment, passed on to it (nothing else of the host's).

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,12 @@ WHEELS = {
     "pillow": "13.0.0",
     "apache-tvm": "0.27.0.post1",
     "apache-tvm-ffi": "0.1.14.post0",
+    "typing-extensions": "4.16.0",
+    "ml-dtypes": "0.6.0",
 }
+# Left out when unpacking: what a device never loads (TVM's 240 MB compiler library; the
+# runtime loads TVM with TVM_USE_RUNTIME_LIB=1, and a Pi has no CUDA).
+SKIPPED = {"apache-tvm": ("tvm/lib/libtvm_compiler.so", "tvm/lib/libtvm_runtime_cuda.so")}
 
 # The Raspberry Pi 4's CPU (4 x Cortex-A72, ARMv8-A), as its /proc/cpuinfo says it.
 CORES = 4
@@ -73,7 +79,7 @@ _CPUINFO_CORE = (
     "CPU revision\t: 3\n\n"
 )
 _CPUINFO_BOARD = "Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B\n"
-_MARKER = ".edgec-emulate.json"
+MARKER = ".edgec-emulate.json"  # in a complete sysroot or wheel directory
 _TIMEOUT_S = 60
 
 
@@ -104,7 +110,7 @@ def wheel_dir(name: str) -> Path:
 
 def is_ready(path: Path) -> bool:
     """Whether ``path`` (the sysroot or a wheel's directory) is complete."""
-    return (path / _MARKER).is_file()
+    return (path / MARKER).is_file()
 
 
 class Fetcher:
@@ -235,7 +241,7 @@ class Fetcher:
             wheel = next(Path(download).glob("*.whl"))
             size = wheel.stat().st_size
             with _building(wheel_dir(name)) as work:
-                _unpack_wheel(wheel, work)
+                _unpack_wheel(wheel, work, SKIPPED.get(name, ()))
                 _mark(work, {name: version, "wheel": wheel.name})
         self._progress.remove_task(task)
         self._say(f"Fetched {wheel.name} ({size / 1e6:.1f} MB)")
@@ -243,7 +249,9 @@ class Fetcher:
 
 def _pip_download(name: str, version: str, dest: Path) -> None:
     """``pip download`` the aarch64 wheel of ``name==version`` for the sysroot's Python."""
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
+    # -vv: pip names a connection error only in its verbose log (it then says "no matching
+    # distribution"); _pip_failure() reads the reason from it.
+    command = [sys.executable, "-m", "pip", "download", "-vv", "--no-deps"]
     command += ["--disable-pip-version-check", "--only-binary=:all:", "--dest", str(dest)]
     command += ["--python-version", PYTHON_VERSION, "--implementation", "cp"]
     command += ["--abi", PYTHON_TAG, "--abi", "abi3", "--abi", "none"]
@@ -261,21 +269,33 @@ def _pip_download(name: str, version: str, dest: Path) -> None:
         )
     if result.returncode != 0 or not any(dest.glob("*.whl")):
         where = index or "pip's configured package index"
-        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("ERROR")]
-        detail = f" ({lines[-1].removeprefix('ERROR: ').rstrip('.')})" if lines else ""
         raise SetupError(
-            f"Cannot fetch the aarch64 wheel {name}=={version} from {where}{detail}: the first "
-            "`edgec run --emulate` needs network access to the package index (or set "
-            f"${INDEX_ENV}); afterwards it runs from the cache {cache_dir()}."
+            f"Cannot fetch the aarch64 wheel {name}=={version} from {where} "
+            f"({_pip_failure(result.stderr + result.stdout)}): the first `edgec run --emulate` "
+            f"needs network access to the package index (or set ${INDEX_ENV}); afterwards it "
+            f"runs from the cache {cache_dir()}."
         )
 
 
-def _unpack_wheel(wheel: Path, dest: Path) -> None:
-    """Unpack a wheel as an installer would put it in ``site-packages`` (no scripts)."""
+def _pip_failure(log: str) -> str:
+    """Why ``pip download`` failed, in a few words, from its ``-vv`` log."""
+    fetch = re.search(r"Could not fetch URL (\S+?):? (.*?) - skipping", log)
+    if fetch:
+        errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", fetch.group(2))
+        return f"cannot reach {fetch.group(1)}: {errno.group(1) if errno else 'connection error'}"
+    if "is not a trusted or secure host" in log:
+        return "pip ignores a plain-http index on a host it does not trust; use https"
+    errors = [line for line in log.splitlines() if line.startswith("ERROR: ")]
+    return errors[-1].removeprefix("ERROR: ").rstrip(".") if errors else "pip failed"
+
+
+def _unpack_wheel(wheel: Path, dest: Path, skipped: tuple[str, ...] = ()) -> None:
+    """Unpack a wheel as an installer would put it in ``site-packages`` (no scripts), all but
+    the files ``skipped`` names."""
     with zipfile.ZipFile(wheel) as archive:
         for info in archive.infolist():
             parts = Path(info.filename).parts
-            if info.is_dir() or ".." in parts or not parts:
+            if info.is_dir() or ".." in parts or not parts or info.filename in skipped:
                 continue
             if parts[0].endswith(".data"):
                 if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
@@ -299,7 +319,7 @@ def _describe_cpu(root: Path) -> None:
 
 
 def _mark(work: Path, contents: dict) -> None:
-    (work / _MARKER).write_text(json.dumps(contents, indent=1, sort_keys=True), encoding="utf-8")
+    (work / MARKER).write_text(json.dumps(contents, indent=1, sort_keys=True), encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -320,3 +340,25 @@ def _building(final: Path) -> Iterator[Path]:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edgec.emulate.sysroot [WHEEL...]``: fetch the sysroot and those wheels
+    (default numpy, onnxruntime, ai-edge-litert) into the cache; ``make test`` runs it, so the
+    emulation tests find everything cached. Exit 2, with the reason, when that fails."""
+    names = (sys.argv[1:] if argv is None else argv) or ["numpy", "onnxruntime", "ai-edge-litert"]
+    unknown = [n for n in names if n not in WHEELS]
+    if unknown:
+        known = ", ".join(WHEELS)
+        print(f"error: no pinned aarch64 wheel {unknown[0]}; known: {known}.", file=sys.stderr)
+        return 2
+    try:
+        Fetcher().ensure(names)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,13 +205,16 @@ class Fetcher:
     def _fetch_sysroot(self, root: Path) -> None:
         mirror = mirror_url()
         index_url = f"{mirror}/dists/{RELEASE}/main/binary-arm64/Packages.xz"
-        self._say(f"Fetching an arm64 Python {PYTHON_VERSION} (Debian {RELEASE}) into {root}")
         try:
             index = debian.read_index(self._download(index_url, "Debian package index"))
             packages = debian.closure(index, ROOT_PACKAGES)
         except debian.DebianError as err:
             raise SetupError(f"The Debian mirror {mirror} is not usable: {err}.") from None
         total = sum(p.size for p in packages)
+        self._say(
+            f"Fetching {len(packages)} Debian {RELEASE} arm64 packages ({total / 1e6:.1f} MB: "
+            f"Python {PYTHON_VERSION} and the libraries it loads) into {root}"
+        )
         with _building(root) as work:
             task = self._progress.add_task(f"{len(packages)} Debian packages", total=total)
             for package in packages:
@@ -228,7 +231,7 @@ class Fetcher:
                     raise SetupError(f"Cannot unpack {package.filename}: {err}.") from None
             _describe_cpu(work)
             _mark(work, {p.name: p.version for p in packages})
-        self._say(f"Fetched {len(packages)} Debian packages ({total / 1e6:.1f} MB)")
+        self._say(f"Fetched {len(packages)} Debian packages")
 
     # --- the wheels ---
 

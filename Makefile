@@ -1,12 +1,13 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if missing
 # and installs what it needs, pinned by constraints.txt; `make test` also installs the system
-# packages the aarch64 TVM tests need (apt, where it can) and the aarch64 TVM runtime.
+# packages the aarch64 TVM tests need (apt, where it can), the aarch64 TVM runtime and the
+# emulated Raspberry Pi's sysroot and wheels (cached in ~/.cache/edgec/emulate).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint format clean system-deps
+.PHONY: demo test lint format clean system-deps emulate-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +38,18 @@ $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so: $(VENV)/.test-installed
 	@PYTHON=$(BIN)/python .ci/aarch64-tvm-runtime.sh $(VENV)/aarch64-tvm-runtime \
 		|| echo "warning: no aarch64 TVM runtime; the qemu test will skip" >&2
 
-test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so
+# The emulated Raspberry Pi's files (`edgec run --emulate`, docs/emulate.md): Debian's arm64
+# Python and the aarch64 wheels the emulation tests run, fetched once into
+# ~/.cache/edgec/emulate (or EDGEC_EMULATE_CACHE); a no-op when cached. Offline it warns, and
+# those tests skip.
+EMULATE_WHEELS := numpy onnxruntime pillow ai-edge-litert apache-tvm apache-tvm-ffi \
+	typing-extensions ml-dtypes
+emulate-cache: $(VENV)/.test-installed
+	@$(BIN)/python -m edgec.emulate.sysroot $(EMULATE_WHEELS) \
+		|| echo "warning: no emulated-device cache; the --emulate tests will skip" >&2
+
+test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so \
+		emulate-cache
 	$(BIN)/ruff check src tests examples benchmarks docs
 	$(BIN)/ruff format --check src tests examples benchmarks docs
 	$(BIN)/pytest

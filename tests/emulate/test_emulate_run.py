@@ -125,6 +125,26 @@ def test_without_network_on_first_use_it_is_one_sentence(
     assert not cache.exists() or not any(cache.rglob("*"))
 
 
+def test_a_bundle_that_does_not_verify_is_refused_before_the_emulator_starts(
+    pi_bundle, frames, tmp_path, monkeypatch, fake_qemu_path
+):
+    """--key is checked on the host by edgec's own verifier: exit 1, nothing fetched, qemu
+    (a stand-in) never started."""
+    bundle = tmp_path / "signed"
+    shutil.copytree(pi_bundle, bundle)
+    for name in ("signer", "other"):
+        assert run("keygen", str(tmp_path / name)).exit_code == 0
+    assert run("sign", str(bundle), "--key", str(tmp_path / "signer" / "edgec.key")).exit_code == 0
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(sysroot.CACHE_ENV, str(cache))
+    monkeypatch.setenv("PATH", fake_qemu_path)
+    other = str(tmp_path / "other" / "edgec.pub")
+    result = run("run", str(bundle), str(frames), "--emulate", "--key", other)
+    assert result.exit_code == 1, result.output
+    assert "does not verify" in result.stderr and "qemu must not run" not in result.stderr
+    assert result.stdout == "" and not cache.exists()
+
+
 @pytest.mark.tvm
 def test_tvm_build_for_the_pi_runs_under_emulation_only(emulator, frames, tmp_path):
     """The TVM stage is an aarch64 object: this machine's own run cannot load it, the emulated

@@ -2,10 +2,11 @@
 
 The Raspberry Pi 4 build of the digits teacher (ONNX Runtime stages) runs under
 ``qemu-aarch64`` with Debian's arm64 Python and the real aarch64 numpy and onnxruntime wheels,
-and answers every frame as the native ``edgec run`` does, each line labelled
-``"timing": "emulated"``. A TVM build for the Pi (an aarch64 object this machine cannot load)
-runs only there, with the same answers. Without qemu, or without network on the first run:
-one sentence, exit 2, nothing fetched.
+and answers every frame (an array file's and an image's) as the native ``edgec run`` does, each
+line labelled ``"timing": "emulated"``. A TVM build for the Pi (an aarch64 object this machine
+cannot load) runs only there, with the same answers. Without qemu, or without network on the
+first run: one sentence, exit 2, nothing fetched; a bundle that does not verify against
+``--key``: exit 1 before qemu starts.
 
 The emulated runs use the real cache (``~/.cache/edgec/emulate``, or
 ``$EDGEC_EMULATE_CACHE``), which ``make test`` fills before the tests: reruns fetch nothing.
@@ -24,6 +25,7 @@ from conftest import closed_port_url
 from PIL import Image
 
 from edgec.cli import main
+from edgec.cli.runtime import _describe
 from edgec.data import load_dataset
 from edgec.emulate import sysroot
 
@@ -50,11 +52,12 @@ def assert_bad_input(result, fragment: str) -> None:
 
 @pytest.fixture(scope="module")
 def emulator() -> None:
-    """qemu-aarch64 and the cached sysroot with numpy and onnxruntime (fetched when missing)."""
+    """qemu-aarch64 and the cached sysroot with numpy, onnxruntime and Pillow (fetched when
+    missing)."""
     if shutil.which("qemu-aarch64") is None:
         pytest.skip("no qemu-aarch64: apt-get install qemu-user (make test does)")
     try:
-        sysroot.Fetcher().ensure(["numpy", "onnxruntime"])
+        sysroot.Fetcher().ensure(["numpy", "onnxruntime", "pillow"])
     except sysroot.SetupError as err:
         pytest.skip(f"the emulated device's files cannot be fetched: {err}")
 
@@ -67,13 +70,17 @@ def frames(tmp_path_factory) -> Path:
 
 
 def test_emulated_run_answers_every_frame_as_the_native_run(emulator, pi_bundle, frames):
-    """Same JSON keys plus timing=emulated; same prediction, stage and route on every frame."""
-    native = run("run", str(pi_bundle), str(frames), "--json")
+    """Same JSON keys plus timing=emulated; same prediction, stage and route on every frame,
+    the 30 of an array file and an image (read by the aarch64 Pillow)."""
+    digit = (load_dataset("digits").x_val[0, 0] * 255).astype(np.uint8)
+    image = frames.parent / "digit.png"
+    Image.fromarray(digit).save(image)
+    native = run("run", str(pi_bundle), str(frames), str(image), "--json")
     assert native.exit_code == 0, native.output
-    emulated = run("run", str(pi_bundle), str(frames), "--emulate", "--json")
+    emulated = run("run", str(pi_bundle), str(frames), str(image), "--emulate", "--json")
     assert emulated.exit_code == 0, emulated.output
     want, got = _json_lines(native.stdout), _json_lines(emulated.stdout)
-    assert len(got) == len(want) == FRAMES
+    assert len(got) == len(want) == FRAMES + 1
     assert all(tuple(line) == (*KEYS, "timing") for line in got)
     assert all(line["timing"] == "emulated" and line["latency_ms"] > 0 for line in got)
     assert [(g["input"], g["prediction"], g["stage"], g["route"]) for g in got] == [
@@ -86,16 +93,14 @@ def test_emulated_run_answers_every_frame_as_the_native_run(emulator, pi_bundle,
     assert not list(pi_bundle.rglob("__pycache__"))  # nothing written into the bundle
 
 
-def test_emulated_text_lines_say_emulated_and_images_are_read(emulator, pi_bundle, tmp_path):
-    """Without --json each line labels its latency; a PNG runs with the aarch64 Pillow."""
-    digit = (load_dataset("digits").x_val[0, 0] * 255).astype(np.uint8)
-    image = tmp_path / "digit.png"
-    Image.fromarray(digit).save(image)
-    native = run("run", str(pi_bundle), str(image))
-    emulated = run("run", str(pi_bundle), str(image), "--emulate")
-    assert native.exit_code == 0 and emulated.exit_code == 0, emulated.output
-    assert "ms (emulated) [local]" in emulated.stdout and "emulated" not in native.stdout
-    assert emulated.stdout.split(" in ")[0] == native.stdout.split(" in ")[0]  # same answer
+def test_text_lines_label_an_emulated_latency():
+    """Without --json, an emulated line says so next to its latency; a native one does not."""
+    item = {"input": 3, "prediction": 7, "confidence": 0.91, "stage": "teacher"}
+    item |= {"latency_ms": 150.25, "route": "local"}
+    assert _describe(item) == "3: class 7 (p=0.910) from teacher in 150.250 ms [local]"
+    assert _describe(item | {"timing": "emulated"}) == (
+        "3: class 7 (p=0.910) from teacher in 150.250 ms (emulated) [local]"
+    )
 
 
 def test_without_qemu_it_is_one_sentence_and_fetches_nothing(

@@ -132,8 +132,9 @@ def test_wheels_follow_the_device_stages_and_the_inputs():
         "ai-edge-litert",
         "pillow",
     ]
-    renamed = {"stages": [_stage("tflite-xnnpack", artifact="stages/s/model.tflite")]}
-    assert "ai-edge-litert" in run.wheels_for(renamed, [Path("x.npy")])
+    for backend in ("edgetpu", "tflite-xnnpack"):  # the Coral's; any other .tflite stage
+        stages = {"stages": [_stage(backend, artifact="stages/s/model_edgetpu.tflite")]}
+        assert "ai-edge-litert" in run.wheels_for(stages, [Path("x.npy")])
     tvm = {"stages": [_stage("tvm")]}
     assert {"apache-tvm", "apache-tvm-ffi"} <= set(run.wheels_for(tvm, [Path("x.npy")]))
 

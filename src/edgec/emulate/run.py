@@ -38,6 +38,7 @@ BACKEND_WHEELS = {
     "onnxruntime": ("onnxruntime",),
     "litert": ("ai-edge-litert",),
     "tflite": ("ai-edge-litert",),
+    "edgetpu": ("ai-edge-litert",),  # without an Edge TPU: its plain .tflite on the CPU
     "tvm": ("apache-tvm", "apache-tvm-ffi", "typing-extensions", "ml-dtypes"),
 }
 _ARRAYS = (".npy", ".npz")

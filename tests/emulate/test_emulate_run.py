@@ -178,3 +178,33 @@ def test_tvm_build_for_the_pi_runs_under_emulation_only(emulator, frames, tmp_pa
     expected = [int(session.run(None, {"x": x[i : i + 1]})[0].argmax()) for i in range(FRAMES)]
     assert [line["prediction"] for line in lines] == expected
     assert all(line["timing"] == "emulated" for line in lines)
+
+
+def test_full_integer_tflite_build_for_the_pi_answers_as_the_native_run(request, frames, tmp_path):
+    """The LiteRT backend's full-integer INT8 .tflite for the Pi runs on the aarch64
+    ai-edge-litert wheel (XNNPACK) under emulation and answers every frame as natively.
+    Skips where this edgec has no litert backend or ai-edge-litert is not installed."""
+    pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed")
+    from edgec.errors import BadInputError
+    from edgec.targets import get_backend
+
+    try:
+        get_backend("litert")
+    except BadInputError:
+        pytest.skip("this edgec has no litert backend")
+    request.getfixturevalue("emulator")
+    teacher = Path(__file__).resolve().parents[2] / "examples" / "digits" / "teacher.onnx"
+    bundle = tmp_path / "litert"
+    compiled = run(
+        "compile", str(teacher), "--target", "raspberry-pi-4", "--backend", "litert",
+        "--precision", "int8", "--data", "digits", "--students", "none", "-o", str(bundle),
+    )  # fmt: skip
+    assert compiled.exit_code == 0, compiled.output
+    stages = json.loads((bundle / "manifest.json").read_text())["stages"]
+    assert [Path(s["artifact"]).suffix for s in stages] == [".tflite"]
+    native = run("run", str(bundle), str(frames), "--json")
+    emulated = run("run", str(bundle), str(frames), "--emulate", "--json")
+    assert native.exit_code == 0 and emulated.exit_code == 0, emulated.output
+    want, got = _json_lines(native.stdout), _json_lines(emulated.stdout)
+    assert len(got) == FRAMES and all(line["timing"] == "emulated" for line in got)
+    assert [g["prediction"] for g in got] == [w["prediction"] for w in want]

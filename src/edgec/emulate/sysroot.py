@@ -229,6 +229,7 @@ class Fetcher:
                     debian.extract_deb(data, work)
                 except debian.DebianError as err:
                     raise SetupError(f"Cannot unpack {package.filename}: {err}.") from None
+            self._progress.remove_task(task)
             _describe_cpu(work)
             _mark(work, {p.name: p.version for p in packages})
         self._say(f"Fetched {len(packages)} Debian packages")

@@ -387,6 +387,8 @@ class _Converter:
             raise UnsupportedModelError(f"grouped Conv node '{node.name}' (group={group})")
         act, out_name = self.fused_activation(node)
         quant = self.out_quant([node.input[0]], out_name)
+        if node.input[1] not in self.view.int_weights:
+            quant = None  # float weights in a Q/DQ model: a layer the guard kept in FP32
         strides = attrs.get("strides", [1, 1])
         dil = attrs.get("dilations", [1, 1])
         x = self.ensure(x, node.input[0], quant is not None)
@@ -501,20 +503,20 @@ class _Converter:
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = self.required_const(node, 2) * attrs.get("beta", 1.0)
-        self.fully_connected(node, w, bias)
+        self.fully_connected(node, w, bias, node.input[1] in self.view.int_weights)
 
     def op_MatMul(self, node):
         w = self.const(node.input[1])
         if w is None or w.ndim != 2 or len(self.vals[node.input[0]].shape) != 2:
             raise UnsupportedModelError(f"MatMul node '{node.name}' (only 2-D x constant)")
-        self.fully_connected(node, w.T, None)
+        self.fully_connected(node, w.T, None, node.input[1] in self.view.int_weights)
 
-    def fully_connected(self, node, w: np.ndarray, bias: np.ndarray | None):
+    def fully_connected(self, node, w: np.ndarray, bias: np.ndarray | None, int_w: bool):
         x = self.onnx_layout(node.input[0])
         if len(x.shape) != 2:
             raise UnsupportedModelError(f"{node.op_type} node '{node.name}' on a {len(x.shape)}-D input")
         act, out_name = self.fused_activation(node)
-        quant = self.out_quant([node.input[0]], out_name)
+        quant = self.out_quant([node.input[0]], out_name) if int_w else None
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
         b = np.broadcast_to(b.reshape(-1), (w.shape[0],))
         opts = self.m.s.FullyConnectedOptionsT()

@@ -1,0 +1,112 @@
+"""The ONNX -> TFLite converter against ONNX Runtime on graphs with real CNNs' ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+pytest.importorskip("ai_edge_litert", reason="the litert extra (ai-edge-litert) is not installed")
+
+from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model  # noqa: E402
+from edgec.targets.litert.backend import integer_report  # noqa: E402
+from edgec.targets.litert.convert import UnsupportedModelError, convert  # noqa: E402
+from edgec.targets.litert.flatbuffer import operator_names  # noqa: E402
+from edgec.targets.litert.runner import LiteRtRunner  # noqa: E402
+
+from litert_graphs import mobile_block_model, unsupported_op_model  # noqa: E402
+
+
+def _runner(tmp_path, data: bytes, name: str = "m.tflite") -> LiteRtRunner:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return LiteRtRunner(path, threads=1)
+
+
+def _ort(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # Exact integer products, as LiteRT computes them (x86 without VNNI saturates u8s8).
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(model.SerializeToString(), options)
+
+
+def _samples(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 1, 3, 16, 16)).astype(np.float32)
+
+
+def _sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    return float(10 * np.log10((ref**2).sum() / max(((ref - test) ** 2).sum(), 1e-20)))
+
+
+def _qdq(model: onnx.ModelProto, flavour: Int8Flavour, exclude=()) -> onnx.ModelProto:
+    pre = preprocess(model)
+    table = calibrate(pre, _samples(32, seed=1).reshape(32, 3, 16, 16), "minmax", "test")
+    return quantize_model(pre, table, flavour, nodes_to_exclude=exclude)
+
+
+def test_fp32_keeps_every_output_of_a_mobile_block(tmp_path):
+    """Depthwise, HardSwish, SE, swish, pooling with pads, Concat, NCHW input and two outputs
+    (one 4-D): the .tflite answers as ONNX Runtime within 1e-4 (relative to each output's
+    range), outputs in ONNX shapes."""
+    model = mobile_block_model()
+    runner = _runner(tmp_path, convert(model))
+    session = _ort(model)
+    assert runner.input_names == ["x"]
+    for x in _samples(5):
+        got = runner.run({"x": x})
+        want = session.run(None, {"x": x})
+        assert [g.shape for g in got] == [w.shape for w in want] == [(1, 10), (1, 16, 4, 4)]
+        for g, w in zip(got, want, strict=True):
+            assert np.abs(g - w).max() <= 1e-4 * max(1.0, np.abs(w).max())
+
+
+@pytest.mark.parametrize("activations", ["int8", "uint8"])
+def test_int8_is_full_integer_and_tracks_the_qdq_model(tmp_path, activations):
+    """The guard-approved Q/DQ model becomes a .tflite whose every non-I/O tensor is
+    integer, answering as the Q/DQ model does under exact integer arithmetic."""
+    qdq = _qdq(mobile_block_model(), Int8Flavour(activations, per_channel=True))
+    data = convert(qdq)
+    assert integer_report(data) == {"fully_integer": True, "float_tensors": 0}
+    ops = operator_names(data)
+    assert "DEPTHWISE_CONV_2D" in ops and "DEQUANTIZE" in ops and "QUANTIZE" in ops
+    runner, session = _runner(tmp_path, data), _ort(qdq)
+    probs = [(runner.run({"x": x})[0], session.run(None, {"x": x})[0]) for x in _samples(20)]
+    got, want = np.concatenate([p[0] for p in probs]), np.concatenate([p[1] for p in probs])
+    assert _sqnr_db(want, got) > 25
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+def test_integer_io_takes_and_gives_integers_on_the_model_grids(tmp_path):
+    """int8/uint8 I/O (the Coral's): the runner quantizes float inputs on the input's grid
+    and dequantizes outputs, so the answers match the float-I/O model's."""
+    qdq = _qdq(mobile_block_model(), Int8Flavour("int8", per_channel=True))
+    float_io = _runner(tmp_path, convert(qdq), "f.tflite")
+    for dtype in ("int8", "uint8"):
+        runner = _runner(tmp_path, convert(qdq, io_dtype=dtype), f"{dtype}.tflite")
+        assert [d["dtype"].__name__ for d in runner.inputs] == [dtype]
+        assert {d["dtype"].__name__ for d in runner.outputs} == {dtype}
+        for x in _samples(3):
+            got, want = runner.run({"x": x})[0], float_io.run({"x": x})[0]
+            assert np.abs(got - want).max() <= 2 * 1 / 256 + 1e-6  # within two output steps
+
+
+def test_layers_the_guard_kept_in_fp32_run_in_float(tmp_path):
+    """Nodes excluded from INT8 (the repair loop's) run in float between DEQUANTIZE and
+    QUANTIZE; the model is then not fully integer and says so."""
+    model = mobile_block_model()
+    pre = preprocess(model)
+    convs = [n.name for n in pre.graph.node if n.op_type == "Conv"]
+    qdq = _qdq(model, Int8Flavour("int8", per_channel=True), exclude=convs[-1:])
+    data = convert(qdq)
+    report = integer_report(data)
+    assert report["fully_integer"] is False and report["float_tensors"] > 0
+    runner, session = _runner(tmp_path, data), _ort(qdq)
+    for x in _samples(3):
+        assert _sqnr_db(session.run(None, {"x": x})[0], runner.run({"x": x})[0]) > 25
+
+
+def test_an_op_the_converter_lacks_is_named():
+    """Erf has no mapping: the error names the op and its node, nothing is half-built."""
+    with pytest.raises(UnsupportedModelError, match=r"the ONNX op Erf \(node 'Erf"):
+        convert(unsupported_op_model())

@@ -28,14 +28,28 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
         return out
 
-    def conv(self, x: str, cin: int, cout: int, k: int = 3, stride: int = 1, group: int = 1,
-             pad: int | None = None) -> str:
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        stride: int = 1,
+        group: int = 1,
+        pad: int | None = None,
+    ) -> str:
         w = self.rng.standard_normal((cout, cin // group, k, k)).astype(np.float32)
         w *= np.sqrt(2.0 / (cin // group * k * k))
         b = (0.1 * self.rng.standard_normal(cout)).astype(np.float32)
         p = k // 2 if pad is None else pad
-        return self.node("Conv", [x, self.const(w), self.const(b)], kernel_shape=[k, k],
-                         strides=[stride, stride], pads=[p, p, p, p], group=group)
+        return self.node(
+            "Conv",
+            [x, self.const(w), self.const(b)],
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[p, p, p, p],
+            group=group,
+        )
 
     def model(self, inputs, outputs) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, "g", inputs, outputs, self.inits)

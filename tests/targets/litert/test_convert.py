@@ -9,13 +9,13 @@ import pytest
 
 pytest.importorskip("ai_edge_litert", reason="the litert extra (ai-edge-litert) is not installed")
 
-from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model  # noqa: E402
-from edgec.targets.litert.backend import integer_report  # noqa: E402
-from edgec.targets.litert.convert import UnsupportedModelError, convert  # noqa: E402
-from edgec.targets.litert.flatbuffer import operator_names  # noqa: E402
-from edgec.targets.litert.runner import LiteRtRunner  # noqa: E402
+from litert_graphs import mobile_block_model, unsupported_op_model
 
-from litert_graphs import mobile_block_model, unsupported_op_model  # noqa: E402
+from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
+from edgec.targets.litert.backend import integer_report
+from edgec.targets.litert.convert import UnsupportedModelError, convert
+from edgec.targets.litert.flatbuffer import operator_names
+from edgec.targets.litert.runner import LiteRtRunner
 
 
 def _runner(tmp_path, data: bytes, name: str = "m.tflite") -> LiteRtRunner:

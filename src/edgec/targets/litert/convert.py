@@ -174,7 +174,10 @@ class _Converter:
             out = self.new(self.fresh("transpose"), shape, quant, nhwc, val.shape)
             perm_t = self.m.constant(self.fresh("perm"), np.asarray(perm, np.int32))
             self.m.op(
-                "TRANSPOSE", [val.index, perm_t], [out.index], self.m.s.TransposeOptionsT(),
+                "TRANSPOSE",
+                [val.index, perm_t],
+                [out.index],
+                self.m.s.TransposeOptionsT(),
                 "TransposeOptions",
             )
             self.cache[key] = out
@@ -289,9 +292,7 @@ class _Converter:
 
     def add_input(self, name: str) -> None:
         shape = self.shapes[name]
-        dtype = next(
-            i.type.tensor_type.elem_type for i in self.graph_inputs if i.name == name
-        )
+        dtype = next(i.type.tensor_type.elem_type for i in self.graph_inputs if i.name == name)
         quant = self.q(name)
         if dtype == onnx.TensorProto.UINT8:
             index = self.m.tensor(name, shape, np.uint8)
@@ -354,8 +355,13 @@ class _Converter:
             grid = self.m.quant(src.index) or Quant((1.0,), (0,))
             if self.m.quant(src.index) is None:
                 self.m.tensors[src.index].quantization = self._qparams(grid)
-            out = self.new(self.fresh("frame_int8"), self.tfl_shape(src), grid.shifted(-128),
-                           src.nhwc, src.shape)
+            out = self.new(
+                self.fresh("frame_int8"),
+                self.tfl_shape(src),
+                grid.shifted(-128),
+                src.nhwc,
+                src.shape,
+            )
             self.m.op("QUANTIZE", [src.index], [out.index])
             self.vals[node.output[0]] = out
             return
@@ -380,7 +386,7 @@ class _Converter:
             raise UnsupportedModelError(f"Conv node '{node.name}' has a computed bias")
         group = int(attrs.get("group", 1))
         x = self.nhwc(node.input[0])
-        n, h, wd, c = self.tfl_shape(x)
+        c = self.tfl_shape(x)[3]
         out_ch, in_per_group, kh, kw = w.shape
         depthwise = group > 1 and group == c and in_per_group == 1
         if group > 1 and not depthwise:
@@ -469,17 +475,26 @@ class _Converter:
         shape = self.tfl_shape(x)
         padded = (shape[0], shape[1] + pads[0] + pads[2], shape[2] + pads[1] + pads[3], shape[3])
         q = self.m.quant(x.index) if self.is_int(x) else None
-        out = self.new(self.fresh(f"{node.name}_pad"), padded, q, True,
-                       (padded[0], padded[3], padded[1], padded[2]))
+        out = self.new(
+            self.fresh(f"{node.name}_pad"),
+            padded,
+            q,
+            True,
+            (padded[0], padded[3], padded[1], padded[2]),
+        )
         pads_t = self.m.constant(self.fresh("pads"), paddings)
         if fill is None:
             self.m.op("PAD", [x.index, pads_t], [out.index], self.m.s.PadOptionsT(), "PadOptions")
         else:
-            value = np.asarray([-128 if q else np.float32(-3.4e38)],
-                               np.int8 if q else np.float32)
+            value = np.asarray([-128 if q else np.float32(-3.4e38)], np.int8 if q else np.float32)
             fill_t = self.m.constant(self.fresh("fill"), value, q)
-            self.m.op("PADV2", [x.index, pads_t, fill_t], [out.index],
-                      self.m.s.PadV2OptionsT(), "PadV2Options")
+            self.m.op(
+                "PADV2",
+                [x.index, pads_t, fill_t],
+                [out.index],
+                self.m.s.PadV2OptionsT(),
+                "PadV2Options",
+            )
         return out, padding.VALID
 
     @staticmethod
@@ -514,7 +529,9 @@ class _Converter:
     def fully_connected(self, node, w: np.ndarray, bias: np.ndarray | None, int_w: bool):
         x = self.onnx_layout(node.input[0])
         if len(x.shape) != 2:
-            raise UnsupportedModelError(f"{node.op_type} node '{node.name}' on a {len(x.shape)}-D input")
+            raise UnsupportedModelError(
+                f"{node.op_type} node '{node.name}' on a {len(x.shape)}-D input"
+            )
         act, out_name = self.fused_activation(node)
         quant = self.out_quant([node.input[0]], out_name) if int_w else None
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
@@ -534,8 +551,9 @@ class _Converter:
             b_i = self.int_bias(node.name, b, self.m.quant(x.index), w_quant)
         oshape = self.shapes[out_name]
         out = self.new(out_name, oshape, quant, False)
-        self.m.op("FULLY_CONNECTED", [x.index, w_i, b_i], [out.index], opts,
-                  "FullyConnectedOptions")
+        self.m.op(
+            "FULLY_CONNECTED", [x.index, w_i, b_i], [out.index], opts, "FullyConnectedOptions"
+        )
         self.vals[out_name] = out
 
     def binary(self, node, opname: str):
@@ -553,7 +571,7 @@ class _Converter:
             vals = [self.transposed(v, True) for v in vals]
         like = vals[0]
         operands = []
-        for name, c in ((a_name, a_c), (b_name, b_c)):
+        for c in (a_c, b_c):
             if c is not None:
                 operands.append(self.const_operand(c, like, quant is not None))
             else:
@@ -562,8 +580,12 @@ class _Converter:
         oshape = tuple(np.broadcast_shapes(*shapes))
         onnx_shape = self.shapes[out_name]
         out = self.new(out_name, oshape, quant, like.nhwc and len(oshape) == 4, onnx_shape)
-        options = {"ADD": "AddOptions", "SUB": "SubOptions", "MUL": "MulOptions",
-                   "DIV": "DivOptions"}[opname]
+        options = {
+            "ADD": "AddOptions",
+            "SUB": "SubOptions",
+            "MUL": "MulOptions",
+            "DIV": "DivOptions",
+        }[opname]
         opts = getattr(self.m.s, f"{options}T")()
         opts.fusedActivationFunction = getattr(self.m.s.ActivationFunctionType, act)
         self.m.op(opname, operands, [out.index], opts, options)
@@ -580,8 +602,9 @@ class _Converter:
         if c is not None:  # x / c = x * (1/c): MUL has int8 kernels everywhere, DIV does not
             name = f"{node.input[1]}__reciprocal"
             self.view.consts[name] = (1.0 / c.astype(np.float64)).astype(np.float32)
-            patched = onnx.helper.make_node("Mul", [node.input[0], name], list(node.output),
-                                            name=node.name)
+            patched = onnx.helper.make_node(
+                "Mul", [node.input[0], name], list(node.output), name=node.name
+            )
             self.binary(patched, "MUL")
             return
         self.binary(node, "DIV")
@@ -610,8 +633,16 @@ class _Converter:
         beta = float(np.float32(attrs.get("beta", 0.5)))
         return (1 / 6 if abs(alpha - 1 / 6) < 1e-6 else alpha), beta
 
-    def unary(self, node, opname: str, source: str | None = None, options=None, otype=None,
-              same_grid: bool = False, out_name: str | None = None):
+    def unary(
+        self,
+        node,
+        opname: str,
+        source: str | None = None,
+        options=None,
+        otype=None,
+        same_grid: bool = False,
+        out_name: str | None = None,
+    ):
         src_name = source or node.input[0]
         out_name = out_name or node.output[0]
         x = self.vals[src_name]
@@ -655,10 +686,16 @@ class _Converter:
             if bound is None:
                 continue
             c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
-            out = self.new(self.fresh(node.output[0]), self.tfl_shape(cur), None, cur.nhwc,
-                           cur.shape)
-            self.m.op(opname, [cur.index, c], [out.index], self.m.s.MaximumMinimumOptionsT(),
-                      "MaximumMinimumOptions")
+            out = self.new(
+                self.fresh(node.output[0]), self.tfl_shape(cur), None, cur.nhwc, cur.shape
+            )
+            self.m.op(
+                opname,
+                [cur.index, c],
+                [out.index],
+                self.m.s.MaximumMinimumOptionsT(),
+                "MaximumMinimumOptions",
+            )
             cur = out
         quant = self.q(node.output[0]) if self.view.quantized else None
         self.vals[node.output[0]] = self.as_int(cur, quant) if quant else cur
@@ -688,13 +725,23 @@ class _Converter:
             for bound, opname in ((0.0, "MAXIMUM"), (1 / alpha, "MINIMUM")):
                 c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
                 o = self.new(self.fresh("hs_clip"), self.tfl_shape(x), None, x.nhwc, x.shape)
-                self.m.op(opname, [cur.index, c], [o.index], self.m.s.MaximumMinimumOptionsT(),
-                          "MaximumMinimumOptions")
+                self.m.op(
+                    opname,
+                    [cur.index, c],
+                    [o.index],
+                    self.m.s.MaximumMinimumOptionsT(),
+                    "MaximumMinimumOptions",
+                )
                 cur = o
             a = self.m.constant(self.fresh("alpha"), np.asarray([alpha], np.float32))
             q = self.q(node.output[0])
-            out = self.new(self.fresh(node.output[0]) if q else node.output[0],
-                           self.tfl_shape(x), None, x.nhwc, x.shape)
+            out = self.new(
+                self.fresh(node.output[0]) if q else node.output[0],
+                self.tfl_shape(x),
+                None,
+                x.nhwc,
+                x.shape,
+            )
             self.m.op("MUL", [cur.index, a], [out.index], self.m.s.MulOptionsT(), "MulOptions")
             self.vals[node.output[0]] = self.as_int(out, q) if q else out
             return
@@ -705,8 +752,9 @@ class _Converter:
         opts = self.m.s.AddOptionsT()
         opts.fusedActivationFunction = self.m.s.ActivationFunctionType.RELU6
         self.m.op("ADD", [x.index, shift], [t.index], opts, "AddOptions")
-        a = self.m.constant(self.fresh("alpha"), np.asarray([127], np.int8),
-                            Quant((alpha / 127.0,), (0,)))
+        a = self.m.constant(
+            self.fresh("alpha"), np.asarray([127], np.int8), Quant((alpha / 127.0,), (0,))
+        )
         out = self.new(node.output[0], self.tfl_shape(x), quant, x.nhwc, x.shape)
         self.m.op("MUL", [t.index, a], [out.index], self.m.s.MulOptionsT(), "MulOptions")
         self.vals[node.output[0]] = out
@@ -716,8 +764,9 @@ class _Converter:
         out_q = self.q(node.output[0])
         if self.is_int(x) and out_q is not None:
             ratio = out_q.scale[0] / self.m.quant(x.index).scale[0]
-            c = self.m.constant(self.fresh("ratio"), np.asarray([127], np.int8),
-                                Quant((ratio / 127.0,), (0,)))
+            c = self.m.constant(
+                self.fresh("ratio"), np.asarray([127], np.int8), Quant((ratio / 127.0,), (0,))
+            )
             out = self.new(node.output[0], self.tfl_shape(x), out_q, x.nhwc, x.shape)
             self.m.op("MUL", [x.index, c], [out.index], self.m.s.MulOptionsT(), "MulOptions")
             self.vals[node.output[0]] = out
@@ -730,8 +779,13 @@ class _Converter:
         for bound, opname in ((lo, "MAXIMUM"), (hi, "MINIMUM")):
             c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
             o = self.new(self.fresh("rescale"), self.tfl_shape(x), None, x.nhwc, x.shape)
-            self.m.op(opname, [cur.index, c], [o.index], self.m.s.MaximumMinimumOptionsT(),
-                      "MaximumMinimumOptions")
+            self.m.op(
+                opname,
+                [cur.index, c],
+                [o.index],
+                self.m.s.MaximumMinimumOptionsT(),
+                "MaximumMinimumOptions",
+            )
             cur = o
         ratio = out_q.scale[0] / in_q.scale[0] if out_q else 1.0
         c = self.m.constant(self.fresh("ratio"), np.asarray([ratio], np.float32))
@@ -750,8 +804,9 @@ class _Converter:
             self.view.quant[node.input[0] + "__onnx"] = self.view.quant[node.input[0]]
         opts = self.m.s.SoftmaxOptionsT()
         opts.beta = 1.0
-        self.unary(node, "SOFTMAX", source=node.input[0] + "__onnx", options=opts,
-                   otype="SoftmaxOptions")
+        self.unary(
+            node, "SOFTMAX", source=node.input[0] + "__onnx", options=opts, otype="SoftmaxOptions"
+        )
 
     def pool(self, node, opname: str, kernel, strides, fill=None):
         x = self.nhwc(node.input[0])
@@ -765,8 +820,9 @@ class _Converter:
         opts.strideH, opts.strideW = int(strides[0]), int(strides[1])
         opts.filterHeight, opts.filterWidth = int(kernel[0]), int(kernel[1])
         oshape = self.shapes[node.output[0]]
-        out = self.new(node.output[0], (oshape[0], oshape[2], oshape[3], oshape[1]), quant,
-                       True, oshape)
+        out = self.new(
+            node.output[0], (oshape[0], oshape[2], oshape[3], oshape[1]), quant, True, oshape
+        )
         self.m.op(opname, [x.index], [out.index], opts, "Pool2DOptions")
         self.vals[node.output[0]] = out
 
@@ -838,8 +894,9 @@ class _Converter:
         self.shapes[mid] = self.shapes[node.output[0]]
         make = onnx.helper.make_node
         self.binary(make("Mul", [node.input[0], m_name], [mid], name=f"{node.name}_mul"), "MUL")
-        self.binary(make("Add", [mid, a_name], list(node.output[:1]), name=f"{node.name}_add"),
-                    "ADD")
+        self.binary(
+            make("Add", [mid, a_name], list(node.output[:1]), name=f"{node.name}_add"), "ADD"
+        )
 
     def op_Flatten(self, node):
         axis = _attrs(node).get("axis", 1)
@@ -869,8 +926,13 @@ class _Converter:
         q = self.m.quant(x.index) if self.is_int(x) else None
         out = self.new(node.output[0], shape, q, False)
         perm_t = self.m.constant(self.fresh("perm"), np.asarray(perm, np.int32))
-        self.m.op("TRANSPOSE", [x.index, perm_t], [out.index], self.m.s.TransposeOptionsT(),
-                  "TransposeOptions")
+        self.m.op(
+            "TRANSPOSE",
+            [x.index, perm_t],
+            [out.index],
+            self.m.s.TransposeOptionsT(),
+            "TransposeOptions",
+        )
         self.vals[node.output[0]] = out
 
     def op_Concat(self, node):
@@ -891,8 +953,9 @@ class _Converter:
         out = self.new(node.output[0], shape, quant, nhwc, self.shapes[node.output[0]])
         opts = self.m.s.ConcatenationOptionsT()
         opts.axis = tfl_axis
-        self.m.op("CONCATENATION", [v.index for v in vals], [out.index], opts,
-                  "ConcatenationOptions")
+        self.m.op(
+            "CONCATENATION", [v.index for v in vals], [out.index], opts, "ConcatenationOptions"
+        )
         self.vals[node.output[0]] = out
 
     def op_Pad(self, node):
@@ -963,7 +1026,9 @@ def convert(model: onnx.ModelProto, io_dtype: str = "float32") -> bytes:
     try:
         flat = converter.convert()
     except KeyError as err:
-        raise UnsupportedModelError(f"the tensor {err} has no producer the converter knows")
+        raise UnsupportedModelError(
+            f"the tensor {err} has no producer the converter knows"
+        ) from None
     if converter.pending_hard_sigmoid:
         raise UnsupportedModelError("a HardSigmoid whose HardSwish pattern was not completed")
     return flat.serialise(f"edgec ONNX->TFLite ({'int8' if view.quantized else 'fp32'})")

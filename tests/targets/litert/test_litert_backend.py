@@ -167,3 +167,30 @@ def test_a_model_bigger_than_the_device_ram_is_refused(tmp_path):
     (error,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "does not fit tiny-board" in error and "0.0001 GB of RAM" in error
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_uint8_frames_feed_the_integer_model_directly(tmp_path):
+    """--preprocess uint8,...: the .tflite's input is the uint8 frame itself (no float on the
+    way in: the frame is the integer grid), every other tensor is integer, and the bundle's
+    runtime classifies raw frames."""
+    digits = load_dataset("digits", seed=0)
+    x = np.concatenate([digits.x_train, digits.x_val])
+    y = np.concatenate([digits.y_train, digits.y_val])
+    frames = np.round(x * 16).astype(np.uint8).transpose(0, 2, 3, 1)  # NHWC, 0..16
+    data = tmp_path / "frames.npz"
+    np.savez(data, x=frames, y=y)
+    out = tmp_path / "b"
+    result = compile_cli(
+        REPO / "examples" / "digits" / "teacher.onnx", "--target", "raspberry-pi-4",
+        "--backend", "litert", "--precision", "int8", "--data", data, "--preprocess",
+        "uint8,nhwc,gray,scale=0.0625", "-o", out, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stage = stage_of(out)
+    options = stage["backend_options"]
+    assert options["input_types"] == ["uint8"] and options["fully_integer"] is True
+    assert stage["accuracy"] >= 0.98
+    loaded = load_stage(out, {**stage, "options": options})
+    preds = [int(np.argmax(loaded.run(f[None]))) for f in frames[:100]]
+    assert np.mean(np.asarray(preds) == y[:100]) >= 0.95

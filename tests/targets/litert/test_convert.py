@@ -110,3 +110,30 @@ def test_an_op_the_converter_lacks_is_named():
     """Erf has no mapping: the error names the op and its node, nothing is half-built."""
     with pytest.raises(UnsupportedModelError, match=r"the ONNX op Erf \(node 'Erf"):
         convert(unsupported_op_model())
+
+
+def _fc_weight_scales(data: bytes) -> list[int]:
+    from edgec.targets.litert.flatbuffer import schema
+
+    s = schema()
+    model = s.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    sub = model.subgraphs[0]
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    return [
+        len(sub.tensors[op.inputs[1]].quantization.scale)
+        for op in sub.operators
+        if codes[op.opcodeIndex] == s.BuiltinOperator.FULLY_CONNECTED
+    ]
+
+
+def test_fully_connected_weights_per_channel_unless_the_edge_tpu_needs_per_tensor(tmp_path):
+    """INT8 FC weights keep the Q/DQ model's per-channel scales (the .tflite then answers
+    within one output step of the Q/DQ model); per_channel_fc=False (edgetpu_compiler's
+    format) writes one scale."""
+    qdq = _qdq(mobile_block_model(), Int8Flavour("int8", per_channel=True))
+    per_channel, per_tensor = convert(qdq), convert(qdq, per_channel_fc=False)
+    assert _fc_weight_scales(per_channel) == [10]
+    assert _fc_weight_scales(per_tensor) == [1]
+    runner, session = _runner(tmp_path, per_channel), _ort(qdq)
+    for x in _samples(5):
+        assert np.abs(runner.run({"x": x})[0] - session.run(None, {"x": x})[0]).max() <= 2 / 256

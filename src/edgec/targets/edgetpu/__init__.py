@@ -32,6 +32,8 @@ class EdgeTpuBackend(LiteRtBackend):
 
     name = "edgetpu"
     io_dtype = "uint8"
+    # edgetpu_compiler takes the default (per-tensor) fully-connected format only.
+    per_channel_fc = False
 
     def available(self) -> tuple[bool, str]:
         """Available when ``ai-edge-litert`` is (edgec writes the TFLite ``edgetpu_compiler``

@@ -56,6 +56,8 @@ class LiteRtBackend(BackendBase):
     #: LiteRT's int8 kernels compute the same integers on every CPU (no u8s8 saturation), so
     #: the ``.tflite`` itself is evaluated on ``--data``, not an ONNX stand-in.
     exact_int8_everywhere = True
+    #: INT8 fully-connected weights per output channel (LiteRT 2.x runs them).
+    per_channel_fc = True
     #: Integer I/O type of INT8 artifacts (``float32``: float I/O).
     io_dtype = "float32"
 
@@ -78,7 +80,8 @@ class LiteRtBackend(BackendBase):
     def _convert(self, model_path: Path, precision: str) -> bytes:
         model = onnx.load(model_path)
         try:
-            return convert(model, self.io_dtype if precision == "int8" else "float32")
+            io_dtype = self.io_dtype if precision == "int8" else "float32"
+            return convert(model, io_dtype, per_channel_fc=self.per_channel_fc)
         except UnsupportedModelError as err:
             raise BadInputError(f"the LiteRT converter cannot map {err}") from None
 

@@ -110,8 +110,15 @@ def _quantize(value: np.ndarray, quant: Quant, dtype=np.int8) -> np.ndarray:
 
 
 class _Converter:
-    def __init__(self, view: FloatView, shapes: dict[str, tuple[int, ...]], io_dtype: str):
+    def __init__(
+        self,
+        view: FloatView,
+        shapes: dict[str, tuple[int, ...]],
+        io_dtype: str,
+        per_channel_fc: bool = True,
+    ):
         self.view = view
+        self.per_channel_fc = per_channel_fc
         self.shapes = shapes
         self.io_dtype = io_dtype
         self.m = FlatModel()
@@ -433,14 +440,25 @@ class _Converter:
         self.m.op(opname, [x.index, w_i, b_i], [out.index], opts, otype)
         self.vals[out_name] = out
 
-    def int_weight(self, name: str, w: np.ndarray) -> tuple[np.ndarray, Quant]:
-        """Per-output-channel symmetric int8 weights: the Q/DQ model's own when symmetric."""
+    def int_weight(
+        self, name: str, w: np.ndarray, transposed: bool = False
+    ) -> tuple[np.ndarray, Quant]:
+        """Per-output-channel (axis 0 of ``w``) symmetric int8 weights: the Q/DQ model's own
+        when they are symmetric and per-tensor or per output channel (``transposed``: ``w``
+        is the stored 2-D weight transposed)."""
         found = self.view.int_weights.get(name)
         if found is not None:
             values, quant = found
-            if values.dtype == np.int8 and not any(quant.zero_point):
+            out_axis = 1 if transposed else 0
+            if transposed:
+                values = values.T
+            if (
+                values.dtype == np.int8
+                and not any(quant.zero_point)
+                and (quant.per_tensor or quant.axis % values.ndim == out_axis)
+            ):
                 scale = np.broadcast_to(np.asarray(quant.scale), (w.shape[0],))
-                return values, Quant.of(scale, 0)
+                return np.ascontiguousarray(values), Quant.of(scale, 0)
         flat = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
         scale = np.where(flat > 0, flat / 127.0, 1e-8)
         shape = (-1,) + (1,) * (w.ndim - 1)
@@ -518,22 +536,26 @@ class _Converter:
         bias = None
         if len(node.input) > 2 and node.input[2]:
             bias = self.required_const(node, 2) * attrs.get("beta", 1.0)
-        self.fully_connected(node, w, bias, node.input[1] in self.view.int_weights)
+        self.fully_connected(node, w, bias, node.input[1], transposed=not attrs.get("transB", 0))
 
     def op_MatMul(self, node):
         w = self.const(node.input[1])
         if w is None or w.ndim != 2 or len(self.vals[node.input[0]].shape) != 2:
             raise UnsupportedModelError(f"MatMul node '{node.name}' (only 2-D x constant)")
-        self.fully_connected(node, w.T, None, node.input[1] in self.view.int_weights)
+        self.fully_connected(node, w.T, None, node.input[1], transposed=True)
 
-    def fully_connected(self, node, w: np.ndarray, bias: np.ndarray | None, int_w: bool):
+    def fully_connected(
+        self, node, w: np.ndarray, bias: np.ndarray | None, weight_name: str, transposed: bool
+    ):
         x = self.onnx_layout(node.input[0])
         if len(x.shape) != 2:
             raise UnsupportedModelError(
                 f"{node.op_type} node '{node.name}' on a {len(x.shape)}-D input"
             )
         act, out_name = self.fused_activation(node)
-        quant = self.out_quant([node.input[0]], out_name) if int_w else None
+        quant = self.out_quant([node.input[0]], out_name)
+        if weight_name not in self.view.int_weights:
+            quant = None  # float weights in a Q/DQ model: a layer the guard kept in FP32
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
         b = np.broadcast_to(b.reshape(-1), (w.shape[0],))
         opts = self.m.s.FullyConnectedOptionsT()
@@ -543,10 +565,12 @@ class _Converter:
             w_i = self.m.constant(self.fresh(f"{node.name}_w"), w.astype(np.float32))
             b_i = self.m.constant(self.fresh(f"{node.name}_b"), b.astype(np.float32))
         else:
-            # Per-tensor weights: every LiteRT build runs those (per-channel FC is newer).
-            scale = max(float(np.abs(w).max()), 1e-8) / 127.0
-            w_q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-            w_quant = Quant((scale,), (0,))
+            if self.per_channel_fc:
+                w_q, w_quant = self.int_weight(weight_name, w, transposed)
+            else:  # older runtimes and edgetpu_compiler take per-tensor FC weights only
+                scale = max(float(np.abs(w).max()), 1e-8) / 127.0
+                w_q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+                w_quant = Quant((scale,), (0,))
             w_i = self.m.constant(self.fresh(f"{node.name}_w"), w_q, w_quant)
             b_i = self.int_bias(node.name, b, self.m.quant(x.index), w_quant)
         oshape = self.shapes[out_name]
@@ -998,13 +1022,18 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def convert(model: onnx.ModelProto, io_dtype: str = "float32") -> bytes:
+def convert(
+    model: onnx.ModelProto, io_dtype: str = "float32", per_channel_fc: bool = True
+) -> bytes:
     """Convert an FP32 or Q/DQ INT8 ONNX model to a ``.tflite`` file's bytes.
 
     Args:
         model: The stage's ONNX model (static shapes).
         io_dtype: ``float32`` (float inputs and outputs), or ``int8``/``uint8`` (integer
             I/O on the model's input and output grids; INT8 models only).
+        per_channel_fc: INT8 fully-connected weights per output channel, as the Q/DQ model
+            has them (LiteRT 2.x); ``False`` re-quantizes them per tensor, for older runtimes
+            and ``edgetpu_compiler``.
 
     Raises:
         UnsupportedModelError: An op, attribute or dynamic shape the converter does not map.
@@ -1020,7 +1049,7 @@ def convert(model: onnx.ModelProto, io_dtype: str = "float32") -> bytes:
                 raise UnsupportedModelError(
                     f"tensor '{out}' of node '{node.name}' has no static shape"
                 )
-    converter = _Converter(view, shapes, io_dtype if view.quantized else "float32")
+    converter = _Converter(view, shapes, io_dtype if view.quantized else "float32", per_channel_fc)
     converter.graph_inputs = list(model.graph.input)
     converter.pending_hard_sigmoid = set()
     try:

@@ -11,8 +11,12 @@ and skipped without it) and the example digits teacher, this script:
 3. converts FP32 and INT8 to ``.tflite`` with edgec's converter
    (:mod:`edgec.targets.litert.convert`; INT8 full-integer, float I/O);
 4. checks the conversion: LiteRT FP32 against ONNX Runtime FP32 (max |difference| relative to
-   the output's range, stated tolerance ``FP32_TOLERANCE``); each INT8 path's logits SQNR and
-   top-1 agreement against FP32, and LiteRT INT8's agreement with ONNX Runtime INT8;
+   the output's largest magnitude), within ``FP32_TOLERANCE`` or, for a model whose FP32
+   outputs are that sensitive to rounding, within twice ONNX Runtime's own disagreement
+   between its optimisation levels ``all`` and ``disabled`` on the same inputs (random-weight
+   EfficientNet-B0 on photos reaches logits of ~1,500, and ORT differs from itself by ~4e-3
+   there); each INT8 path's logits SQNR and top-1 agreement against FP32, and LiteRT INT8's
+   agreement with ONNX Runtime INT8;
 5. times the four paths (ort-fp32, ort-int8, litert-fp32, litert-int8) interleaved in one
    process, 2 threads, batch 1, in ``--rounds`` rounds (median of the rounds' medians);
 6. runs ``--backend auto``'s choice per precision as ``edgec compile -t host`` makes it: each
@@ -92,6 +96,7 @@ class Row:
     macs: int
     eval_samples: int
     fp32_diff: float = 0.0
+    ort_floor: float = 0.0
     sqnr: dict[str, float] = field(default_factory=dict)
     agree: dict[str, float] = field(default_factory=dict)
     int8_agree_ort: float = 0.0
@@ -160,6 +165,8 @@ def measure(name: str, model: onnx.ModelProto, x_cal, x_val, args, work: Path) -
     reference = outputs["ort-fp32"]
     scale = max(float(np.abs(reference).max()), 1e-12)
     row.fp32_diff = float(np.abs(outputs["litert-fp32"] - reference).max()) / scale
+    unoptimised = _logits(OrtRunner(paths["fp32"], threads=THREADS, level="disabled"), x_val)
+    row.ort_floor = float(np.abs(unoptimised - reference).max()) / scale
     for key in ("ort-int8", "litert-int8"):
         row.sqnr[key] = sqnr_db(reference, outputs[key])
         row.agree[key] = float((_top1(outputs[key]) == _top1(reference)).mean())
@@ -178,6 +185,11 @@ def measure(name: str, model: onnx.ModelProto, x_cal, x_val, args, work: Path) -
         chosen, _ = auto_choice(paths[precision], precision, work / precision, args.seconds)
         row.auto[precision] = chosen
     return row
+
+
+def fp32_ok(row: Row) -> bool:
+    """Within the tolerance, or within twice ORT's own level-to-level disagreement."""
+    return row.fp32_diff <= max(FP32_TOLERANCE, 2 * row.ort_floor)
 
 
 def _auto_ratio(row: Row, precision: str) -> float:
@@ -206,16 +218,19 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         "Runtime (exact integer products) and, converted to a full-integer `.tflite` with float "
         "I/O, by LiteRT.",
         f"- FP32 check: max |LiteRT - ORT| / max |ORT| over the evaluation inputs; tolerance "
-        f"{FP32_TOLERANCE:g}. INT8: logits SQNR and top-1 agreement against ORT FP32 "
-        "(random-weight models have near-tied logits: reported, not gated), and LiteRT INT8's "
-        "top-1 agreement with ORT INT8.",
+        f"{FP32_TOLERANCE:g}, or twice ORT's own difference between its levels `all` and "
+        "`disabled` (ORT floor) where that is larger. INT8: logits SQNR and top-1 agreement "
+        "against ORT FP32 (random-weight models have near-tied logits: reported, not gated), "
+        "and LiteRT INT8's top-1 agreement with ORT INT8.",
         "- Latency: 2 threads, batch 1, the four paths interleaved in one process; ms = median "
         "of the rounds' medians. auto: what `--backend auto -t host` ships per precision "
         "(each backend built and timed with edgec's policy, lower p99), and its interleaved "
         f"median over the faster one's (goal: at most {AUTO_SLACK:g}).",
         "",
-        "| model | GMACs | FP32 diff | INT8 full-integer | SQNR ort/litert dB | top-1 agree "
-        "ort/litert | litert=ort INT8 | " + " | ".join(f"{p} ms" for p in PATHS) + " | auto fp32 "
+        "| model | GMACs | FP32 diff (ORT floor) | INT8 full-integer | SQNR ort/litert dB "
+        "| top-1 agree ort/litert | litert=ort INT8 | "
+        + " | ".join(f"{p} ms" for p in PATHS)
+        + " | auto fp32 "
         "| auto int8 |",
         "|---|---|---|---|---|---|---|" + "---|" * len(PATHS) + "---|---|",
     ]
@@ -225,16 +240,17 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
             f"{r.auto[p]} ({_auto_ratio(r, p):.2f})" if r.auto else "—" for p in ("fp32", "int8")
         ]
         lines.append(
-            f"| {r.name} | {r.macs / 1e9:.3f} | {r.fp32_diff:.1e} | {r.fully_integer} | "
+            f"| {r.name} | {r.macs / 1e9:.3f} | {r.fp32_diff:.1e} ({r.ort_floor:.1e}) | "
+            f"{r.fully_integer} | "
             f"{r.sqnr['ort-int8']:.1f}/{r.sqnr['litert-int8']:.1f} | "
             f"{r.agree['ort-int8']:.3f}/{r.agree['litert-int8']:.3f} | {r.int8_agree_ort:.3f} | "
             f"{times} | {autos[0]} | {autos[1]} |"
         )
     worst = max((_auto_ratio(r, p) for r in rows if r.auto for p in ("fp32", "int8")), default=0)
-    over = [r.name for r in rows if r.fp32_diff > FP32_TOLERANCE]
+    over = [r.name for r in rows if not fp32_ok(r)]
     lines += [
         "",
-        f"- FP32 outputs within {FP32_TOLERANCE:g}: "
+        f"- FP32 outputs within {FP32_TOLERANCE:g} (or twice the ORT floor): "
         + ("all." if not over else f"not {', '.join(over)}."),
         f"- auto's choice at most {AUTO_SLACK:g}x the faster: worst {worst:.2f}.",
         END,
@@ -274,7 +290,8 @@ def main() -> None:
                 continue
             row = measure(name, model, x_cal, x_val, args, Path(tmp))
             print(
-                f"{name}: FP32 diff {row.fp32_diff:.1e}; INT8 full-integer {row.fully_integer}, "
+                f"{name}: FP32 diff {row.fp32_diff:.1e} (ORT floor {row.ort_floor:.1e}, "
+                f"{'ok' if fp32_ok(row) else 'OVER'}); INT8 full-integer {row.fully_integer}, "
                 f"SQNR ort {row.sqnr['ort-int8']:.1f} litert {row.sqnr['litert-int8']:.1f} dB, "
                 f"top-1 agree ort {row.agree['ort-int8']:.3f} litert "
                 f"{row.agree['litert-int8']:.3f}, litert=ort INT8 {row.int8_agree_ort:.3f}"

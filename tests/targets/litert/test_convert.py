@@ -137,3 +137,18 @@ def test_fully_connected_weights_per_channel_unless_the_edge_tpu_needs_per_tenso
     runner, session = _runner(tmp_path, per_channel), _ort(qdq)
     for x in _samples(5):
         assert np.abs(runner.run({"x": x})[0] - session.run(None, {"x": x})[0]).max() <= 2 / 256
+
+
+def test_an_fp32_tflite_that_disagrees_with_onnx_runtime_is_refused(tmp_path):
+    """The build's self-check: a .tflite whose answers are not the ONNX model's (here another
+    model's weights) is a BadInputError naming the difference; the right one passes."""
+    from edgec.errors import BadInputError
+    from edgec.targets.litert.backend import _fp32_difference
+
+    source = tmp_path / "m.onnx"
+    onnx.save(mobile_block_model(seed=0), source)
+    right = _runner(tmp_path, convert(mobile_block_model(seed=0)), "right.tflite")
+    wrong = _runner(tmp_path, convert(mobile_block_model(seed=3)), "wrong.tflite")
+    assert _fp32_difference(source, right) < 1e-4
+    with pytest.raises(BadInputError, match="differs from ONNX Runtime by"):
+        _fp32_difference(source, wrong)

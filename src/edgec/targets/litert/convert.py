@@ -292,7 +292,16 @@ class _Converter:
                 continue
             if node.op_type not in SUPPORTED_OPS:
                 raise UnsupportedModelError(f"the ONNX op {node.op_type} (node '{node.name}')")
-            getattr(self, f"op_{node.op_type}")(node)
+            try:
+                getattr(self, f"op_{node.op_type}")(node)
+            except UnsupportedModelError:
+                raise
+            except (IndexError, KeyError, ValueError, TypeError) as err:
+                # A form of a supported op the mapping does not cover: a fallback, not a crash.
+                raise UnsupportedModelError(
+                    f"the ONNX op {node.op_type} in the form of node '{node.name}' "
+                    f"({type(err).__name__}: {err})"
+                ) from None
         for name in self.view.outputs:
             self.add_output(name)
         return self.m
@@ -931,7 +940,7 @@ class _Converter:
         self.vals[node.output[0]] = self.reshape(x, shape)
 
     def op_Reshape(self, node):
-        self.required_const(node, 1)
+        # The output's static shape (shape inference resolved it) is the target shape.
         self.reshape_to(node, self.shapes[node.output[0]])
 
     op_Squeeze = op_Reshape

@@ -97,6 +97,7 @@ class Row:
     eval_samples: int
     fp32_diff: float = 0.0
     ort_floor: float = 0.0
+    fp32_agree: float = 0.0
     sqnr: dict[str, float] = field(default_factory=dict)
     agree: dict[str, float] = field(default_factory=dict)
     int8_agree_ort: float = 0.0
@@ -167,6 +168,7 @@ def measure(name: str, model: onnx.ModelProto, x_cal, x_val, args, work: Path) -
     row.fp32_diff = float(np.abs(outputs["litert-fp32"] - reference).max()) / scale
     unoptimised = _logits(OrtRunner(paths["fp32"], threads=THREADS, level="disabled"), x_val)
     row.ort_floor = float(np.abs(unoptimised - reference).max()) / scale
+    row.fp32_agree = float((_top1(outputs["litert-fp32"]) == _top1(reference)).mean())
     for key in ("ort-int8", "litert-int8"):
         row.sqnr[key] = sqnr_db(reference, outputs[key])
         row.agree[key] = float((_top1(outputs[key]) == _top1(reference)).mean())
@@ -227,7 +229,7 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         "(each backend built and timed with edgec's policy, lower p99), and its interleaved "
         f"median over the faster one's (goal: at most {AUTO_SLACK:g}).",
         "",
-        "| model | GMACs | FP32 diff (ORT floor) | INT8 full-integer | SQNR ort/litert dB "
+        "| model | GMACs | FP32 diff (ORT floor), top-1 agree | INT8 full-integer | SQNR ort/litert dB "
         "| top-1 agree ort/litert | litert=ort INT8 | "
         + " | ".join(f"{p} ms" for p in PATHS)
         + " | auto fp32 "
@@ -240,7 +242,8 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
             f"{r.auto[p]} ({_auto_ratio(r, p):.2f})" if r.auto else "—" for p in ("fp32", "int8")
         ]
         lines.append(
-            f"| {r.name} | {r.macs / 1e9:.3f} | {r.fp32_diff:.1e} ({r.ort_floor:.1e}) | "
+            f"| {r.name} | {r.macs / 1e9:.3f} | {r.fp32_diff:.1e} ({r.ort_floor:.1e}), "
+            f"{r.fp32_agree:.3f} | "
             f"{r.fully_integer} | "
             f"{r.sqnr['ort-int8']:.1f}/{r.sqnr['litert-int8']:.1f} | "
             f"{r.agree['ort-int8']:.3f}/{r.agree['litert-int8']:.3f} | {r.int8_agree_ort:.3f} | "
@@ -291,7 +294,7 @@ def main() -> None:
             row = measure(name, model, x_cal, x_val, args, Path(tmp))
             print(
                 f"{name}: FP32 diff {row.fp32_diff:.1e} (ORT floor {row.ort_floor:.1e}, "
-                f"{'ok' if fp32_ok(row) else 'OVER'}); INT8 full-integer {row.fully_integer}, "
+                f"{'ok' if fp32_ok(row) else 'OVER'}, top-1 agree {row.fp32_agree:.3f}); INT8 full-integer {row.fully_integer}, "
                 f"SQNR ort {row.sqnr['ort-int8']:.1f} litert {row.sqnr['litert-int8']:.1f} dB, "
                 f"top-1 agree ort {row.agree['ort-int8']:.3f} litert "
                 f"{row.agree['litert-int8']:.3f}, litert=ort INT8 {row.int8_agree_ort:.3f}"

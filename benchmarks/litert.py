@@ -229,8 +229,8 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
         "(each backend built and timed with edgec's policy, lower p99), and its interleaved "
         f"median over the faster one's (goal: at most {AUTO_SLACK:g}).",
         "",
-        "| model | GMACs | FP32 diff (ORT floor), top-1 agree | INT8 full-integer | SQNR ort/litert dB "
-        "| top-1 agree ort/litert | litert=ort INT8 | "
+        "| model | GMACs | FP32 diff (ORT floor), top-1 agree | INT8 full-integer "
+        "| SQNR ort/litert dB | top-1 agree ort/litert | litert=ort INT8 | "
         + " | ".join(f"{p} ms" for p in PATHS)
         + " | auto fp32 "
         "| auto int8 |",
@@ -294,7 +294,8 @@ def main() -> None:
             row = measure(name, model, x_cal, x_val, args, Path(tmp))
             print(
                 f"{name}: FP32 diff {row.fp32_diff:.1e} (ORT floor {row.ort_floor:.1e}, "
-                f"{'ok' if fp32_ok(row) else 'OVER'}, top-1 agree {row.fp32_agree:.3f}); INT8 full-integer {row.fully_integer}, "
+                f"{'ok' if fp32_ok(row) else 'OVER'}, top-1 agree {row.fp32_agree:.3f}); "
+                f"INT8 full-integer {row.fully_integer}, "
                 f"SQNR ort {row.sqnr['ort-int8']:.1f} litert {row.sqnr['litert-int8']:.1f} dB, "
                 f"top-1 agree ort {row.agree['ort-int8']:.3f} litert "
                 f"{row.agree['litert-int8']:.3f}, litert=ort INT8 {row.int8_agree_ort:.3f}"

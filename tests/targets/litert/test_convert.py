@@ -152,3 +152,32 @@ def test_an_fp32_tflite_that_disagrees_with_onnx_runtime_is_refused(tmp_path):
     assert _fp32_difference(source, right) < 1e-4
     with pytest.raises(BadInputError, match="differs from ONNX Runtime by"):
         _fp32_difference(source, wrong)
+
+
+def test_a_file_litert_refuses_is_one_sentence(tmp_path):
+    """Garbage in a .tflite: LiteRT's own complaint, as a BadInputError naming the file."""
+    from edgec.errors import BadInputError
+
+    path = tmp_path / "broken.tflite"
+    path.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(BadInputError, match=r"LiteRT cannot load broken\.tflite"):
+        LiteRtRunner(path)
+
+
+def test_the_compiler_keeps_litert_delegate_chatter_off_stderr(tmp_path):
+    """LiteRT's C++ prints 'Created TensorFlow Lite XNNPACK delegate' on fd 2 once per
+    process; the compiler's runner keeps it out of what the user sees."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert(mobile_block_model()))
+    code = (
+        "import sys; from edgec.targets.litert.runner import LiteRtRunner; "
+        "LiteRtRunner(sys.argv[1]); print('loaded')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
+    assert "XNNPACK delegate" not in done.stderr

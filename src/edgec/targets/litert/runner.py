@@ -7,6 +7,9 @@ model it came from. XNNPACK (LiteRT's default CPU delegate) runs it with the sta
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +50,42 @@ def from_output(y: np.ndarray, detail: dict) -> np.ndarray:
     return y
 
 
+_QUIETED = False
+
+
+@contextlib.contextmanager
+def _quiet_first_delegate_line():
+    """Keep LiteRT's once-per-process ``INFO: Created TensorFlow Lite XNNPACK delegate for
+    CPU.`` (written by C++ straight to file descriptor 2, no switch turns it off) out of the
+    compiler's output: the first interpreter is created with descriptor 2 on /dev/null. Errors
+    still arrive, as the Python exceptions LiteRT raises."""
+    global _QUIETED
+    if _QUIETED:
+        yield
+        return
+    _QUIETED = True
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class LiteRtRunner:
     """A ``.tflite`` file in LiteRT's interpreter (XNNPACK, ``threads`` threads)."""
 
     def __init__(self, path: Path, threads: int | None = None):
         interpreter = interpreter_class()
         try:
-            self.interpreter = interpreter(model_path=str(path), num_threads=threads or 1)
-            self.interpreter.allocate_tensors()
+            with _quiet_first_delegate_line():
+                self.interpreter = interpreter(model_path=str(path), num_threads=threads or 1)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise BadInputError(f"LiteRT cannot load {Path(path).name}: {err}") from None
         self.inputs = self.interpreter.get_input_details()

@@ -194,3 +194,24 @@ def test_uint8_frames_feed_the_integer_model_directly(tmp_path):
     loaded = load_stage(out, {**stage, "options": options})
     preds = [int(np.argmax(loaded.run(f[None]))) for f in frames[:100]]
     assert np.mean(np.asarray(preds) == y[:100]) >= 0.95
+
+
+def test_auto_on_host_times_onnxruntime_and_litert_and_ships_the_faster(tmp_path):
+    """--backend auto on this machine: both build the stage and are timed with the same
+    policy; the lower p99 ships, the other's latency stays in the manifest, its file goes."""
+    out = tmp_path / "out"
+    result = compile_cli(
+        REPO / "examples" / "digits" / "teacher.onnx", "--target", "host", "--precision",
+        "fp32", "-o", out, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stage = stage_of(out)
+    candidates = stage["backend_candidates"]
+    timed = {k: v["latency_ms"]["p99"] for k, v in candidates.items() if "latency_ms" in v}
+    assert set(timed) == {"onnxruntime", "litert"}
+    assert stage["backend"] == min(timed, key=timed.get)
+    assert candidates[stage["backend"]]["chosen"] is True
+    files = {"onnxruntime": "model.ort.onnx", "litert": "model.tflite"}
+    loser = ({"onnxruntime", "litert"} - {stage["backend"]}).pop()
+    assert not (out / "stages" / "teacher" / files[loser]).exists()
+    assert (out / stage["artifact"]).is_file()

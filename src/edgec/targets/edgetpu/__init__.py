@@ -47,9 +47,10 @@ class EdgeTpuBackend(LiteRtBackend):
         )
 
     def uses_accelerator(self, target: Target) -> bool:
-        """Its artifact is for the TPU (the ``edgetpu`` section says whether
-        ``edgetpu_compiler`` compiled it; uncompiled, the board's CPU runs it)."""
-        return True
+        """Whether its artifact runs on the TPU: only when ``edgetpu_compiler`` is here to
+        compile it (uncompiled, the board's CPU runs the ``.tflite``, and the cost model
+        prices it there)."""
+        return shutil.which(COMPILER) is not None
 
     def build(
         self, model_path: Path, target: Target, out_dir: Path, options: BuildOptions

@@ -181,3 +181,18 @@ def test_the_compiler_keeps_litert_delegate_chatter_off_stderr(tmp_path):
     )
     assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
     assert "XNNPACK delegate" not in done.stderr
+
+
+def test_hard_swish_written_as_x_times_hard_sigmoid_becomes_one_op(tmp_path):
+    """Pre-processing splits HardSwish into x * HardSigmoid(x): the converter writes one
+    HARD_SWISH for it, and the SE gate's lone HardSigmoid as add/clip/scale; the answers
+    are ONNX Runtime's."""
+    model = preprocess(mobile_block_model())
+    assert [n.op_type for n in model.graph.node].count("HardSigmoid") == 2
+    data = convert(model)
+    ops = operator_names(data)
+    assert ops.count("HARD_SWISH") == 1 and "MAXIMUM" in ops and "MINIMUM" in ops
+    runner, session = _runner(tmp_path, data), _ort(model)
+    for x in _samples(3):
+        got, want = runner.run({"x": x})[0], session.run(None, {"x": x})[0]
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())

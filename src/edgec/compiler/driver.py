@@ -204,6 +204,26 @@ def _apply_precision(
     stage.extra["calibration"] = write_calibration(decision, stage_dir, root, stage_target)
 
 
+def _check_fits_memory(model: onnx.ModelProto, name: str, target: Target) -> None:
+    """Refuse a model whose weights alone exceed the target's RAM (before anything is written).
+
+    Raises:
+        BadInputError: The weights do not fit.
+    """
+    weights = sum(
+        int(np.prod(init.dims, dtype=np.int64))
+        * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        for init in model.graph.initializer
+    )
+    ram = target.memory.ram_gb * 2**30
+    if weights > ram:
+        raise BadInputError(
+            f"{name} does not fit {target.name}: its weights alone take "
+            f"{weights / 2**20:,.1f} MB and the device has {target.memory.ram_gb:g} GB of RAM; "
+            "use a smaller model or a target with more memory."
+        )
+
+
 def _load_data(
     config: CompileConfig, loaded: LoadedModel, frames: PreprocessPlan | None = None
 ) -> Dataset | None:
@@ -384,6 +404,7 @@ def compile_model(
     else:
         canonical = onnx.ModelProto()
         canonical.CopyFrom(prepared.canonical)  # later steps may edit it: never the shared one
+    _check_fits_memory(canonical, config.model.name, target)
     # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
     tensors = tensors_dataset(data, frames) if frames and data else data
     students = derive_students(

@@ -62,6 +62,9 @@ _LINE = 100
 _BACKEND_REQUIREMENTS = {
     "onnxruntime": "onnxruntime>=1.20",
     "tvm": "apache-tvm==0.27.0.post1  # only the runtime library is used (TVM_USE_RUNTIME_LIB=1)",
+    "litert": "ai-edge-litert==2.3.0  # or tflite-runtime: the loader takes whichever is installed",
+    "edgetpu": "ai-edge-litert==2.3.0  # or tflite-runtime; plus libedgetpu1-std (Coral apt) for "
+    "model_edgetpu.tflite",
 }
 _TRITON_TYPES = {
     "float32": "TYPE_FP32",

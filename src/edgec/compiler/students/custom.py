@@ -104,11 +104,17 @@ def _load(file: StudentFile, teacher: onnx.ModelProto) -> tuple[onnx.ModelProto,
     s_in, _ = _io(raw)
     t_in, _ = _io(teacher)
     shapes = {}
-    if len(s_in) == len(t_in):
-        for got, want in zip(s_in, t_in, strict=True):
-            dims = got.type.tensor_type.shape.dim
-            if any(not d.HasField("dim_value") for d in dims):
-                shapes[got.name] = tuple(d.dim_value for d in want.type.tensor_type.shape.dim)
+    for index, got in enumerate(s_in):
+        dims = got.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            continue
+        # A dynamic dimension takes the teacher's (1 where the ranks differ: the interface
+        # check then names the difference).
+        want = t_in[index].type.tensor_type.shape.dim if index < len(t_in) else []
+        fixed = [d.dim_value for d in want] if len(want) == len(dims) else [1] * len(dims)
+        shapes[got.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else fixed[i] for i, d in enumerate(dims)
+        )
     try:
         loaded = load_model(file.path, shapes)
     except BadInputError as err:

@@ -9,7 +9,8 @@ quantization before giving up on INT8:
   says so and the stage stays FP32 as before). PTQ stays first because it is cheaper.
 * ``on`` — for every stage INT8 is considered for, even where PTQ passes; the QAT model ships
   when it passes the guard and is at least as good (fewer layers kept in FP32, then a smaller
-  accuracy drop, then a higher SQNR). Needs torch.
+  accuracy drop, then a higher SQNR), unless no epoch improved on the start (then it is PTQ's
+  model again). Needs torch.
 * ``off`` — PTQ only.
 
 :func:`run_qat` starts from PTQ's fully quantized model of the chosen flavour: it fine-tunes
@@ -141,6 +142,8 @@ class QatAttempt:
         """Whether the QAT model should ship instead of PTQ's (``verdict`` with ``excluded``
         layers in FP32)."""
         if self.model is None or not self.verdict.passed:
+            return False
+        if self.record.get("best_epoch") == 0:  # no epoch beat the start: PTQ's weights again
             return False
         if not verdict.passed:
             return True

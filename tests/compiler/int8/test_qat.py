@@ -31,6 +31,7 @@ from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
 from edgec.compiler.int8.qat import QatRequest
 from edgec.data import load_dataset
 from edgec.errors import GateFailedError
+from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
 from edgec.targets import load_target
 
 pytest.importorskip("torch")
@@ -134,7 +135,6 @@ def test_qat_off_keeps_post_training_quantization_only(digits):
 def test_fine_tuning_is_reproducible(digits):
     """The same seed gives the same fine-tuned weights and ranges, byte for byte."""
     from edgec.compiler.int8.qat_train import FinetuneSettings, finetune
-    from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
 
     model = coarse_weight_teacher(0.8 * 127)
     pre = preprocess(model)
@@ -149,3 +149,44 @@ def test_fine_tuning_is_reproducible(digits):
     assert runs[0].model.SerializeToString() == runs[1].model.SerializeToString()
     assert runs[0].calibration.ranges == runs[1].calibration.ranges
     assert runs[0].model.SerializeToString() != pre.SerializeToString()  # it did train
+
+
+@pytest.mark.parametrize(
+    "flavour",
+    [
+        Int8Flavour("int8", per_channel=True),
+        Int8Flavour("uint8", per_channel=True),
+        Int8Flavour("uint8", per_channel=True, reduce_range=True),
+    ],
+    ids=lambda f: f.name,
+)
+def test_the_fake_quantized_program_computes_what_onnx_runtime_runs_as_int8(flavour, digits):
+    """Before training, the torch simulation of the fragile stage matches ORT's exact INT8
+    arithmetic on its PTQ model (same quantized tensors, scales and weight grids) far closer
+    than FP32 does: what QAT trains against is the model that ships."""
+    import onnxruntime as ort
+    import torch
+
+    from edgec.compiler.int8.accuracy_guard import sqnr_db
+    from edgec.compiler.int8.qat_train import simulate
+
+    pre = preprocess(coarse_weight_teacher(0.8 * (64 if flavour.reduce_range else 127)))
+    table = calibrate(pre, digits.x_train[:300], "minmax")
+    qdq = quantize_model(pre, table, flavour)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.x64quantprecision", "1")  # exact u8s8 on AVX2
+    x = digits.x_val[:200]
+
+    def run(model):
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        return np.concatenate([session.run(None, {"x": x[i : i + 1]})[0] for i in range(len(x))])
+
+    int8, fp32 = run(qdq), run(pre)
+    program = simulate(pre, qdq, table, flavour, x[:8]).program.eval()
+    with torch.no_grad():
+        simulated = program(torch.from_numpy(x)).numpy()
+    assert sqnr_db(int8, simulated) > 25.0
+    assert sqnr_db(int8, simulated) > sqnr_db(int8, fp32) + 10.0
+    assert (simulated.argmax(1) == int8.argmax(1)).mean() >= 0.98

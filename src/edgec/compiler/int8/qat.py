@@ -92,7 +92,7 @@ class QatRequest:
         """The teacher's logits on ``x`` (computed once per request and input array)."""
         if self.teacher is None:
             return None
-        key = (x.shape, hash(x.tobytes()))
+        key = (id(x), x.shape)  # the compile's one training split, for every stage
         if key not in self._teacher_logits:
             from edgec.compiler.evaluate import predict
 
@@ -235,8 +235,8 @@ def run_qat(
                 settings,
                 progress,
             )
-    except QatUnavailable as err:
-        record["reason"] = str(err)
+    except (QatUnavailable, RuntimeError) as err:  # RuntimeError: torch could not run it
+        record["reason"] = str(err).strip().splitlines()[0]
         reporter.note(f"'{stage}': no QAT: {err}")
         return QatAttempt(record)
     samples = x_cal if flavour.bias_correction else None

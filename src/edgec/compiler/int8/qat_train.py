@@ -278,9 +278,9 @@ class QatProgram(nn.Module):
 
 
 # ------------------------------------------------------------------------- the PTQ model read
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {init.name: init for init in model.graph.initializer}
-    return values
+def _constants(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The model's initializers by name."""
+    return {init.name: init for init in model.graph.initializer}
 
 
 def _activation_ranges(
@@ -296,23 +296,28 @@ def _activation_ranges(
         qmin, qmax = (0, 255)
     else:
         qmin, qmax = (-127, 127) if flavour.symmetric_activations else (-128, 127)
-    groups: dict[str, int] = {}
-    ranges: list[ActivationRange] = []
-    tensor_range: dict[str, int] = {}
+    members: dict[str, list[str]] = {}  # scale initializer -> the tensors sharing it
     for node in qdq.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in inits:
             continue
-        tensor, scale_name = node.input[0], node.input[1]
+        tensor = node.input[0]
         if tensor not in names:
             logger.debug("QAT: quantized tensor '%s' is not computed in torch", tensor)
             continue
-        if scale_name not in groups:
-            low, high = table.ranges.get(tensor, (0.0, 0.0))
-            groups[scale_name] = len(ranges)
-            ranges.append(
-                ActivationRange(low, high, qmin, qmax, flavour.symmetric_activations, momentum)
-            )
-        tensor_range.setdefault(tensor, groups[scale_name])
+        group = members.setdefault(node.input[1], [])
+        if tensor not in group:
+            group.append(tensor)
+    ranges: list[ActivationRange] = []
+    tensor_range: dict[str, int] = {}
+    for tensors in members.values():
+        # The shared scale is the widest member's (a MaxPool's input holds its output).
+        known = [table.ranges[t] for t in tensors if t in table.ranges] or [(0.0, 0.0)]
+        low, high = min(r[0] for r in known), max(r[1] for r in known)
+        for tensor in tensors:
+            tensor_range.setdefault(tensor, len(ranges))
+        ranges.append(
+            ActivationRange(low, high, qmin, qmax, flavour.symmetric_activations, momentum)
+        )
     return ranges, tensor_range
 
 
@@ -420,8 +425,79 @@ def _write_back(pre: onnx.ModelProto, writers: list[_Writer]) -> onnx.ModelProto
     return model
 
 
+@dataclass
+class Simulation:
+    """The fake-quantized torch program of a PTQ model, ready to train.
+
+    Attributes:
+        program: The program (weights parametrized, activation ranges in place).
+        writers: How each trainable parameter goes back into the ONNX model.
+        layer_nodes: Layer key -> (its ONNX node, whether its torch weight is transposed).
+        quantized_weights: Layers whose weights are fake-quantized.
+        frozen: Parameters kept as they are (their ONNX form cannot be rebuilt).
+    """
+
+    program: QatProgram
+    writers: list[_Writer]
+    layer_nodes: dict[str, tuple[onnx.NodeProto, bool]]
+    quantized_weights: int
+    frozen: list[str]
+
+
+def simulate(
+    pre: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    table: CalibrationTable,
+    flavour: Int8Flavour,
+    check: np.ndarray,
+    momentum: float = FinetuneSettings.momentum,
+) -> Simulation:
+    """``pre`` in torch with the fake quantization of its PTQ model ``qdq`` (module docstring).
+
+    Args:
+        pre: The pre-processed FP32 model ``qdq`` was quantized from.
+        qdq: Its Q/DQ model.
+        table: The ranges ``qdq`` was quantized with (the activation ranges' start).
+        flavour: Its flavour.
+        check: A few inputs the conversion is checked on against ONNX Runtime.
+        momentum: Weight of a batch's min/max in the ranges' moving average.
+
+    Raises:
+        QatUnavailable: The model cannot be converted to torch.
+    """
+    try:
+        module = onnx_to_torch(pre)
+        check_against_onnxruntime(module, pre, np.ascontiguousarray(check, dtype=np.float32))
+    except UnsupportedModelError as err:
+        raise QatUnavailable(f"the stage cannot be trained in torch: {err}") from None
+    names = {*module.input_names, *(o for step in module.steps for o in step.outputs)}
+    ranges, tensor_range = _activation_ranges(qdq, table, flavour, names, momentum)
+    writers, layer_nodes = _writers(module, pre)
+    trainable = {id(w.param) for w in writers}
+    frozen = [name for name, p in module.named_parameters() if id(p) not in trainable]
+    for _, p in module.named_parameters():
+        p.requires_grad_(id(p) in trainable)
+    # ORT's ranges for symmetric int8 weights: [-127, 127], or [-64, 64] with reduce_range.
+    qmax = 64 if flavour.reduce_range else 127
+    quantized = 0
+    for key, (node, transposed) in layer_nodes.items():
+        spec = _weight_spec(qdq, node.name)
+        if spec is None:
+            continue
+        per_channel, axis = spec
+        layer = module.layers[key]
+        if per_channel:
+            axis = axis % layer.weight.dim()
+            axis = 1 - axis if transposed else axis
+        parametrize.register_parametrization(layer, "weight", WeightQuant(axis, qmax))
+        quantized += 1
+    program = QatProgram(module, ranges, tensor_range)
+    return Simulation(program, writers, layer_nodes, quantized, frozen)
+
+
 # ----------------------------------------------------------------------------------- training
 def _loss(out, target, labels, settings: FinetuneSettings) -> torch.Tensor:
+    out = out.reshape(len(out), -1)
     t = settings.temperature
     soft = F.kl_div(
         F.log_softmax(out / t, dim=1),
@@ -437,7 +513,12 @@ def _loss(out, target, labels, settings: FinetuneSettings) -> torch.Tensor:
 def _score(program: QatProgram, x: torch.Tensor, reference: torch.Tensor) -> float:
     program.eval()
     with torch.no_grad():
-        out = torch.cat([program(x[i : i + 256]) for i in range(0, len(x), 256)])
+        out = torch.cat(
+            [
+                program(x[i : i + 256]).reshape(len(x[i : i + 256]), -1)
+                for i in range(0, len(x), 256)
+            ]
+        )
     return float((out.argmax(dim=1) == reference).float().mean())
 
 
@@ -478,32 +559,9 @@ def finetune(
     """
     started = time.perf_counter()
     x = np.ascontiguousarray(x, dtype=np.float32)
-    try:
-        module = onnx_to_torch(pre)
-        check_against_onnxruntime(module, pre, x[:CHECK_SAMPLES])
-    except UnsupportedModelError as err:
-        raise QatUnavailable(f"the stage cannot be trained in torch: {err}") from None
-    names = {*module.input_names, *(o for step in module.steps for o in step.outputs)}
-    ranges, tensor_range = _activation_ranges(qdq, table, flavour, names, settings.momentum)
-    writers, layer_nodes = _writers(module, pre)
-    trainable = {id(w.param) for w in writers}
-    frozen = [name for name, p in module.named_parameters() if id(p) not in trainable]
-    for _, p in module.named_parameters():
-        p.requires_grad_(id(p) in trainable)
-    qmax = 64 if flavour.reduce_range else 127
-    quantized_weights = 0
-    for key, (node, transposed) in layer_nodes.items():
-        spec = _weight_spec(qdq, node.name)
-        if spec is None:
-            continue
-        per_channel, axis = spec
-        layer = module.layers[key]
-        if per_channel:
-            axis = axis % layer.weight.dim()
-            axis = 1 - axis if transposed else axis
-        parametrize.register_parametrization(layer, "weight", WeightQuant(axis, qmax))
-        quantized_weights += 1
-    program = QatProgram(module, ranges, tensor_range)
+    sim = simulate(pre, qdq, table, flavour, x[:CHECK_SAMPLES], settings.momentum)
+    program, module, ranges = sim.program, sim.program.module, list(sim.program.ranges)
+    tensor_range, writers, layer_nodes = sim.program.tensor_range, sim.writers, sim.layer_nodes
 
     fit, hold = _holdout(len(x), settings.seed)
     xt = torch.from_numpy(x)
@@ -575,7 +633,7 @@ def finetune(
         "QAT: %d activations and %d weights fake-quantized; holdout %s %.4f -> %.4f "
         "(epoch %d of %d)",
         len(tensor_range),
-        quantized_weights,
+        sim.quantized_weights,
         metric,
         before,
         best,
@@ -591,8 +649,8 @@ def finetune(
         holdout=best,
         metric=metric,
         quantized_tensors=len(tensor_range),
-        quantized_weights=quantized_weights,
-        frozen=frozen,
+        quantized_weights=sim.quantized_weights,
+        frozen=sim.frozen,
         seconds=time.perf_counter() - started,
         stopped_by_time=stopped_by_time,
     )

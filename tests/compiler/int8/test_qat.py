@@ -190,3 +190,24 @@ def test_the_fake_quantized_program_computes_what_onnx_runtime_runs_as_int8(flav
     assert sqnr_db(int8, simulated) > 25.0
     assert sqnr_db(int8, simulated) > sqnr_db(int8, fp32) + 10.0
     assert (simulated.argmax(1) == int8.argmax(1)).mean() >= 0.98
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--qat", "on", "--precision", "fp32"], "--qat on fine-tunes INT8 stages"),
+        (["--qat", "sometimes"], "'sometimes' is not one of 'auto', 'on', 'off'"),
+    ],
+)
+def test_bad_qat_requests_are_refused(tmp_path, teacher_path, args, fragment):
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    out = tmp_path / "b"
+    result = CliRunner().invoke(
+        main, ["compile", str(teacher_path), "-t", "raspberry-pi-4", "-o", str(out), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -411,6 +411,7 @@ def decide_precision(
                 repaired.excluded,
                 repaired.steps,
             )
+        qat_verdict = None
         if options.qat is not None and options.qat.wanted(result.verdict.passed):
             # PTQ came first (cheaper); QAT starts again from its fully quantized model.
             attempt = run_qat(
@@ -445,13 +446,13 @@ def decide_precision(
                     attempt.excluded,
                     attempt.steps,
                 )
-            result.qat = attempt.record
+            result.qat, qat_verdict = attempt.record, attempt.verdict
         if not result.verdict.passed:
-            after_qat = " and after QAT" if result.qat and result.qat["ran"] else ""
+            after_qat = f"; after QAT: {qat_verdict.summary()}" if qat_verdict else ""
             message = (
                 f"INT8 for stage '{stage}' misses the accuracy guard even with "
-                f"{len(result.excluded)} layers kept in FP32{after_qat}: "
-                f"{result.verdict.summary()}"
+                f"{len(result.excluded)} layers kept in FP32: {result.verdict.summary()}"
+                f"{after_qat}"
             )
             if options.requested == "int8":
                 raise GateFailedError(

@@ -271,7 +271,7 @@ def run_qat(
         holdout_after=round(tuned.holdout, 6),
         fake_quantized={"activations": tuned.quantized_tensors, "weights": tuned.quantized_weights},
         frozen_parameters=len(tuned.frozen),
-        train_steps=tuned.epochs_run * -(-round(len(x_train) * 0.9) // settings.batch_size),
+        train_steps=tuned.steps,
         after=_scores(verdict),
         fp32_layers=list(repaired.excluded) if repaired else [],
     )

@@ -124,6 +124,7 @@ class FinetuneResult:
         frozen: Parameters kept as they were (their ONNX form cannot be rebuilt).
         seconds: Wall time.
         stopped_by_time: Whether ``max_seconds`` ended training early.
+        steps: Optimiser steps taken.
     """
 
     model: onnx.ModelProto
@@ -138,6 +139,7 @@ class FinetuneResult:
     frozen: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stopped_by_time: bool = False
+    steps: int = 0
 
 
 # ------------------------------------------------------------------------- fake quantization
@@ -581,7 +583,7 @@ def finetune(
         steps = settings.epochs * math.ceil(len(fit) / settings.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
         generator = torch.Generator().manual_seed(settings.seed)
-        epochs_run, stopped_by_time = 0, False
+        epochs_run, stopped_by_time, taken = 0, False, 0
         for epoch in range(1, settings.epochs + 1):
             if time.perf_counter() - started > settings.max_seconds:
                 stopped_by_time = True
@@ -599,6 +601,7 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                taken += 1
                 schedule.step()
                 total += loss.item() * len(batch)
                 seen += len(batch)
@@ -653,4 +656,5 @@ def finetune(
         frozen=sim.frozen,
         seconds=time.perf_counter() - started,
         stopped_by_time=stopped_by_time,
+        steps=taken,
     )

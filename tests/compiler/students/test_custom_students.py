@@ -198,3 +198,36 @@ def test_bad_student_flags_are_refused(tmp_path, teacher_path, spec, fragment):
     assert result.exit_code == 2, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_custom_students_join_the_derived_ones_smallest_first(tmp_path, teacher_path):
+    """Derived and brought students form one ladder ordered by MACs; the manifest's students
+    section lists the brought ones under ``custom``."""
+    from edgec.compiler.canonicalize import canonicalize
+    from edgec.compiler.loading import load_model
+    from edgec.compiler.planning.cost_model import total_macs
+    from edgec.compiler.progress import Reporter
+    from edgec.compiler.students import Student, StudentsResult
+    from edgec.compiler.students.custom import add_custom_students, load_custom_students
+    from edgec.config import CompileConfig, parse_student_files
+
+    teacher = canonicalize(load_model(teacher_path, {}).proto)
+    narrow = export(_net(2, width=8), tmp_path / "narrow.onnx")
+    wide = export(_net(1, width=64), tmp_path / "wide.onnx")
+    config = CompileConfig(
+        model=teacher_path,
+        target="raspberry-pi-4",
+        output=tmp_path / "b",
+        students=(0.5,),
+        data="digits",
+        student_files=parse_student_files([f"wide={wide}:trained", f"narrow={narrow}:trained"]),
+    )
+    reporter = Reporter(quiet=True)
+    custom = load_custom_students(teacher, config, reporter)
+    derived = StudentsResult((Student("tiny", teacher, {}),), {"requested": [0.5]})
+    result = add_custom_students(derived, custom, teacher, None, config, reporter)
+    macs = [total_macs(s.model) for s in result.students]
+    assert [s.name for s in result.students] == ["narrow", "wide", "tiny"]
+    assert macs == sorted(macs)
+    assert [c["name"] for c in result.record["custom"]] == ["wide", "narrow"]
+    assert result.record["requested"] == [0.5]

@@ -70,7 +70,8 @@ class QatRequest:
         temperature: Distillation temperature.
         alpha: Weight of the label loss (with labels).
         seed: Seed for shuffling and the holdout.
-        max_seconds: No epoch starts after this much wall time.
+        max_seconds: Training stops after this much wall time (recorded as
+            ``stopped_by_time``; such a run is not reproducible).
     """
 
     mode: str = "auto"
@@ -222,7 +223,7 @@ def run_qat(
         target, source = fp32_logits, "stage-fp32"
     labels = data.y_train if data.has_labels else None
     try:
-        with _progress(reporter, stage, settings.epochs) as progress:
+        with _Progress(reporter, stage, settings.epochs) as progress:
             tuned = finetune(
                 pre,
                 ptq_model,
@@ -284,7 +285,7 @@ def run_qat(
     )
 
 
-class _progress:
+class _Progress:
     """A rich progress bar over QAT epochs (nothing when quiet or not on a terminal)."""
 
     def __init__(self, reporter: Reporter, stage: str, epochs: int):

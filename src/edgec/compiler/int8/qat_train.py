@@ -88,13 +88,13 @@ class FinetuneSettings:
         temperature: Distillation temperature.
         alpha: Weight of the label loss (when there are labels).
         momentum: Weight of a batch's min/max in the ranges' moving average.
-        max_seconds: Wall time after which no further epoch starts.
+        max_seconds: Wall time after which training stops (at the next mini-batch).
         seed: Seed for shuffling and the holdout.
     """
 
     epochs: int = 8
     observe_epochs: int = 3
-    lr: float = 1e-4
+    lr: float = 3e-4
     batch_size: int = 32
     temperature: float = 4.0
     alpha: float = 0.5
@@ -512,7 +512,10 @@ def _loss(out, target, labels, settings: FinetuneSettings) -> torch.Tensor:
     return settings.alpha * F.cross_entropy(out, labels) + (1.0 - settings.alpha) * soft
 
 
-def _score(program: QatProgram, x: torch.Tensor, reference: torch.Tensor) -> float:
+def _score(
+    program: QatProgram, x: torch.Tensor, reference: torch.Tensor, target: torch.Tensor, settings
+) -> tuple[float, float]:
+    """Holdout score (share of top-1 matching ``reference``) and distillation loss."""
     program.eval()
     with torch.no_grad():
         out = torch.cat(
@@ -521,7 +524,8 @@ def _score(program: QatProgram, x: torch.Tensor, reference: torch.Tensor) -> flo
                 for i in range(0, len(x), 256)
             ]
         )
-    return float((out.argmax(dim=1) == reference).float().mean())
+        loss = float(_loss(out, target, None, settings))
+    return float((out.argmax(dim=1) == reference).float().mean()), loss
 
 
 def _holdout(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -576,7 +580,9 @@ def finetune(
         else torch.from_numpy(fp32_logits.reshape(len(x), -1).argmax(axis=1))[hold]
     )
     with deterministic(settings.seed):
-        before = best = _score(program, xt[hold], reference)
+        # Best: the highest score, then the lowest loss (a small holdout's score saturates).
+        before, loss = _score(program, xt[hold], reference, tt[hold], settings)
+        best_key = (before, -loss)
         best_state, best_epoch = copy.deepcopy(program.state_dict()), 0
         params = [p for p in program.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr)
@@ -594,6 +600,9 @@ def finetune(
             order = torch.from_numpy(fit)[torch.randperm(len(fit), generator=generator)]
             total, seen = 0.0, 0
             for start in range(0, len(order), settings.batch_size):
+                if time.perf_counter() - started > settings.max_seconds:
+                    stopped_by_time = True  # a huge data set: end inside the epoch
+                    break
                 batch = order[start : start + settings.batch_size]
                 loss = _loss(
                     program(xt[batch]), tt[batch], None if yt is None else yt[batch], settings
@@ -607,14 +616,15 @@ def finetune(
                 seen += len(batch)
             for quant in ranges:
                 quant.observing = False
-            score = _score(program, xt[hold], reference)
+            score, hold_loss = _score(program, xt[hold], reference, tt[hold], settings)
             epochs_run = epoch
             if progress is not None:
                 progress(epoch, settings.epochs, total / max(seen, 1), score)
-            # Later epochs win ties: their ranges are the settled ones.
-            if score >= best:
-                best, best_epoch = score, epoch
+            if (score, -hold_loss) > best_key:
+                best_key, best_epoch = (score, -hold_loss), epoch
                 best_state = copy.deepcopy(program.state_dict())
+            if stopped_by_time:
+                break
         program.load_state_dict(best_state)
     program.eval()
     learned = dict(table.ranges)
@@ -639,7 +649,7 @@ def finetune(
         sim.quantized_weights,
         metric,
         before,
-        best,
+        best_key[0],
         best_epoch,
         epochs_run,
     )
@@ -649,7 +659,7 @@ def finetune(
         epochs_run=epochs_run,
         best_epoch=best_epoch,
         holdout_before=before,
-        holdout=best,
+        holdout=best_key[0],
         metric=metric,
         quantized_tensors=len(tensor_range),
         quantized_weights=sim.quantized_weights,

@@ -37,6 +37,7 @@ from edgec.compiler.int8.precision import (
     decide_precision,
     write_calibration,
 )
+from edgec.compiler.int8.qat import QatRequest
 from edgec.compiler.loading import LoadedModel, load_model
 from edgec.compiler.planning.cost_model import total_macs
 from edgec.compiler.planning.link import gateway_target, link_view
@@ -163,9 +164,11 @@ def _apply_precision(
     data: Dataset | None,
     config: CompileConfig,
     reporter: Reporter,
+    qat: QatRequest | None = None,
 ) -> None:
     """Decide the stage's precision (FP16, INT8 or FP32) on ``stage_target``, the target it
-    runs on (the gateway's for gateway stages), and write its calibration files.
+    runs on (the gateway's for gateway stages), and write its calibration files (``qat``:
+    ``--qat``, shared by the stages so the teacher's logits are computed once).
 
     FP16 (:mod:`edgec.compiler.fp16`) where asked for or, under ``auto``, where the stage's
     backend runs it on the target's GPU; ``--precision fp16`` was checked against the device
@@ -181,6 +184,7 @@ def _apply_precision(
         min_sqnr_db=config.min_sqnr_db,
         compare_seconds=min(config.measure_seconds, 2.0),
         seed=config.seed,
+        qat=qat,
     )
     if config.precision == "fp16" and stage_target.name != target.name:
         options = dataclasses.replace(options, requested="fp32")
@@ -407,9 +411,16 @@ def compile_model(
     _check_fits_memory(canonical, config.model.name, target)
     # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
     tensors = tensors_dataset(data, frames) if frames and data else data
+    custom = []
+    if config.student_files:  # --student: checked against the teacher before anything trains
+        from edgec.compiler.students.custom import add_custom_students, load_custom_students
+
+        custom = load_custom_students(canonical, config, reporter)
     students = derive_students(
         canonical, tensors, target, backend.name, precision, config, reporter
     )
+    if custom:  # the user's own architectures join the ladder
+        students = add_custom_students(students, custom, canonical, tensors, config, reporter)
     stages = plan_stages(canonical, precision, students.students, target.gateway is not None)
     if frames is not None:
         with reporter.step(f"Fusing pre-processing ({frames.spec.text()}) into every stage"):
@@ -419,6 +430,14 @@ def compile_model(
     if config.partition != "off":
         stages, partition = partition_teacher(stages, target, gateway, config, reporter)
 
+    # --qat distils from the FP32 teacher (the stage's own outputs once it is partitioned).
+    qat = QatRequest(
+        mode=config.qat,
+        teacher=next((s.model for s in stages if s.role == "teacher"), None),
+        temperature=config.temperature,
+        alpha=config.alpha,
+        seed=config.seed,
+    )
     with bundle_io.staging_dir(config.output, force=config.force) as root:
         entries, teacher_logits, outputs, x_eval = [], None, {}, None
         if partition and partition.cut == GATEWAY_ONLY and data is not None:
@@ -429,7 +448,9 @@ def compile_model(
         for stage in sorted(stages, key=lambda s: build_order.get(s.role, 2)):
             stage_target = _tier_target(stage, target, gateway)
             if stage.role != "prefix" and "partition_input" not in stage.extra:
-                _apply_precision(stage, root, target, stage_target, backend, data, config, reporter)
+                _apply_precision(
+                    stage, root, target, stage_target, backend, data, config, reporter, qat
+                )
             entry, logits = _build_stage(
                 stage,
                 root,

@@ -232,11 +232,14 @@ def serve_bundle(
     public_key: Path | None = None,
     announce: Callable[[str], None] = print,
     request_timeout_s: float | None = None,
+    max_batch: int | None = None,
+    batch_wait_ms: float | None = None,
 ) -> None:
     """Serve the bundle's gateway stages with its generated gateway server until stopped.
 
     ``request_timeout_s`` is the time a whole request may take to arrive (default: the
-    bundle's, 10 s).
+    bundle's, 10 s); ``max_batch`` and ``batch_wait_ms`` how requests are batched (default:
+    the bundle's).
 
     Raises:
         BadInputError: Bad bundle, no gateway stages, bad options or the port is taken.
@@ -265,6 +268,7 @@ def serve_bundle(
             defaults["workers"] if workers is None else workers,
             logger=log,
             **({} if request_timeout_s is None else {"request_timeout_s": request_timeout_s}),
+            **_batching(gateway, max_batch, batch_wait_ms),
         )
     except ValueError as err:
         text = str(err)
@@ -272,3 +276,18 @@ def serve_bundle(
     except OSError as err:
         raise BadInputError(f"Cannot listen on {host}:{port}: {err.strerror}.") from None
     gateway.serve(server, announce)
+
+
+def _batching(gateway: ModuleType, max_batch: int | None, batch_wait_ms: float | None) -> dict:
+    """The batching options given, for a runtime that has them (generated since batching)."""
+    given = {
+        k: v
+        for k, v in (("max_batch", max_batch), ("batch_wait_ms", batch_wait_ms))
+        if v is not None
+    }
+    if given and not hasattr(gateway, "batcher"):
+        raise BadInputError(
+            "This bundle's gateway predates --max-batch and --batch-wait-ms; recompile the "
+            "bundle with this edgec to batch requests."
+        )
+    return given

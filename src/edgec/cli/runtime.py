@@ -125,6 +125,18 @@ def _describe(item: dict) -> str:
     help="Longest time a whole request (line, headers and body) may take to arrive; a slow "
     "client is cut off after it (default: the bundle's, 10 s).",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1, max=1024),
+    help="Most waiting requests a gateway worker runs as one batch (1: no batching; default: "
+    "the bundle's, 8).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0, max=1000),
+    help="Longest a worker waits for more requests after the first of a batch, never past a "
+    "request's deadline (default: the bundle's, 2 ms; the plan budgets it).",
+)
 @options.public_key_option(_VERIFY_KEY_HELP)
 @handle_errors
 def serve(
@@ -135,6 +147,8 @@ def serve(
     queue_size: int | None,
     workers: int | None,
     request_timeout_s: float | None,
+    max_batch: int | None,
+    batch_wait_ms: float | None,
     key: Path | None,
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
@@ -151,10 +165,11 @@ def serve(
         from edgec.bundle.registry import serve_registry
         from edgec.errors import BadInputError
 
-        if queue_size is not None or workers is not None or key is not None:
+        gateway_only = (queue_size, workers, key, max_batch, batch_wait_ms)
+        if any(value is not None for value in gateway_only):
             raise BadInputError(
-                "--queue-size, --workers and --key apply to --tier gateway only; leave them out "
-                "for the registry."
+                "--queue-size, --workers, --max-batch, --batch-wait-ms and --key apply to "
+                "--tier gateway only; leave them out for the registry."
             )
         serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
         return
@@ -169,6 +184,8 @@ def serve(
         key,
         announce=lambda line: click.echo(line),
         request_timeout_s=request_timeout_s,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
     )
 
 

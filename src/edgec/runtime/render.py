@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jinja2
 
-from edgec.runtime import codec
+from edgec.runtime import batcher, codec
 
 RUNTIME_DIR = "runtime"
 SHARED_MODULES = (
@@ -36,6 +36,7 @@ SHARED_MODULES = (
     "drift.py",
     "capture.py",
     "switching.py",
+    "batcher.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",
@@ -55,6 +56,8 @@ GATEWAY_DEFAULTS = {
     "workers": 2,
     "max_connections": 64,
     "request_timeout_s": 10.0,
+    "max_batch": batcher.DEFAULT_MAX_BATCH,
+    "batch_wait_ms": batcher.DEFAULT_WAIT_MS,
 }
 DEFAULT_GATEWAY_TIMEOUT_MS = 1000.0
 RETRY_AFTER_S = 1.0
@@ -167,6 +170,8 @@ def _stage_record(stage: dict, policy: dict) -> dict:
         "scores": (policy.get("scores") or {}).get(name, "auto"),
         "threshold": (policy.get("thresholds") or {}).get(name),
         "forward_cost_ms": (policy.get("forward_cost_ms") or {}).get(name),
+        # Most rows the stage was checked to take at once (a dynamic batch dimension).
+        "max_batch": (stage.get("batching") or {}).get("max_batch", 1),
     }
 
 

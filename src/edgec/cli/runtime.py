@@ -29,6 +29,15 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     help="File holding the power state, normal or low, re-read when it changes; low switches "
     "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
 )
+@click.option(
+    "--trace",
+    type=click.Choice(["off", "console", "otlp"]),
+    default="off",
+    show_default=True,
+    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
+    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
+    "edgec[trace].",
+)
 @options.json_option("One JSON object per input, one a line.")
 @click.option(
     "--capture",
@@ -64,6 +73,7 @@ def run(
     capture_dir: Path | None,
     capture_max_frames: int,
     capture_max_mb: float,
+    trace: str,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
 
@@ -84,7 +94,7 @@ def run(
                 "capture_max_mb": capture_max_mb,
             }
         for item in run_bundle(
-            bundle, list(inputs), gateway, key, device_id, capture, power_state_file
+            bundle, list(inputs), gateway, key, device_id, capture, power_state_file, trace
         ):
             if as_json:
                 click.echo(json.dumps(item))
@@ -137,6 +147,15 @@ def _describe(item: dict) -> str:
     help="Longest a worker waits for more requests after the first of a batch, never past a "
     "request's deadline (default: the bundle's, 2 ms; the plan budgets it).",
 )
+@click.option(
+    "--trace",
+    type=click.Choice(["off", "console", "otlp"]),
+    default="off",
+    show_default=True,
+    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
+    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
+    "edgec[trace].",
+)
 @options.public_key_option(_VERIFY_KEY_HELP)
 @handle_errors
 def serve(
@@ -149,6 +168,7 @@ def serve(
     request_timeout_s: float | None,
     max_batch: int | None,
     batch_wait_ms: float | None,
+    trace: str,
     key: Path | None,
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
@@ -166,10 +186,10 @@ def serve(
         from edgec.errors import BadInputError
 
         gateway_only = (queue_size, workers, key, max_batch, batch_wait_ms)
-        if any(value is not None for value in gateway_only):
+        if any(value is not None for value in gateway_only) or trace != "off":
             raise BadInputError(
-                "--queue-size, --workers, --max-batch, --batch-wait-ms and --key apply to "
-                "--tier gateway only; leave them out for the registry."
+                "--queue-size, --workers, --max-batch, --batch-wait-ms, --trace and --key apply "
+                "to --tier gateway only; leave them out for the registry."
             )
         serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
         return
@@ -186,6 +206,7 @@ def serve(
         request_timeout_s=request_timeout_s,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
+        trace=trace,
     )
 
 

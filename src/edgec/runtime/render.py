@@ -5,9 +5,8 @@ before the manifest is written, so every generated file is hashed (and signed) w
 Templates live in ``templates/`` and are rendered with jinja2 and ``StrictUndefined``: a
 missing value is an error, never an empty string. The modules the runtime shares with the
 compiler (:data:`SHARED_MODULES`: the wire format, the scoring arithmetic, input reading,
-metrics, stage loaders, bundle verification, drift binning and frame capture) are copied
-verbatim, so the planner and the
-runtime compute with the same code.
+metrics, stage loaders, bundle verification, drift binning, frame capture, request batching
+and tracing) are copied verbatim, so the planner and the runtime compute with the same code.
 
 Rendering is deterministic: the same manifest gives byte-identical files. The rendered Python
 is formatted the way ``ruff format`` would and passes ``ruff check`` (tested).
@@ -37,6 +36,7 @@ SHARED_MODULES = (
     "capture.py",
     "switching.py",
     "batcher.py",
+    "tracing.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",

@@ -153,3 +153,20 @@ def test_a_model_without_a_batch_of_1_is_refused():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
     with pytest.raises(batch_dim.BatchDimError, match="batch 3"):
         batch_dim.make_batch_dynamic(model)
+
+
+def test_a_gateway_that_is_not_this_machine_gets_the_check_but_no_timing(tmp_path):
+    """For a cost-model gateway target (x86-gateway) the batch is checked here but not timed
+    (this machine's times are not the gateway's, and the bundle stays byte-reproducible)."""
+    model = _reshape_model()
+    stage_dir = tmp_path / "stage"
+    stage_dir.mkdir()
+    model_path = stage_dir / "model.onnx"
+    onnx.save(model, model_path)
+    target = load_target("x86-gateway")
+    artifact = OnnxRuntimeBackend().build(model_path, target, stage_dir, BuildOptions())
+    batching = batch_dim.batch_stage(
+        model, model_path, artifact.path, artifact.metadata, "onnxruntime", target, "fp32"
+    )
+    assert batching["max_batch"] == 16 and batching["per_frame_ms"] is None
+    assert "x86-gateway is not this machine" in batching["timing"]

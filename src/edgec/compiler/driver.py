@@ -323,10 +323,11 @@ def _with_batch_dim(
             stage.precision,
         )
     if batching["max_batch"] > 1:
-        per_frame = batching["per_frame_ms"]
+        per_frame = batching["per_frame_ms"] or {}
         reporter.note(
             f"'{stage.name}': batch {batching['max_batch']} checked against batch 1; "
-            + ", ".join(f"batch {k} {v:.3f} ms/frame" for k, v in per_frame.items())
+            + (", ".join(f"batch {k} {v:.3f} ms/frame" for k, v in per_frame.items()) or "")
+            + ("" if per_frame else batching["timing"])
         )
     else:
         reporter.note(f"'{stage.name}': batch 1 only ({batching['reason']})")

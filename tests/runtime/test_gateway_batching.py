@@ -116,9 +116,9 @@ def _concurrently(port: int, frames: np.ndarray) -> list[tuple[int, dict]]:
 
 
 def test_the_gateway_stage_takes_batch_16_with_its_per_frame_cost_measured(digits_bundle):
-    """The manifest records the batch-16 check and the measured per-frame cost at batch 1 and
-    16; the bundle's runtime runs 16 rows at once, giving each row its batch-1 answer; the
-    Triton config batches to match and the plan budgets the batch wait."""
+    """The manifest (and the report) record the batch-16 check and the measured per-frame cost
+    at batch 1 and 16; the bundle's runtime runs 16 rows at once, giving each row its batch-1
+    answer; the Triton config batches to match and the plan budgets the batch wait."""
     manifest = read_manifest(digits_bundle)
     batching = manifest["stages"][0]["batching"]
     assert batching["max_batch"] == 16 and batching["checked"]["same_top1"]
@@ -135,6 +135,8 @@ def test_the_gateway_stage_takes_batch_16_with_its_per_frame_cost_measured(digit
     triton = (digits_bundle / "runtime/deploy/triton/teacher/config.pbtxt").read_text()
     assert "max_batch_size: 8" in triton and "max_queue_delay_microseconds: 2000" in triton
     assert "dims: [ 1, 8, 8 ]" in triton and "dims: [ 10 ]" in triton
+    report = (digits_bundle / "report" / "report.md").read_text()
+    assert "teacher: gateway batch up to 16 (checked against batch 1), batch 1 " in report
 
 
 def test_concurrent_requests_run_as_batches_with_the_answers_they_get_alone(serve_in_process):

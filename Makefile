@@ -17,10 +17,10 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[train]'
 	touch $@
 
-# The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27) and litert
-# (ai-edge-litert 2.3.0) extras.
+# The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27), litert
+# (ai-edge-litert 2.3.0) and trace (OpenTelemetry) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train,tvm,litert]'
+	$(PIP) -e '.[dev,train,tvm,litert,trace]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

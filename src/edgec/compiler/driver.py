@@ -28,6 +28,7 @@ from edgec.bundle import trust
 from edgec.bundle.gate import GateResult, check_bundle
 from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
+from edgec.compiler.batch_dim import batch_stage
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
 from edgec.compiler.fp16 import check_fp16_request, decide_fp16, wants_fp16
@@ -331,6 +332,32 @@ def _build_stage(
     return dataclasses.replace(entry, **scores), logits
 
 
+def _with_batch_dim(
+    entry: StageEntry, stage: StagePlan, root: Path, target: Target, reporter: Reporter
+) -> StageEntry:
+    """A gateway stage with a dynamic batch dimension when it checks out (batch_dim)."""
+    with reporter.step(f"Giving '{stage.name}' a dynamic batch dimension for the gateway"):
+        batching = batch_stage(
+            stage.model,
+            root / entry.model,
+            root / entry.artifact,
+            dict(entry.backend_options),
+            entry.backend,
+            target,
+            stage.precision,
+        )
+    if batching["max_batch"] > 1:
+        per_frame = batching["per_frame_ms"] or {}
+        reporter.note(
+            f"'{stage.name}': batch {batching['max_batch']} checked against batch 1; "
+            + (", ".join(f"batch {k} {v:.3f} ms/frame" for k, v in per_frame.items()) or "")
+            + ("" if per_frame else batching["timing"])
+        )
+    else:
+        reporter.note(f"'{stage.name}': batch 1 only ({batching['reason']})")
+    return dataclasses.replace(entry, details={**entry.details, "batching": batching})
+
+
 @dataclass(frozen=True)
 class PreparedModel:
     """The target-independent start of a compile: the loaded model and its canonical form.
@@ -463,6 +490,8 @@ def compile_model(
                 config,
                 x_eval if stage.role == "teacher" else None,
             )
+            if stage.tier == "gateway":
+                entry = _with_batch_dim(entry, stage, root, stage_target, reporter)
             if stage.role == "prefix" and logits is not None:
                 x_eval = link_view(logits, partition.encoding)
             if stage.role == "teacher":

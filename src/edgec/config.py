@@ -10,7 +10,7 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edgec.errors import BadInputError, MissingDependencyError
 from edgec.kernels.preprocess.spec import PreprocessSpec
@@ -141,6 +141,11 @@ class CompileConfig:
         partition: ``off`` (the teacher runs whole), ``auto`` (split it where the objective is
             lowest), or a cut: a tensor name, ``gateway-only`` or ``device-only``.
         objective: What ``--partition auto`` minimises: ``latency`` or device ``energy``.
+        task: ``auto`` (inferred from the outputs), ``classification`` or ``detection``
+            (docs/detection.md).
+        postprocess: A detector's NMS settings and output formats (``--postprocess``);
+            ``None``: the defaults.
+        anchors: ``[K, 4]`` anchors (``.npy``) a detector's boxes are SSD offsets to.
     """
 
     model: Path
@@ -176,6 +181,9 @@ class CompileConfig:
     device: str | None = None
     partition: str = "off"
     objective: str = "latency"
+    task: str = "auto"
+    postprocess: Any = None  # edgec.compiler.detection.contract.PostprocessSpec
+    anchors: Path | None = None
 
     def __post_init__(self) -> None:
         self._check_cascade()

@@ -14,8 +14,9 @@ from edgec.compiler.detection.contract import (
     decode_anchors,
     resolve_contract,
 )
-from edgec.compiler.detection.postprocess import OUTPUTS, attach_postprocess
+from edgec.compiler.detection.postprocess import OUTPUT, attach_postprocess
 from edgec.compiler.detection.reference import nms_reference
+from edgec.runtime.detection import packed_width, unpack
 
 K, C = 40, 3
 
@@ -42,9 +43,12 @@ def random_candidates(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return boxes, rng.uniform(0, 1, (K, C)).astype(np.float32)
 
 
-def run(model: onnx.ModelProto, boxes: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
+def run(model: onnx.ModelProto, boxes: np.ndarray, scores: np.ndarray, top: int = 100):
+    """The stage's one packed output, unpacked: boxes, scores, classes, highest score."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(list(OUTPUTS), {"b_in": boxes[None], "s_in": scores[None]})
+    (row,) = session.run([OUTPUT], {"b_in": boxes[None], "s_in": scores[None]})
+    assert row.shape == (1, packed_width(top))
+    return unpack(row)
 
 
 def same_detections(got: list[np.ndarray], want: tuple[np.ndarray, ...]) -> None:
@@ -66,9 +70,9 @@ def test_nms_graph_matches_the_numpy_reference(seed, iou, score, top):
     boxes, scores = random_candidates(np.random.default_rng(seed))
     spec = PostprocessSpec(iou=iou, score=score, max_detections=top, scores="probabilities")
     model = attach_postprocess(passthrough(), resolve_contract(passthrough(), spec, None))
-    got = run(model, boxes, scores)
+    got = run(model, boxes, scores, top)
     same_detections(got, nms_reference(boxes, scores, iou, score, top))
-    assert got[3].shape == (1,) and got[3][0] == pytest.approx(scores.max())
+    assert got[3] == pytest.approx(scores.max())
 
 
 def test_no_candidate_above_the_score_gives_empty_outputs():
@@ -76,7 +80,8 @@ def test_no_candidate_above_the_score_gives_empty_outputs():
     boxes, scores = random_candidates(np.random.default_rng(0))
     contract = resolve_contract(passthrough(), PostprocessSpec(scores="probabilities"), None)
     got = run(attach_postprocess(passthrough(), contract), boxes, scores * 0.1)
-    assert [a.shape for a in got] == [(0, 4), (0,), (0,), (1,)]
+    assert [a.shape for a in got[:3]] == [(0, 4), (0,), (0,)]
+    assert got[3] == pytest.approx(0.1 * scores.max())
 
 
 def test_logits_and_cxcywh_are_decoded_before_nms():

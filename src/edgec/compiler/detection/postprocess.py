@@ -11,9 +11,13 @@ ONNX ops in the stage's own graph, run by the stage's backend on its accelerator
    and ``Gather`` for the kept scores, classes and boxes, and a ``TopK`` that keeps the best
    ``max`` over all classes, best first.
 
-The stage's outputs become :data:`OUTPUTS`: ``detection_boxes`` ``[n, 4]`` (float32, xyxy,
-input pixels), ``detection_scores`` ``[n]``, ``detection_classes`` ``[n]`` (int64) and
-``max_score`` ``[1]``, the highest class probability over every candidate — what the cascade's
+4. the packing: ``Concat`` of boxes, scores and classes (``Cast`` to float) into ``[n, 6]``
+   rows, ``Pad`` with ``-1`` to ``max`` rows, and the highest class probability over every
+   candidate (``ReduceMax``) in front.
+
+The stage's one output becomes :data:`OUTPUT`, ``[1, 1 + 6 * max]``, in the layout
+:mod:`edgec.runtime.detection` documents and unpacks: one output per stage keeps the loaders,
+the evaluation and the gateway's wire format unchanged. The highest score is what the cascade's
 *empty* test reads, so a low threshold under NMS's ``score`` still works. The result is held to
 :func:`edgec.compiler.detection.reference.nms_reference` by the tests.
 """
@@ -31,19 +35,27 @@ from edgec.compiler.detection.contract import (
     DetectionContract,
 )
 from edgec.errors import BadInputError
+from edgec.runtime.detection import packed_width
 
 MIN_OPSET = 11
-OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "max_score")
+OUTPUT = "detections"
 
 
 def outputs_json(contract: DetectionContract) -> tuple[dict, ...]:
-    """The manifest's ``outputs`` for a stage with the post-processing attached."""
-    n = f"n<={contract.postprocess.max_detections}"
+    """The manifest's ``outputs`` for stages with the post-processing attached."""
+    top = contract.postprocess.max_detections
     return (
-        {"name": OUTPUTS[0], "shape": [n, 4], "dtype": "float32", "format": "xyxy"},
-        {"name": OUTPUTS[1], "shape": [n], "dtype": "float32"},
-        {"name": OUTPUTS[2], "shape": [n], "dtype": "int64", "classes": contract.classes},
-        {"name": OUTPUTS[3], "shape": [1], "dtype": "float32"},
+        {
+            "name": OUTPUT,
+            "shape": [1, packed_width(top)],
+            "dtype": "float32",
+            "task": "detection",
+            "layout": f"max_score, then {top} x [x1, y1, x2, y2, score, class] (xyxy, input "
+            "pixels, best first; unused slots -1)",
+            "classes": contract.classes,
+            "max_detections": top,
+            "postprocess": contract.postprocess.text(),
+        },
     )
 
 
@@ -88,8 +100,10 @@ def attach_postprocess(model: onnx.ModelProto, contract: DetectionContract) -> o
     classes = tape.op("Gather", [selected, const(np.array(1, np.int64), "one")], {"axis": 1})
     index = tape.op("Gather", [selected, const(np.array(2, np.int64), "two")], {"axis": 1})
     kept_scores = tape.op("GatherND", [per_class, selected])
-    flat = tape.op("Reshape", [xyxy, const(np.array([contract.candidates, 4], np.int64), "kx4")])
-    kept_boxes = tape.op("Gather", [flat, index], {"axis": 0})
+    all_boxes = tape.op(
+        "Reshape", [xyxy, const(np.array([contract.candidates, 4], np.int64), "kx4")]
+    )
+    kept_boxes = tape.op("Gather", [all_boxes, index], {"axis": 0})
     k = tape.op(
         "Min",
         [tape.op("Shape", [kept_scores]), const(np.array([spec.max_detections], np.int64), "k")],
@@ -99,17 +113,31 @@ def attach_postprocess(model: onnx.ModelProto, contract: DetectionContract) -> o
     )
     out_boxes = tape.op("Gather", [kept_boxes, order], {"axis": 0})
     out_classes = tape.op("Gather", [classes, order], {"axis": 0})
+    column = const(np.array([-1, 1], np.int64), "column")
+    rows = tape.op(
+        "Concat",
+        [
+            out_boxes,
+            tape.op("Reshape", [top_scores, column]),
+            tape.op("Reshape", [tape.op("Cast", [out_classes], {"to": ir.DataType.FLOAT}), column]),
+        ],
+        {"axis": 1},
+    )  # [n, 6]
+    missing = tape.op("Sub", [const(np.array([spec.max_detections], np.int64), "slots"), k])
+    zero = const(np.array([0, 0], np.int64), "zero2")
+    pads = tape.op("Concat", [zero, missing, const(np.array([0], np.int64), "zero1")], {"axis": 0})
+    slots = tape.op("Pad", [rows, pads, const(np.array(-1, np.float32), "unused")])
+    flat = tape.op("Reshape", [slots, const(np.array([1, -1], np.int64), "row")])
     top = tape.op("ReduceMax", [probs], {"keepdims": 0})
-    max_score = tape.op("Reshape", [top, const(np.array([1], np.int64), "shape1")])
-    out_scores = tape.op("Identity", [top_scores])
+    max_score = tape.op("Reshape", [top, const(np.array([1, 1], np.int64), "one_by_one")])
+    packed = tape.op("Concat", [max_score, flat], {"axis": 1})
     for node in tape.nodes:
         graph.append(node)
     for init in tape.initializers:
         graph.register_initializer(init)
     graph.outputs.clear()
-    for value, name in zip((out_boxes, out_scores, out_classes, max_score), OUTPUTS, strict=True):
-        value.name = name
-        graph.outputs.append(value)
+    packed.name = OUTPUT
+    graph.outputs.append(packed)
     common.NameFixPass()(ir_model)
     result = ir.serde.serialize_model(ir_model)
     result = onnx.shape_inference.infer_shapes(result, strict_mode=False, data_prop=True)

@@ -113,3 +113,25 @@ def test_the_issue_command_builds_a_detection_cascade_that_run_answers(tmp_path)
             assert line["stage"] == "tiny" and line["decision"] in ("empty", "sure")
         else:  # no --gateway: the student's own detections, and the route says why
             assert line["route"] in ("fallback-no-gateway", "budget")
+
+
+@pytest.mark.slow
+def test_a_detector_without_students_is_one_stage_that_answers_every_frame(tmp_path):
+    """``--students none``: the teacher alone on the device, NMS in its graph, its mAP@0.5 in
+    the manifest (the committed teacher's 66.9%), and ``run --json`` answers locally."""
+    pytest.importorskip("faster_coco_eval", reason="mAP needs the detection extra")
+    out = tmp_path / "bundle"
+    result = run("compile", str(DETECTOR), "--target", "raspberry-pi-4", "--data",
+                 "digits-detect", "--students", "none", "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    (stage,) = manifest["stages"]
+    assert stage["tier"] == "device" and stage["accuracy"] == pytest.approx(0.6688, abs=1e-3)
+    assert manifest["outputs"][0]["shape"] == [1, 601]
+    frames = tmp_path / "frames.npy"
+    np.save(frames, load_dataset("digits-detect").x_val[:3])
+    lines = [
+        json.loads(line) for line in run("run", str(out), str(frames), "--json").stdout.splitlines()
+    ]
+    assert [(line["stage"], line["route"]) for line in lines] == [("teacher", "local")] * 3
+    assert lines[1]["classes"] and len(lines[1]["boxes"][0]) == 4  # frame 1 holds a 4 and a 0

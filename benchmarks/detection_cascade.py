@@ -60,9 +60,16 @@ def _test_helpers():
     return delay_proxy, runtime_helpers
 
 
+def _unshadow_tvm() -> None:
+    """Drop this folder from ``sys.path``: its ``tvm.py`` (the TVM benchmark) would shadow the
+    ``tvm`` package when the compile asks whether TVM can build for the gateway's target."""
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+
 def build_bundle(work: Path, args) -> tuple[Path, dict, float]:
     """Compile the example detector into a cascade for the loopback target."""
     _, helpers = _test_helpers()
+    _unshadow_tvm()
     started = time.perf_counter()
     result = compile_model(
         CompileConfig(

@@ -18,9 +18,9 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 # The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27), litert
-# (ai-edge-litert 2.3.0) and trace (OpenTelemetry) extras.
+# (ai-edge-litert 2.3.0), trace (OpenTelemetry) and detection (faster-coco-eval) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train,tvm,litert,trace]'
+	$(PIP) -e '.[dev,train,tvm,litert,trace,detection]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

@@ -27,6 +27,12 @@ Usage::
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- cascade:begin -->`` and
 ``<!-- cascade:end -->``) unless ``--no-write``.
+
+``--task detection`` runs the detection section instead (``benchmarks/detection_cascade.py``:
+the example detector on ``digits-detect``, mAP@0.5 per tier and overall; its own markers)::
+
+    python benchmarks/cascade.py --task detection [--rounds 3] [--rtt-ms 20] [--jitter-ms 4]
+        [--budget-ms 40] [--epochs 15] [--det-student 0.3] [--no-write]
 """
 
 from __future__ import annotations
@@ -249,7 +255,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--copies", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--task", choices=("classification", "detection"), default="classification")
+    parser.add_argument("--det-student", type=float, default=0.3, help="detection: MAC ratio")
     args = parser.parse_args()
+    if args.task == "detection":
+        from detection_cascade import run_detection
+
+        run_detection(args, lambda section, begin, end: write_section(section, begin, end, RESULTS))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bundle, manifest, build_s = build_bundle(work, args)

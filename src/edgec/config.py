@@ -10,7 +10,7 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from edgec.errors import BadInputError, MissingDependencyError
 from edgec.kernels.preprocess.spec import PreprocessSpec
@@ -200,6 +200,11 @@ class CompileConfig:
         student_files: ``--student NAME=FILE.onnx[:trained]`` (:func:`parse_student_files`):
             students of the user's own architecture, distilled from the teacher (or used as
             given when trained; :mod:`edgec.compiler.students.custom`).
+        task: ``auto`` (inferred from the outputs), ``classification`` or ``detection``
+            (docs/detection.md).
+        postprocess: A detector's NMS settings and output formats (``--postprocess``);
+            ``None``: the defaults.
+        anchors: ``[K, 4]`` anchors (``.npy``) a detector's boxes are SSD offsets to.
     """
 
     model: Path
@@ -237,6 +242,9 @@ class CompileConfig:
     objective: str = "latency"
     qat: str = "auto"
     student_files: tuple[StudentFile, ...] = ()
+    task: str = "auto"
+    postprocess: Any = None  # edgec.compiler.detection.contract.PostprocessSpec
+    anchors: Path | None = None
 
     def __post_init__(self) -> None:
         self._check_cascade()

@@ -6,6 +6,8 @@ validation parts. Sources:
 
 * ``digits`` — scikit-learn's bundled 8x8 handwritten digits (1,797 real images, no download),
   shaped ``[N, 1, 8, 8]`` with pixel values / 16, exactly what the example teacher takes.
+* ``digits-detect`` — a generated detection set (:mod:`edgec.digits_detect`): 2,400 cluttered
+  64x64 frames with zero to three digits each, as a :class:`DetectionDataset` (boxes and classes).
 * ``path/to/file.npz`` — an array ``x`` and optional ``y``.
 
 Bad data (missing file, wrong shape, NaNs, too few samples, labels out of range) raises
@@ -68,6 +70,40 @@ class Dataset:
         }
 
 
+@dataclass(frozen=True)
+class DetectionDataset(Dataset):
+    """A :class:`Dataset` with boxes and classes per frame instead of labels.
+
+    Attributes:
+        boxes_train: ``[N, M, 4]`` xyxy pixel boxes of the training frames (``M`` slots).
+        classes_train: ``[N, M]`` classes, ``-1`` for an unused slot.
+        boxes_val: The validation frames' boxes.
+        classes_val: The validation frames' classes.
+    """
+
+    boxes_train: np.ndarray | None = None
+    classes_train: np.ndarray | None = None
+    boxes_val: np.ndarray | None = None
+    classes_val: np.ndarray | None = None
+
+    def summary(self) -> dict:
+        """The manifest's data record, with the task and the object counts."""
+        return {
+            **super().summary(),
+            "task": "detection",
+            "objects_validation": int((self.classes_val >= 0).sum()),
+            "empty_validation": int((self.classes_val < 0).all(axis=1).sum()),
+        }
+
+
+def _validation_mask(n: int, seed: int) -> np.ndarray:
+    """Which of ``n`` unlabelled samples :func:`split` puts in the validation part."""
+    order = np.random.default_rng(seed).permutation(n)
+    mask = np.zeros(n, dtype=bool)
+    mask[order[: max(1, round(n * VALIDATION_SHARE))]] = True
+    return mask
+
+
 def _hash_arrays(x: np.ndarray, y: np.ndarray | None) -> str:
     digest = hashlib.sha256()
     digest.update(str((x.shape, str(x.dtype))).encode())
@@ -119,9 +155,7 @@ def split(name: str, x: np.ndarray, y: np.ndarray | None, seed: int = SPLIT_SEED
         val_mask = np.zeros(len(x), dtype=bool)
         val_mask[val_idx] = True
     else:
-        order = rng.permutation(len(x))
-        val_mask = np.zeros(len(x), dtype=bool)
-        val_mask[order[: max(1, round(len(x) * VALIDATION_SHARE))]] = True
+        val_mask = _validation_mask(len(x), seed)
     return Dataset(
         name=name,
         x_train=x[~val_mask],
@@ -157,6 +191,23 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return x, y
 
 
+def digits_detect_dataset(seed: int = SPLIT_SEED) -> DetectionDataset:
+    """``--data digits-detect``: the generated frames, split like unlabelled data."""
+    from edgec.digits_detect import NAME, generate
+
+    x, boxes, classes = generate()
+    base = split(NAME, x, None, seed)
+    val = _validation_mask(len(x), seed)
+    sha = _hash_arrays(x, np.concatenate([boxes.reshape(len(x), -1), classes], axis=1))
+    return DetectionDataset(
+        **{**base.__dict__, "sha256": sha},
+        boxes_train=boxes[~val],
+        classes_train=classes[~val],
+        boxes_val=boxes[val],
+        classes_val=classes[val],
+    )
+
+
 def load_dataset(spec: str, seed: int = SPLIT_SEED) -> Dataset:
     """Load a ``--data`` source by name or path and split it.
 
@@ -166,6 +217,8 @@ def load_dataset(spec: str, seed: int = SPLIT_SEED) -> Dataset:
     if spec == "digits":
         x, y = digits_arrays()
         return split("digits", x, y, seed)
+    if spec == "digits-detect":
+        return digits_detect_dataset(seed)
     path = Path(spec)
     if path.suffix == ".npz":
         if not path.is_file():
@@ -173,7 +226,8 @@ def load_dataset(spec: str, seed: int = SPLIT_SEED) -> Dataset:
         x, y = _load_npz(path)
         return split(str(path), x, y, seed)
     raise BadInputError(
-        f"Unknown data source '{spec}': use 'digits' or a .npz file with arrays 'x' and "
+        f"Unknown data source '{spec}': use 'digits', 'digits-detect' or a .npz file with "
+        "arrays 'x' and "
         "optional 'y'."
     )
 

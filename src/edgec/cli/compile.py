@@ -17,6 +17,29 @@ from edgec.cli import options
 from edgec.cli.common import err, handle_errors, out, print_json, warn
 from edgec.errors import EXIT_GATE_FAILED
 
+detection_options = options.compose(
+    click.option(
+        "--task",
+        type=click.Choice(["auto", "classification", "detection"]),
+        default="auto",
+        show_default=True,
+        help="What the model does; auto: detection when it outputs boxes [1, K, 4] and class "
+        "scores [1, K, C] before NMS, else classification (docs/detection.md).",
+    ),
+    click.option(
+        "--postprocess",
+        metavar="SPEC",
+        help="A detector's NMS and output formats, appended to every stage, e.g. "
+        "'iou=0.45,score=0.25,max=100,boxes=xyxy,scores=auto' (the defaults).",
+    ),
+    click.option(
+        "--anchors",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A detector's anchors, float [K, 4] (cx, cy, w, h) in a .npy file: its boxes are "
+        "SSD offsets to them (docs/detection.md).",
+    ),
+)
+
 
 @click.command("compile")
 @options.model_argument()
@@ -30,6 +53,7 @@ from edgec.errors import EXIT_GATE_FAILED
 @options.data_and_student_options
 @options.graph_options
 @options.cascade_options
+@detection_options
 @options.bundle_output_options
 @options.json_option()
 @handle_errors
@@ -99,6 +123,11 @@ def build_config(model: Path, output: Path | None, flags: dict):
     from edgec.kernels.preprocess import parse_preprocess
 
     preprocess = flags.pop("preprocess")
+    postprocess = flags.pop("postprocess", None)
+    if postprocess is not None:
+        from edgec.compiler.detection.contract import parse_postprocess
+
+        postprocess = parse_postprocess(postprocess)
     return CompileConfig(
         model=model,
         output=output or Path("out") / f"{model.stem}-{Path(flags['target']).stem}",
@@ -109,6 +138,7 @@ def build_config(model: Path, output: Path | None, flags: dict):
             "students": parse_students(flags["students"]),
             "student_files": parse_student_files(flags["student_files"]),
             "preprocess": parse_preprocess(preprocess) if preprocess is not None else None,
+            "postprocess": postprocess,
         },
     )
 

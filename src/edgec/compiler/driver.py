@@ -30,6 +30,7 @@ from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
 from edgec.compiler.batch_dim import batch_stage
 from edgec.compiler.canonicalize import canonicalize
+from edgec.compiler.detection.contract import infer_task
 from edgec.compiler.evaluate import accuracy, agreement, predict
 from edgec.compiler.fp16 import check_fp16_request, decide_fp16, wants_fp16
 from edgec.compiler.int8.precision import (
@@ -424,6 +425,18 @@ def compile_model(
             reporter.note(note)
     else:
         loaded = prepared.loaded
+    if infer_task(loaded.proto, config.task) == "detection":  # its own compile (docs/detection.md)
+        from edgec.compiler.detection.compile import compile_detection
+
+        fields = compile_detection(
+            config, reporter, loaded, target, gateway, backend, versions(), edgec_version()
+        )
+        return CompileResult(**fields)
+    if config.postprocess is not None or config.anchors is not None:
+        raise BadInputError(
+            "--postprocess and --anchors apply to detection models; this model is compiled "
+            "as a classifier (see --task)."
+        )
     frames = plan_for_model(config.preprocess, loaded) if config.preprocess else None
     data = _load_data(config, loaded, frames)
     instrument = None

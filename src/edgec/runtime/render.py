@@ -45,6 +45,9 @@ TEMPLATES = {
     "requirements.txt": "requirements.txt.j2",
     "README.md": "README.md.j2",
 }
+# A detection bundle (docs/detection.md) has its own device runtime and the shared decoding.
+DETECTION_TEMPLATES = {"device.py": "device_detection.py.j2"}
+DETECTION_MODULES = ("detection.py",)
 GATEWAY_TEMPLATES = {
     "gateway.py": "gateway.py.j2",
     "deploy/k8s/gateway.yaml": "k8s_gateway.yaml.j2",
@@ -260,6 +263,7 @@ def runtime_context(manifest: dict) -> dict:
         "triton_types": _TRITON_TYPES,
         "triton_output_dims": [d if d else -1 for d in output.get("shape") or ()],
         "deploy_name": _dns_name(f"edgec-{Path(manifest['source']['path']).stem}"),
+        "detection_thresholds": (policy.get("detection") or {}).get("thresholds") or {},
     }
 
 
@@ -303,8 +307,10 @@ def render_files(manifest: dict) -> dict[str, str]:
     """Every generated file as ``{path under runtime/: text}`` (templates and shared modules)."""
     env = _environment()
     context = runtime_context(manifest)
-    files = {name: env.get_template(t).render(**context) for name, t in TEMPLATES.items()}
-    for module in SHARED_MODULES:
+    detecting = manifest["policy"].get("task") == "detection"
+    templates = {**TEMPLATES, **(DETECTION_TEMPLATES if detecting else {})}
+    files = {name: env.get_template(t).render(**context) for name, t in templates.items()}
+    for module in (*SHARED_MODULES, *(DETECTION_MODULES if detecting else ())):
         files[module] = (resources.files("edgec.runtime") / module).read_text()
     if context["gateway_stages"]:
         for name, template in GATEWAY_TEMPLATES.items():

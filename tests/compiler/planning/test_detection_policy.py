@@ -1,0 +1,95 @@
+"""The detection planner: low/high thresholds per stage, chosen for mAP@0.5 under the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faster_coco_eval", reason="the detection extra (faster-coco-eval)")
+
+from edgec.compiler.planning.detection_policy import NEVER_SURE, plan_detection
+from edgec.compiler.planning.link import LinkModel
+from edgec.runtime.detection import FIELDS, packed_width
+from edgec.targets.base import LatencyStats
+
+TOP = 5
+
+
+def pack(max_score: float, dets: list[tuple]) -> np.ndarray:
+    """One packed row: ``dets`` are (x1, y1, x2, y2, score, class)."""
+    row = np.full(packed_width(TOP), -1.0, np.float32)
+    row[0] = max_score
+    for i, d in enumerate(dets):
+        row[1 + FIELDS * i : 1 + FIELDS * (i + 1)] = d
+    return row
+
+
+def scene(n: int = 120, seed: int = 0):
+    """Half empty frames; the device is sure (0.9) on a third of the others and right, and
+    unsure (0.4) and wrong on the rest; the teacher is always right."""
+    rng = np.random.default_rng(seed)
+    boxes = np.zeros((n, 1, 4), np.float32)
+    classes = np.full((n, 1), -1, np.int64)
+    device, teacher = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            device.append(pack(rng.uniform(0.01, 0.1), []))
+            teacher.append(pack(rng.uniform(0.01, 0.1), []))
+            continue
+        x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
+        boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
+        truth = (x, y, x + 14, y + 16)
+        sure = i % 6 == 1
+        device.append(pack(0.9 if sure else 0.4, [(*truth, 0.9 if sure else 0.4,
+                                                   c if sure else (c + 1) % 3)]))  # fmt: skip
+        teacher.append(pack(0.95, [(*truth, 0.95, c)]))
+    return [np.stack(device), np.stack(teacher)], (boxes, classes)
+
+
+def stats(p50: float) -> LatencyStats:
+    return LatencyStats(p50, p50 * 1.1, p50 * 1.3, p50 * 1.05, "estimated")
+
+
+LINK = LinkModel(rtt_ms=10.0, bandwidth_mbps=50.0)
+
+
+def plan(budget_ms: float | None, rows=None, truth="scene"):
+    made_rows, made_truth = scene()
+    return plan_detection(
+        rows or made_rows, [stats(1.0), stats(2.0)], ["device", "gateway"], ["tiny", "teacher"],
+        LINK, 16_000, budget_ms, 99, made_truth if truth == "scene" else truth, 0.005,
+    )  # fmt: skip
+
+
+def test_empty_and_sure_frames_stay_on_the_device_and_map_matches_the_gateway():
+    """The plan answers the empty frames and the sure ones on the device, hands the unsure ones
+    on, and so keeps the teacher's mAP while sending two frames in six."""
+    chosen = plan(50.0)
+    low, high = chosen.low[0], chosen.high[0]
+    assert 0.1 <= low <= 0.4 and 0.4 <= high < 0.9
+    policy = chosen.to_json()
+    assert policy["expected_accuracy"] == pytest.approx(1.0)
+    assert policy["offload_rate"] == pytest.approx(2 / 6, abs=0.02)
+    assert chosen.empty_on_device == 1.0
+    assert policy["detection"]["answered"]["tiny"]["empty"] == pytest.approx(0.5, abs=0.01)
+    base = policy["detection"]["baselines"]
+    assert base["gateway-only"]["map50"] == pytest.approx(1.0)
+    assert base["device-only"]["map50"] < 0.5
+    assert policy["thresholds"] == {"tiny": pytest.approx(high)}
+    assert policy["feasible"] and policy["task"] == "detection"
+
+
+def test_a_budget_the_gateway_cannot_meet_keeps_every_frame_on_the_device():
+    """With 5 ms, a round trip (10 ms) never fits: nothing is sent."""
+    chosen = plan(5.0).to_json()
+    assert chosen["offload_rate"] == 0.0
+    assert chosen["feasible"]
+
+
+def test_without_boxes_the_teacher_is_the_reference():
+    """No ground truth: mAP is agreement with the last stage's detections."""
+    chosen = plan(50.0, truth=None).to_json()
+    assert chosen["accuracy_basis"] == "map50-agreement-with-teacher"
+    assert chosen["detection"]["baselines"]["gateway-only"]["map50"] == pytest.approx(1.0)
+    assert chosen["expected_accuracy"] == pytest.approx(1.0)
+    assert NEVER_SURE > 1

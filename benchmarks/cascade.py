@@ -66,7 +66,7 @@ ARMS = ("cascade", "device only", "gateway only")
 
 def _test_helpers():
     """The tests' RTT-injecting proxy and loopback helpers (``tests/runtime``)."""
-    sys.path.insert(0, str(HERE.parent / "tests" / "runtime_stubs"))
+    sys.path.insert(0, str(HERE.parent / "tests" / "runtime"))
     import delay_proxy
     import runtime_helpers
 

@@ -48,28 +48,17 @@ ARMS = ("cascade", "device only", "gateway only")
 
 
 def _test_helpers():
-    """The tests' RTT-injecting proxy and loopback helpers."""
-    for folder in ("runtime_stubs", "runtime"):
-        path = HERE.parent / "tests" / folder
-        if (path / "delay_proxy.py").is_file():
-            sys.path.insert(0, str(path))
-            break
+    """The tests' RTT-injecting proxy and loopback helpers (``tests/runtime``)."""
+    sys.path.insert(0, str(HERE.parent / "tests" / "runtime"))
     import delay_proxy
     import runtime_helpers
 
     return delay_proxy, runtime_helpers
 
 
-def _unshadow_tvm() -> None:
-    """Drop this folder from ``sys.path``: its ``tvm.py`` (the TVM benchmark) would shadow the
-    ``tvm`` package when the compile asks whether TVM can build for the gateway's target."""
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-
-
 def build_bundle(work: Path, args) -> tuple[Path, dict, float]:
     """Compile the example detector into a cascade for the loopback target."""
     _, helpers = _test_helpers()
-    _unshadow_tvm()
     started = time.perf_counter()
     result = compile_model(
         CompileConfig(

@@ -44,7 +44,7 @@ import onnx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent / "tests" / "runtime_stubs"))
+sys.path.insert(0, str(HERE.parent / "tests" / "runtime"))
 from delay_proxy import DelayProxy  # noqa: E402
 from models import bottleneck_model  # noqa: E402
 from results_md import write_section  # noqa: E402

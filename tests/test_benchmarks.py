@@ -20,7 +20,7 @@ from models import tiny_conv_model
 import edgec
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# Loaded from its file: putting benchmarks/ on sys.path would let benchmarks/tvm.py shadow TVM.
+# Loaded from its file, so that benchmarks/ never goes on the tests' sys.path.
 _spec = importlib.util.spec_from_file_location("bench_models", BENCHMARKS / "bench_models.py")
 bench_models = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_models)
@@ -97,7 +97,7 @@ def test_the_recorded_command_writes_the_folder_as_DIR(tmp_path, argv):
     "script, args",
     [
         ("int8.py", ["--models", "resnet18", "efficientnet_b0"]),
-        ("tvm.py", ["--part", "speed"]),
+        ("tvm_vs_ort.py", ["--part", "speed"]),
         ("passes.py", ["--models", "resnet18", "mobilenet_v2"]),
         ("fp16.py", ["--models", "resnet18", "efficientnet_b0"]),
         ("litert.py", ["--models", "resnet18", "mobilenet_v2"]),
@@ -121,7 +121,7 @@ def test_each_script_skips_absent_models_in_one_line_and_records_nothing(
 
 
 @pytest.mark.parametrize(
-    "script", ["int8.py", "partition.py", "tvm.py", "passes.py", "fp16.py", "litert.py"]
+    "script", ["int8.py", "partition.py", "tvm_vs_ort.py", "passes.py", "fp16.py", "litert.py"]
 )
 def test_each_script_documents_models_dir(script):
     """``--help`` lists the option, and the docstring (the help's source) names it too."""

@@ -127,7 +127,7 @@ def test_light_model_matches_onnxruntime(name, tmp_path):
 
     Compared before the final Softmax (random-weight probabilities agree whatever the logits
     do). The unit tests cover squeezenet (among the cheapest to build untuned);
-    benchmarks/tvm.py checks every light model the same way.
+    benchmarks/tvm_vs_ort.py checks every light model the same way.
     """
     from models import randomized_light_model
     from tvm_models import without_final_softmax

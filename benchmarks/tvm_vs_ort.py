@@ -24,7 +24,7 @@ The machine is shared: the load average before and after each part is recorded.
 
 Usage::
 
-    python benchmarks/tvm.py [--part speed|light|all] [--models-dir DIR] [--budgets 16 96]
+    python benchmarks/tvm_vs_ort.py [--part speed|light|all] [--models-dir DIR] [--budgets 16 96]
         [--rounds 3] [--seconds 2] [--models resnet18 mobilenet_v2] [--no-write]
 
 Writes its sections of ``benchmarks/RESULTS.md`` (``<!-- tvm:begin -->`` … ``<!-- tvm:end -->``
@@ -181,7 +181,7 @@ def _header(title: str, command: str, started: float, load: tuple[str, str]) -> 
     import importlib.metadata as md
 
     return [
-        f"## {title} (`benchmarks/tvm.py`)",
+        f"## {title} (`benchmarks/tvm_vs_ort.py`)",
         "",
         f"- date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores (shared with other engineers' work), Python "

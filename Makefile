@@ -16,9 +16,10 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[train]'
 	touch $@
 
-# The tests need the dev, train (torch 2.13.0 CPU build) and tvm (Apache TVM 0.27) extras.
+# The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27) and serve
+# (Ray Serve 2.60) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train,tvm]'
+	$(PIP) -e '.[dev,train,tvm,serve]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

@@ -126,6 +126,41 @@ def _describe(item: dict) -> str:
     "client is cut off after it (default: the bundle's, 10 s).",
 )
 @options.public_key_option(_VERIFY_KEY_HELP)
+@click.option(
+    "--engine",
+    type=click.Choice(["builtin", "ray"]),
+    default="builtin",
+    show_default=True,
+    help="Gateway engine: the bundle's own server, or its Ray Serve application (needs "
+    "edgec[serve]; docs/gateway.md).",
+)
+@click.option(
+    "--replicas",
+    default="1",
+    show_default=True,
+    help="--engine ray: stages replicas, a number or auto (Ray Serve's autoscaling on queue "
+    "depth).",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="--engine ray: the Ray cluster to deploy on (ray start's address, or "
+    "ray://HOST:10001); default: a local instance started for the gateway.",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Most waiting requests a gateway stage runs together (1: no batching).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Longest a request waits for its batch to fill (with --max-batch).",
+)
 @handle_errors
 def serve(
     bundle: Path,
@@ -136,6 +171,11 @@ def serve(
     workers: int | None,
     request_timeout_s: float | None,
     key: Path | None,
+    engine: str,
+    replicas: str,
+    address: str | None,
+    max_batch: int,
+    batch_wait_ms: float,
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
 
@@ -146,18 +186,38 @@ def serve(
     Examples:
       edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
       edgec serve zoo --tier registry --port 8090
+      edgec serve out/rpi4 --engine ray --replicas auto --max-batch 8 --batch-wait-ms 5
     """
     if tier == "registry":
         from edgec.bundle.registry import serve_registry
         from edgec.errors import BadInputError
 
-        if queue_size is not None or workers is not None or key is not None:
+        if queue_size is not None or workers is not None or key is not None or engine != "builtin":
             raise BadInputError(
-                "--queue-size, --workers and --key apply to --tier gateway only; leave them out "
-                "for the registry."
+                "--queue-size, --workers, --key and --engine apply to --tier gateway only; leave "
+                "them out for the registry."
             )
         serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
         return
+    if engine == "ray":
+        _serve_ray(
+            bundle,
+            host,
+            port,
+            queue_size,
+            workers,
+            request_timeout_s,
+            key,
+            replicas,
+            address,
+            max_batch,
+            batch_wait_ms,
+        )
+        return
+    if replicas != "1" or address is not None:
+        from edgec.errors import BadInputError
+
+        raise BadInputError("--replicas and --address apply to --engine ray only; add it.")
     from edgec.bundle.launch import serve_bundle
 
     serve_bundle(
@@ -169,6 +229,42 @@ def serve(
         key,
         announce=lambda line: click.echo(line),
         request_timeout_s=request_timeout_s,
+    )
+
+
+def _serve_ray(
+    bundle,
+    host,
+    port,
+    queue_size,
+    workers,
+    request_timeout_s,
+    key,
+    replicas,
+    address,
+    max_batch,
+    batch_wait_ms,
+) -> None:
+    """``serve --engine ray``: the bundle's Ray Serve application (edgec.bundle.serve_ray)."""
+    from edgec.bundle.serve_ray import parse_replicas, serve_bundle_ray
+    from edgec.errors import BadInputError
+
+    if workers is not None or request_timeout_s is not None:
+        raise BadInputError(
+            "--workers and --request-timeout-s apply to --engine builtin; with --engine ray "
+            "use --replicas (Ray Serve's proxy has its own timeouts)."
+        )
+    serve_bundle_ray(
+        bundle,
+        host,
+        port,
+        parse_replicas(replicas),
+        address,
+        max_batch,
+        batch_wait_ms,
+        queue_size,
+        key,
+        announce=lambda line: click.echo(line),
     )
 
 

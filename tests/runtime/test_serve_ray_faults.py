@@ -267,7 +267,7 @@ def _under_load(bundle: Path, url: str, fault) -> tuple[list, object]:
 
 def _assert_nothing_lost(answers: list, report) -> None:
     assert answers and all(a.prediction >= 0 for a in answers), {a.route for a in answers}
-    assert any(a.route == "offloaded" for a in answers)  # the device did use the gateway
+    assert any(a.bytes_sent > 0 for a in answers)  # the device did use the gateway
     assert report.sent > 0
     assert report.lost == 0, report.lost_reasons
     assert report.answered == report.sent

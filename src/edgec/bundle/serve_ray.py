@@ -162,7 +162,12 @@ def serve_bundle_ray(
     port = _free_port(host) if port == 0 else port
     if _port_taken(host, port):
         raise BadInputError(f"Cannot listen on {host}:{port}: the port is taken.")
-    args: dict = {"replicas": replicas, "max_batch": max_batch, "batch_wait_ms": batch_wait_ms}
+    args: dict = {
+        "replicas": replicas,
+        "max_batch": max_batch,
+        "batch_wait_ms": batch_wait_ms,
+        "proxy": f"{host}:{port}",
+    }
     if queue_size is not None:
         args["queue_size"] = queue_size
     if public_key is not None:

@@ -177,7 +177,8 @@ def serve(
     max_batch: int,
     batch_wait_ms: float,
 ) -> None:
-    """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
+    """Serve BUNDLE's gateway stages with its generated gateway server, or with --engine ray
+    its Ray Serve application (until SIGTERM).
 
     With --tier registry, BUNDLE is a zoo (`edgec compile --target a,b,c`) and devices fetch
     the bundle that fits them from it.

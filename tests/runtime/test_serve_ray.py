@@ -75,6 +75,72 @@ def test_the_ray_application_imports_nothing_from_edgec_and_the_rayservice_names
     assert application["route_prefix"] == "/"
 
 
+BATCH_SCRIPT = """
+import sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import numpy as np
+from runtime import loaders
+from runtime.deploy import serve_app
+
+
+class Counting:
+    def __init__(self, path):
+        self.stage = loaders.OnnxRuntimeStage(Path(path), {})
+        self.session = self.stage.session
+        self.calls = []
+
+    def run(self, x):
+        self.calls.append(len(x))
+        return self.stage.run(x)
+
+
+dynamic, fixed = Counting(sys.argv[1]), Counting(sys.argv[2])
+assert serve_app._batchable(dynamic.stage) and not serve_app._batchable(fixed.stage)
+stages = object.__new__(serve_app.Stages.func_or_class)
+stages.measure = "max-prob"
+rng = np.random.default_rng(0)
+batch = [(rng.random((1, 3, 16, 16), dtype=np.float32), None) for _ in range(5)]
+answers = {}
+for runner in (dynamic, fixed):
+    stages.runtime = SimpleNamespace(runners=[runner])
+    stages.batchable = [serve_app._batchable(runner)]
+    answers[runner is dynamic] = stages._cascade(batch)
+assert dynamic.calls == [5] and fixed.calls == [1] * 5, (dynamic.calls, fixed.calls)
+for together, alone in zip(answers[True], answers[False], strict=True):
+    assert together["error"] is alone["error"] is None
+    assert together["stage"] == alone["stage"] == "teacher"
+    np.testing.assert_allclose(together["probs"], alone["probs"], rtol=1e-5, atol=1e-7)
+late = stages._cascade([(batch[0][0], time.time() - 1.0), (batch[1][0], None)])
+assert late[0] == {"error": "deadline"} and late[1]["error"] is None, late
+print("ok")
+"""
+
+
+def test_a_batch_runs_at_once_on_a_dynamic_batch_stage_and_one_by_one_on_a_batch_1_stage(
+    tmp_path,
+):
+    """The stages replica's cascade over a batch: one call for a model with a dynamic batch
+    dim, one call per input for a batch-1 model, the same answers either way; an input whose
+    deadline has passed is not run."""
+    pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
+    import onnx
+    from models import tiny_conv_model
+
+    render.render_runtime(tmp_path, json.loads((GOLDEN / "cascade_manifest.json").read_text()))
+    onnx.save(tiny_conv_model(dynamic=True, dynamic_height=False), tmp_path / "dynamic.onnx")
+    onnx.save(tiny_conv_model(), tmp_path / "fixed.onnx")
+    result = subprocess.run(
+        [sys.executable, "-c", BATCH_SCRIPT, "dynamic.onnx", "fixed.onnx"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"
+
+
 def test_engine_ray_without_ray_is_one_sentence_and_exit_2(cascade_bundle):
     """Without Ray Serve installed, --engine ray says so in one sentence and exits 2."""
     code = (

@@ -166,10 +166,14 @@ def test_engine_ray_without_ray_is_one_sentence_and_exit_2(cascade_bundle):
         (("--replicas", "2"), "apply to --engine ray only"),
         (("--address", "127.0.0.1:6379"), "apply to --engine ray only"),
         (("--engine", "ray", "--workers", "2"), "--workers and --request-timeout-s apply"),
+        (("--engine", "ray", "--address", "127.0.0.1:1"), "Cannot reach the Ray cluster"),
+        (("--engine", "ray", "--address", "nonsense"), "is not HOST:PORT"),
     ],
 )
 def test_bad_engine_options_are_one_sentence_and_exit_2(cascade_bundle, args, fragment):
-    """Options of one engine given to the other, or a bad replica count: exit 2, one line."""
+    """Options of one engine given to the other, a bad replica count, a cluster address
+    that is malformed or where nothing listens (Ray alone would retry for minutes): exit 2,
+    one line."""
     result = subprocess.run(
         [sys.executable, "-m", "edgec", "serve", str(cascade_bundle), "--port", "0", *args],
         capture_output=True,

@@ -39,6 +39,7 @@ PACKAGE = RUNTIME_DIR
 # requests and answers.
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 DELETE_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
 
 
 def parse_replicas(text: str) -> int | str:
@@ -99,6 +100,28 @@ def _import_app(root: Path, verified: dict | None) -> ModuleType:
         return importlib.import_module(f"{PACKAGE}.{APP_MODULE}")
     finally:
         sys.dont_write_bytecode = writes_bytecode
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a cluster address nothing listens on (Ray would retry for minutes).
+
+    Raises:
+        BadInputError: Not ``[ray://]HOST:PORT``, or no connection within CONNECT_TIMEOUT_S.
+    """
+    if address == "auto":  # Ray finds the cluster started on this machine itself
+        return
+    host, _, port_text = address.removeprefix("ray://").rpartition(":")
+    if not host or not port_text.isdigit():
+        raise BadInputError(
+            f"--address {address!r} is not HOST:PORT (ray start's address) or ray://HOST:PORT."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port_text)), CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise BadInputError(
+            f"Cannot reach the Ray cluster at {address}: {err.strerror or err}; start it "
+            "(ray start --head) or check the address."
+        ) from None
 
 
 def _free_port(host: str) -> int:
@@ -179,6 +202,8 @@ def serve_bundle_ray(
         raise BadInputError(f"{str(err)[:1].upper()}{str(err)[1:]}.") from None
     runtime_env = {"working_dir": str(root), "env_vars": {"PYTHONDONTWRITEBYTECODE": "1"}}
     local = address is None
+    if not local:
+        _check_reachable(address)
     try:
         ray.init(
             address="local" if local else address,
@@ -194,6 +219,9 @@ def serve_bundle_ray(
     stop = threading.Event()
     try:
         serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+        if _proxy_address(host, port) != (host, port):
+            host, port = _proxy_address(host, port)
+            app = app_module.build({**args, "proxy": f"{host}:{port}"})
         try:
             serve.run(app, name=APP_NAME, route_prefix="/")
         except RuntimeError as err:
@@ -219,6 +247,18 @@ def serve_bundle_ray(
 def _delete(serve) -> None:
     with contextlib.suppress(Exception):
         serve.delete(APP_NAME)
+
+
+def _proxy_address(host: str, port: int) -> tuple[str, int]:
+    """Where the proxy listens: Serve already running on a cluster keeps its own HTTP options
+    (Ray says so in a warning), so ask its controller (Serve's client, pinned version)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        options = _get_global_client().http_config
+        return str(options.host), int(options.port)
+    except Exception:  # an older or newer Serve without it: what was asked for
+        return host, port
 
 
 def _on_signals(stop: threading.Event) -> None:

@@ -283,3 +283,23 @@ def _get_text(port: int, path: str) -> str:
         return response.read().decode()
     finally:
         connection.close()
+
+
+@pytest.mark.slow
+def test_ray_engine_refuses_the_excess_with_429_and_loses_nothing(bottleneck_bundle, tmp_path):
+    """Past capacity (one replica, a queue of 2, a stage of ~15-30 ms, 120 frames/s), the Ray
+    engine answers the excess 429 as the builtin gateway does: every request gets an answer."""
+    pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
+    bundle = bottleneck_bundle.bundle
+    gateway = GatewayProcess(
+        bundle, tmp_path / "ray.log", "--engine", "ray", "--replicas", "1", "--queue-size", "2"
+    )
+    try:
+        workload = prepare_workload(bundle, deadline_ms=3000.0, frames=8)
+        report = run_load(gateway.url, workload, devices=8, rate=120.0, seconds=2.0)
+        assert report.lost == 0, report.lost_reasons
+        assert report.answered == report.sent
+        assert report.codes.get("429", 0) > 0 and report.codes.get("200", 0) > 0, report.codes
+        assert set(report.codes) <= {"200", "429", "504"}, report.codes
+    finally:
+        stop(gateway)

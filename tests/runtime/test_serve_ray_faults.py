@@ -119,6 +119,9 @@ class RayNode:
             env={
                 **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
                 "RAY_AUTH_MODE": "disabled",
+                # Queue depths reach Serve's autoscaler each second, not every 10 s.
+                "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+                "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
             },
             start_new_session=True,  # signals meant for pytest do not reach it
         )
@@ -311,3 +314,36 @@ def test_a_worker_node_stopped_mid_load_loses_no_frame_and_the_gateway_recovers(
     _assert_nothing_lost(answers, report)
     assert _answers_again(ray_gateway.port, prepare_workload(cascade_bundle, frames=1).payloads[0])
     assert ray_gateway.process.poll() is None
+
+
+def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path):
+    """--replicas auto starts one stages replica and adds one (up to the cluster's two CPUs)
+    when requests queue up (a ~15-30 ms stage at 60 frames/s), losing no request meanwhile."""
+    address = cluster[0]
+    bundle = bottleneck_bundle.bundle
+    gateway = GatewayProcess(
+        bundle, tmp_path / "auto.log", "--engine", "ray", "--address", address, "--replicas", "auto"
+    )
+    try:
+        assert len(json.loads(_script(LIST_REPLICAS, address))) == 1
+        workload = prepare_workload(bundle, deadline_ms=3000.0, frames=8)
+        reports: list = []
+        loader = threading.Thread(
+            target=lambda: reports.append(
+                run_load(gateway.url, workload, devices=4, rate=60.0, seconds=LOAD_S * 3)
+            )
+        )
+        loader.start()
+        counts = []
+        deadline = time.monotonic() + LOAD_S * 3
+        while time.monotonic() < deadline and max(counts, default=0) < 2:
+            counts.append(len(json.loads(_script(LIST_REPLICAS, address))))
+            time.sleep(1.0)
+        loader.join(LOAD_S * 3 + 30)
+        assert max(counts) == 2, counts
+        assert reports and reports[0].lost == 0, reports
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            gateway.process.terminate()
+            gateway.process.wait(60)
+        gateway.close()

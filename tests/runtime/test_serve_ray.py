@@ -141,6 +141,48 @@ def test_a_batch_runs_at_once_on_a_dynamic_batch_stage_and_one_by_one_on_a_batch
     assert result.stdout.strip() == "ok"
 
 
+HEALTH_SCRIPT = """
+import asyncio, json
+from runtime.deploy import serve_app
+
+serve_app.HEALTH_TIMEOUT_S = 0.5
+
+
+class Silent:  # a stages deployment whose replicas never answer
+    class status:
+        @staticmethod
+        def remote():
+            return asyncio.get_running_loop().create_future()
+
+
+async def main():
+    gateway = serve_app.Gateway.func_or_class(Silent(), 2.0, "127.0.0.1:1")
+    response = await gateway._health()
+    print(response.status_code, response.headers["retry-after"], json.loads(response.body))
+
+
+asyncio.run(main())
+"""
+
+
+def test_healthz_is_503_when_no_stages_replica_answers(tmp_path):
+    """The Ray ingress's /healthz waits a bounded time for a stages replica, then says 503
+    (with Retry-After) instead of hanging."""
+    pytest.importorskip("ray.serve", reason="the serve extra (Ray Serve) is not installed")
+    manifest = (GOLDEN / "cascade_manifest.json").read_text()
+    render.render_runtime(tmp_path, json.loads(manifest))
+    (tmp_path / "manifest.json").write_text(manifest)
+    result = subprocess.run(
+        [sys.executable, "-c", HEALTH_SCRIPT],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "503 1 {'error': 'no stages replica answers'}"
+
+
 def test_engine_ray_without_ray_is_one_sentence_and_exit_2(cascade_bundle):
     """Without Ray Serve installed, --engine ray says so in one sentence and exits 2."""
     code = (

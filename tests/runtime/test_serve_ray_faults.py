@@ -318,7 +318,7 @@ def test_a_worker_node_stopped_mid_load_loses_no_frame_and_the_gateway_recovers(
 
 def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path):
     """--replicas auto starts one stages replica and adds one (up to the cluster's two CPUs)
-    when requests queue up (a ~15-30 ms stage at 60 frames/s), losing no request meanwhile."""
+    when requests queue up (a ~15-30 ms stage at 40 frames/s), losing no request meanwhile."""
     address = cluster[0]
     bundle = bottleneck_bundle.bundle
     gateway = GatewayProcess(
@@ -330,7 +330,11 @@ def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path)
         reports: list = []
         loader = threading.Thread(
             target=lambda: reports.append(
-                run_load(gateway.url, workload, devices=4, rate=60.0, seconds=LOAD_S * 3)
+                # A generous grace: on a saturated machine Ray's proxy alone can hold an
+                # answer (a 504 included) for seconds; late is not lost.
+                run_load(
+                    gateway.url, workload, devices=4, rate=40.0, seconds=LOAD_S * 3, grace_ms=5000
+                )
             )
         )
         loader.start()
@@ -339,9 +343,9 @@ def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path)
         while time.monotonic() < deadline and max(counts, default=0) < 2:
             counts.append(len(json.loads(_script(LIST_REPLICAS, address))))
             time.sleep(1.0)
-        loader.join(LOAD_S * 3 + 30)
+        loader.join(LOAD_S * 3 + 40)
         assert max(counts) == 2, counts
-        assert reports and reports[0].lost == 0, reports
+        assert reports and reports[0].lost == 0, reports[0].lost_reasons
     finally:
         with contextlib.suppress(subprocess.TimeoutExpired):
             gateway.process.terminate()

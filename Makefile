@@ -18,9 +18,10 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	touch $@
 
 # The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27), litert
-# (ai-edge-litert 2.3.0), trace (OpenTelemetry) and detection (faster-coco-eval) extras.
+# (ai-edge-litert 2.3.0), trace (OpenTelemetry), detection (faster-coco-eval) and serve
+# (Ray Serve 2.60) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train,tvm,litert,trace,detection]'
+	$(PIP) -e '.[dev,train,tvm,litert,trace,detection,serve]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

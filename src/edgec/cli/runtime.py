@@ -178,6 +178,27 @@ def _describe(item: dict) -> str:
     "edgec[trace].",
 )
 @options.public_key_option(_VERIFY_KEY_HELP)
+@click.option(
+    "--engine",
+    type=click.Choice(["builtin", "ray"]),
+    default="builtin",
+    show_default=True,
+    help="Gateway engine: the bundle's own server, or its Ray Serve application (needs "
+    "edgec[serve]; docs/gateway.md).",
+)
+@click.option(
+    "--replicas",
+    default="1",
+    show_default=True,
+    help="--engine ray: stages replicas, a number or auto (Ray Serve's autoscaling on queue "
+    "depth).",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="--engine ray: the Ray cluster to deploy on (ray start's address, or "
+    "ray://HOST:10001); default: a local instance started for the gateway.",
+)
 @handle_errors
 def serve(
     bundle: Path,
@@ -191,8 +212,12 @@ def serve(
     batch_wait_ms: float | None,
     trace: str,
     key: Path | None,
+    engine: str,
+    replicas: str,
+    address: str | None,
 ) -> None:
-    """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
+    """Serve BUNDLE's gateway stages with its generated gateway server, or with --engine ray
+    its Ray Serve application (until SIGTERM).
 
     With --tier registry, BUNDLE is a zoo (`edgec compile --target a,b,c`) and devices fetch
     the bundle that fits them from it.
@@ -201,19 +226,49 @@ def serve(
     Examples:
       edgec serve out/rpi4 --tier gateway --host 0.0.0.0 --port 8080
       edgec serve zoo --tier registry --port 8090
+      edgec serve out/rpi4 --engine ray --replicas auto --max-batch 8 --batch-wait-ms 5
     """
     if tier == "registry":
         from edgec.bundle.registry import serve_registry
         from edgec.errors import BadInputError
 
         gateway_only = (queue_size, workers, key, max_batch, batch_wait_ms)
-        if any(value is not None for value in gateway_only) or trace != "off":
+        if (
+            any(value is not None for value in gateway_only)
+            or trace != "off"
+            or engine != "builtin"
+        ):
             raise BadInputError(
-                "--queue-size, --workers, --max-batch, --batch-wait-ms, --trace and --key apply "
-                "to --tier gateway only; leave them out for the registry."
+                "--queue-size, --workers, --max-batch, --batch-wait-ms, --trace, --key and "
+                "--engine apply to --tier gateway only; leave them out for the registry."
             )
         serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
         return
+    if engine == "ray":
+        if trace != "off":
+            from edgec.errors import BadInputError
+
+            raise BadInputError(
+                "--trace applies to --engine builtin; the Ray Serve application has no tracing yet."
+            )
+        _serve_ray(
+            bundle,
+            host,
+            port,
+            queue_size,
+            workers,
+            request_timeout_s,
+            key,
+            replicas,
+            address,
+            max_batch,
+            batch_wait_ms,
+        )
+        return
+    if replicas != "1" or address is not None:
+        from edgec.errors import BadInputError
+
+        raise BadInputError("--replicas and --address apply to --engine ray only; add it.")
     from edgec.bundle.launch import serve_bundle
 
     serve_bundle(
@@ -228,6 +283,42 @@ def serve(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         trace=trace,
+    )
+
+
+def _serve_ray(
+    bundle,
+    host,
+    port,
+    queue_size,
+    workers,
+    request_timeout_s,
+    key,
+    replicas,
+    address,
+    max_batch,
+    batch_wait_ms,
+) -> None:
+    """``serve --engine ray``: the bundle's Ray Serve application (edgec.bundle.serve_ray)."""
+    from edgec.bundle.serve_ray import parse_replicas, serve_bundle_ray
+    from edgec.errors import BadInputError
+
+    if workers is not None or request_timeout_s is not None:
+        raise BadInputError(
+            "--workers and --request-timeout-s apply to --engine builtin; with --engine ray "
+            "use --replicas (Ray Serve's proxy has its own timeouts)."
+        )
+    serve_bundle_ray(
+        bundle,
+        host,
+        port,
+        parse_replicas(replicas),
+        address,
+        max_batch,
+        batch_wait_ms,
+        queue_size,
+        key,
+        announce=lambda line: click.echo(line),
     )
 
 

@@ -52,6 +52,8 @@ GATEWAY_TEMPLATES = {
     "gateway.py": "gateway.py.j2",
     "deploy/k8s/gateway.yaml": "k8s_gateway.yaml.j2",
     "deploy/Dockerfile": "Dockerfile.j2",
+    "deploy/serve_app.py": "serve_app.py.j2",
+    "deploy/rayservice.yaml": "rayservice.yaml.j2",
 }
 GATEWAY_DEFAULTS = {
     "port": 8080,

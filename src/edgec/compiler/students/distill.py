@@ -18,12 +18,20 @@ that are left (on a 32x32 digits teacher pruned to 10% of its MACs, 11 of 51 cha
 dead), and fine-tuning without normalisation crawls (33% vs 84% validation accuracy after 15
 epochs in ``benchmarks/distill.py``'s setting).
 
-The optimiser is Adam with a cosine schedule over mini-batches. A holdout carved from the
-*training* part (:data:`HOLDOUT_SHARE`, deterministic) drives early stopping — the validation
-part stays unseen, so the accuracy the bundle reports is honest. The holdout metric is
-accuracy with labels, else agreement with the teacher; the best epoch's weights are kept.
+Function matching (Beyer et al., 2022): every batch becomes fresh views
+(:mod:`~edgec.compiler.students.augment`) and, when the teacher is given as a function
+(:class:`~edgec.compiler.students.teacher_cache.TeacherCache`), the loss compares the student
+with the teacher *on those views*; labels, where the student has them, are blended like the
+views (mixup). Unlabelled inputs join the pool for the distillation term only.
+
+The optimiser is Adam with a cosine schedule over the maximum number of mini-batches. Early
+stopping judges a :class:`Holdout`: ``edgec compile`` passes the validation split with the
+teacher's logits, so the score is agreement with the teacher and no label chooses the epoch
+(the labels judge accuracy afterwards); without one, :data:`HOLDOUT_SHARE` of the training
+part is carved out (accuracy with labels, else agreement). The best epoch's weights are kept.
 With a fixed seed the student is the same bit for bit: :func:`deterministic` fixes the seed,
-the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards.
+the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards, and
+the views come from their own seeded stream.
 """
 
 from __future__ import annotations

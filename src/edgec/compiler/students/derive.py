@@ -70,10 +70,13 @@ class StudentsResult:
     Attributes:
         students: The students that were derived.
         record: What was asked, the ladder, the settings, and why anything was skipped.
+        training_seconds: Each derived student's training wall time (printed, and kept out of
+            the manifest so that bundles stay reproducible).
     """
 
     students: tuple[Student, ...] = ()
     record: dict = field(default_factory=dict)
+    training_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def derive_students(
@@ -208,7 +211,7 @@ def _derive(
     input_shape = tuple(d.dim_value for d in graph_input.type.tensor_type.shape.dim)
     example = torch.zeros(input_shape)
     teacher_macs = total_macs(teacher)
-    students = []
+    students, seconds = [], {}
     for rung in ladder.rungs:
         with deterministic(config.seed, settings.threads):
             student = _derive_one(
@@ -219,13 +222,14 @@ def _derive(
             record["failed"].append({"name": rung.name, "reason": student})
             reporter.note(f"student '{rung.name}' skipped: {student}")
         else:
-            students.append(student)
+            students.append(student[0])
+            seconds[rung.name] = student[1]
     record["teacher_views"] = cache.stats()
-    return StudentsResult(tuple(students), record)
+    return StudentsResult(tuple(students), record, seconds)
 
 
 def _derive_one(rung, module, example, data, sources, settings, teacher, teacher_macs, reporter):
-    """One student, or the reason it could not be made.
+    """One student and its training time in seconds, or the reason it could not be made.
 
     ``sources`` is the teacher cache, the validation holdout and the unlabeled inputs.
     """
@@ -279,7 +283,7 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
         },
         "distillation": {**report.to_json(), "export_error": float(f"{error:.3g}")},
     }
-    return Student(rung.name, model, details)
+    return Student(rung.name, model, details), report.seconds
 
 
 def teacher_logits(teacher: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

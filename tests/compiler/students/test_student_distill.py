@@ -205,4 +205,19 @@ def test_unlabelled_inputs_join_the_distillation_term(digits_teacher, digits_wit
     with pytest.raises(ValueError, match="need a teacher"):
         train_student(_small_student(), data.x_train, None, data.y_train, unlabeled=extra)
     with pytest.raises(ValueError, match="function matching needs the teacher itself"):
+        train_student(
+            _small_student(), data.x_train, train_logits, None, settings, None, None, extra
+        )
+
+
+def test_fixed_teacher_logits_train_on_the_inputs_themselves(digits_with_teacher_logits):
+    """Logits computed once on the inputs say nothing about other views: under augment=auto
+    the student sees the inputs as they are; asking for image views with them is an error."""
+    data, train_logits, _ = digits_with_teacher_logits
+    report = train_student(
+        _small_student(), data.x_train, train_logits, None, DistillSettings(epochs=1)
+    )
+    assert report.loss == "kd" and report.epochs_run == 1
+    with pytest.raises(ValueError, match="function matching needs the teacher itself"):
+        settings = DistillSettings(epochs=1, augment="image")
         train_student(_small_student(), data.x_train, train_logits, None, settings)

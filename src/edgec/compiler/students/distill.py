@@ -276,8 +276,9 @@ def train_student(
         student: The model to train (a pruned teacher, or a fresh network).
         x: Training inputs (float32, batch first).
         teacher: The teacher: a function from inputs to its logits (function matching: it is
-            asked for its logits on every view), or its logits on ``x`` (then the views must be
-            the inputs themselves: ``settings.augment == "none"``); ``None``: labels only.
+            asked for its logits on every view), or its logits on ``x`` (then the student
+            sees the inputs themselves: ``augment`` ``auto`` means ``none``); ``None``: labels
+            only.
         labels: Integer labels for ``x`` (``None``: distillation alone).
         settings: Training settings.
         progress: Called after every epoch.
@@ -292,8 +293,11 @@ def train_student(
     settings = settings or DistillSettings()
     if teacher is None and labels is None:
         raise ValueError("train_student needs teacher logits, labels or both")
-    policy = policy_for(tuple(x.shape[1:]), settings.augment)
     fixed = isinstance(teacher, np.ndarray)
+    # Fixed logits are the teacher's answers on the inputs themselves: under ``auto`` the
+    # student sees those inputs (a view the teacher did not answer would be inconsistent).
+    augment = "none" if fixed and settings.augment == "auto" else settings.augment
+    policy = policy_for(tuple(x.shape[1:]), augment)
     if fixed and (policy.kind != "none" or unlabeled is not None):
         raise ValueError(
             "function matching needs the teacher itself (a function of the inputs), not its "

@@ -265,9 +265,8 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
             else "."
         ),
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
-        f"labels as before ({args.teacher_epochs} epochs, no augmentation), so it is the same "
-        "teacher as in "
-        "earlier runs.",
+        f"labels with the recipe of earlier runs ({args.teacher_epochs} epochs, no "
+        "augmentation).",
         f"- Students (every arm alike): function matching — each batch becomes fresh views "
         f"(`augment={args.augment}`: random affine crop ±12.5% shift, ±15% zoom, ±15° "
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
@@ -295,13 +294,18 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         cells = [_pct([r[ratio][arm] for r in rows]) for arm in arms]
         recovered = [_recovered_cell(rows, ratio, a) for a in arms if a != "scratch"]
         lines.append(f"| {ratio:g} ({achieved:.3f}) | " + " | ".join(cells + recovered) + " |")
-    lines += ["", "Distance to the teacher (points, mean over seeds): " + "; ".join(
-        f"{ratio:g}: " + ", ".join(
+    distances = "; ".join(
+        f"{ratio:g}: "
+        + ", ".join(
             f"{arm} {100 * statistics.fmean(r['teacher'] - r[ratio][arm] for r in rows):+.2f}"
             for arm in arms
         )
         for ratio in args.ratios
-    ) + "."]  # fmt: skip
+    )
+    lines += [
+        "",
+        f"Teacher minus student (points, mean over seeds; negative: above it): {distances}.",
+    ]
     per_arm = {
         arm: (
             statistics.median(r[ratio][f"{arm}_s"] for r in rows for ratio in args.ratios),

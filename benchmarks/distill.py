@@ -6,22 +6,25 @@ pixel noise, so a teacher does not saturate at ~99%), for each seed:
 1. train a CNN teacher from labels, export it to ONNX and canonicalise it as ``edgec compile``
    would, then convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
-   four students of that same architecture for the same epochs:
+   students of that same architecture on the same views for the same budget (``--arms``):
 
    * ``scratch``: random initialisation, labels only (cross-entropy) — the baseline;
    * ``scratch+KD``: random initialisation, distilled (Hinton et al.'s setting);
    * ``pruned``: the pruned teacher's weights, fine-tuned from labels only;
-   * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does.
+   * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does;
+   * ``pruned+KD+unlabeled`` (with ``--unlabeled N``): pruned+KD that also distils on N more
+     affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does.
 
-The teacher's logits come from ONNX Runtime on the exported teacher, as in edgec. Accuracy is
-top-1 on a stratified validation split the students never train on (early stopping uses a
-holdout carved from the training part). The gap recovered by a student is
-``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~90% on MNIST.
+Students train by function matching, as in edgec: fresh views every batch, the teacher's logits
+(ONNX Runtime on the exported teacher, one cached session per seed) on exactly those views, and
+early stopping on agreement with the teacher on the validation split. Accuracy is top-1 on that
+stratified validation split, whose labels nothing trains or stops on. The gap recovered by a
+student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~90% on MNIST.
 
 Usage::
 
-    python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 15]
-        [--copies 2] [--no-write]
+    python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 40]
+        [--patience 10] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
 ``<!-- distill:end -->``) unless ``--no-write``.

@@ -82,7 +82,7 @@ def build_bundle(work: Path, args: argparse.Namespace) -> tuple[Path, dict, floa
     data = split(str(work / "hard_digits.npz"), x, y)  # the split `--data` will make
     with deterministic(0):
         teacher = Teacher()
-    settings = DistillSettings(epochs=args.epochs, lr=2e-3, seed=0)
+    settings = DistillSettings(epochs=args.epochs, lr=2e-3, seed=0, augment="none")
     report = train_student(teacher, data.x_train, None, data.y_train, settings)
     print(f"teacher: {report.epochs_run} epochs, {report.seconds:.0f} s", flush=True)
     export_teacher(teacher, work / "teacher.onnx")

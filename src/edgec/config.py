@@ -171,6 +171,8 @@ class CompileConfig:
         distill_epochs: Most epochs each student trains for (early stopping may end sooner).
         temperature: Distillation softmax temperature.
         alpha: Weight of the label loss against the distillation loss (0..1).
+        unlabeled: ``--unlabeled`` inputs without labels (a capture directory, a directory of
+            ``.npy``/``.npz`` files or an ``.npz`` with ``x``), for distillation only.
         measure_seconds: Longest time to spend timing one stage on this machine.
         calibration: INT8 calibration method: ``minmax``, ``entropy`` or ``percentile``.
         calib_samples: Most calibration inputs, drawn from the training split of ``data``.
@@ -223,6 +225,7 @@ class CompileConfig:
     distill_epochs: int = 40
     temperature: float = 4.0
     alpha: float = 0.5
+    unlabeled: str | None = None
     measure_seconds: float = 10.0
     calibration: str = "minmax"
     calib_samples: int = 300

@@ -231,6 +231,12 @@ data_and_student_options = compose(
         show_default=True,
         help="Weight of the label loss; the distillation loss gets 1 - alpha (labels optional).",
     ),
+    click.option(
+        "--unlabeled",
+        metavar="DIR|FILE.npz",
+        help="Inputs without labels for distillation only (field captures: a capture DIR, "
+        "a directory of .npy/.npz, or an .npz with x); --data's labels still judge accuracy.",
+    ),
 )
 
 cascade_options = compose(

@@ -1,34 +1,28 @@
 """Knowledge distillation: the loss is Hinton's, KD without labels trains a student to agree
-with the teacher, a fixed seed gives the same student, and early stopping stops."""
+with the teacher, function matching asks the teacher about the very views the student sees,
+unlabelled inputs join the distillation term, a fixed seed gives the same student, and early
+stopping stops (on agreement with the teacher on the validation split when it is given)."""
 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import agreement
-from edgec.compiler.loading import load_model
 from edgec.compiler.students.convert import onnx_to_torch
 from edgec.compiler.students.derive import teacher_logits
 from edgec.compiler.students.distill import (
     DistillSettings,
+    Holdout,
     batchnorm_for_training,
     kd_loss,
     train_student,
 )
+from edgec.compiler.students.teacher_cache import TeacherCache
 from edgec.data import load_dataset
-
-
-@pytest.fixture(scope="module")
-def digits_teacher(request) -> onnx.ModelProto:
-    """The example teacher, canonical (its BatchNorms folded into the convolutions)."""
-    teacher_path = request.config.rootpath / "examples" / "digits" / "teacher.onnx"
-    return canonicalize(load_model(teacher_path, {}).proto)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +65,8 @@ def test_kd_without_labels_trains_a_student_to_agree_with_the_teacher(
     student = _small_student()
     with torch.no_grad():
         before = agreement(student(torch.from_numpy(data.x_val)).numpy(), val_logits)
-    report = train_student(
-        student, data.x_train, train_logits, None, DistillSettings(epochs=15, lr=1e-2)
-    )
+    settings = DistillSettings(epochs=15, lr=1e-2, augment="none")
+    report = train_student(student, data.x_train, train_logits, None, settings)
     with torch.no_grad():
         after = agreement(student(torch.from_numpy(data.x_val)).numpy(), val_logits)
     assert report.loss == "kd" and report.metric == "agreement"
@@ -90,7 +83,7 @@ def test_a_fixed_seed_gives_the_same_student_and_restores_torch_settings(
     states = []
     for _ in range(2):
         student = _small_student(seed=1)
-        settings = DistillSettings(epochs=2, seed=5)
+        settings = DistillSettings(epochs=2, seed=5, augment="none")
         train_student(student, data.x_train, train_logits, data.y_train, settings)
         states.append(student.state_dict())
     for key in states[0]:
@@ -104,7 +97,7 @@ def test_early_stopping_ends_training_when_the_holdout_stops_improving(
 ):
     """With a zero learning rate nothing improves: patience 2 stops after epoch 3."""
     data, train_logits, _ = digits_with_teacher_logits
-    settings = DistillSettings(epochs=20, lr=0.0, patience=2)
+    settings = DistillSettings(epochs=20, lr=0.0, patience=2, augment="none")
     report = train_student(_small_student(), data.x_train, train_logits, data.y_train, settings)
     assert report.epochs_run == 3 and report.best_epoch == 1
 
@@ -130,7 +123,8 @@ def test_training_batchnorms_wrap_the_convs_and_fold_back_exactly(
     with batchnorm_for_training(module) as student:
         kinds = [type(layer).__name__ for layer in student.layers.values()]
         assert kinds == ["Sequential"] * 3 + ["Linear"] * 2
-        train_student(student, data.x_train, train_logits, None, DistillSettings(epochs=1))
+        settings = DistillSettings(epochs=1, augment="none")
+        train_student(student, data.x_train, train_logits, None, settings)
         with torch.no_grad():
             expected = student.eval()(x)
     assert [type(layer).__name__ for layer in module.layers.values()] == (
@@ -138,3 +132,92 @@ def test_training_batchnorms_wrap_the_convs_and_fold_back_exactly(
     )
     with torch.no_grad():
         torch.testing.assert_close(module(x), expected, rtol=1e-4, atol=1e-4)
+
+
+class _CountingTeacher:
+    """The digits teacher through a :class:`TeacherCache`, remembering what it was asked."""
+
+    def __init__(self, teacher):
+        self.cache = TeacherCache(teacher)
+        self.asked: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.asked.append(x.copy())
+        return self.cache(x)
+
+
+def test_function_matching_asks_the_teacher_about_the_views_the_student_sees(
+    digits_teacher, digits_with_teacher_logits
+):
+    """Every batch is a fresh view (not a training input), the teacher labels exactly those
+    views, and the student learns to agree with the teacher on the validation split, where
+    early stopping judges it."""
+    data, _, val_logits = digits_with_teacher_logits
+    teacher = _CountingTeacher(digits_teacher)
+    student = _small_student()
+    settings = DistillSettings(epochs=6, lr=1e-2, alpha=0.0)
+    report = train_student(
+        student, data.x_train, teacher, None, settings, holdout=Holdout(data.x_val, val_logits)
+    )
+    asked = np.concatenate(teacher.asked)
+    assert len(asked) == report.epochs_run * len(data.x_train)  # no holdout carved out
+    train_rows = {row.tobytes() for row in data.x_train}
+    assert sum(row.tobytes() in train_rows for row in asked) < len(asked) // 100
+    assert report.metric == "agreement" and report.holdout > 0.65  # untrained: < 0.3
+    with torch.no_grad():
+        after = agreement(student(torch.from_numpy(data.x_val)).numpy(), val_logits)
+    assert after == pytest.approx(report.holdout)  # the kept epoch is the one judged
+
+
+def test_the_same_seed_gives_the_same_views_so_the_next_student_costs_no_teacher_run(
+    digits_teacher, digits_with_teacher_logits
+):
+    """Two students trained with one seed see the same views: the second is answered from the
+    cache, and both come out bit for bit the same."""
+    data, _, val_logits = digits_with_teacher_logits
+    cache = TeacherCache(digits_teacher)
+    states = []
+    for _ in range(2):
+        student = _small_student(seed=1)
+        settings = DistillSettings(epochs=2, seed=5)
+        holdout = Holdout(data.x_val, val_logits)
+        train_student(student, data.x_train, cache, data.y_train, settings, holdout=holdout)
+        states.append(student.state_dict())
+        computed = cache.computed
+    assert computed == 2 * len(data.x_train) and cache.reused == computed
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_unlabelled_inputs_join_the_distillation_term(digits_teacher, digits_with_teacher_logits):
+    """Unlabelled inputs are trained on (the teacher labels their views) next to the labelled
+    ones; without a teacher, or with fixed logits instead of the teacher, they are refused."""
+    data, train_logits, val_logits = digits_with_teacher_logits
+    teacher = _CountingTeacher(digits_teacher)
+    extra = data.x_val[:100] + 0.05
+    settings = DistillSettings(epochs=1)
+    report = train_student(
+        _small_student(), data.x_train, teacher, data.y_train, settings,
+        holdout=Holdout(data.x_val, val_logits), unlabeled=extra,
+    )  # fmt: skip
+    assert report.samples == len(data.x_train) + 100 and report.loss == "kd+ce"
+    assert sum(len(x) for x in teacher.asked) == len(data.x_train) + 100
+    with pytest.raises(ValueError, match="need a teacher"):
+        train_student(_small_student(), data.x_train, None, data.y_train, unlabeled=extra)
+    with pytest.raises(ValueError, match="function matching needs the teacher itself"):
+        train_student(
+            _small_student(), data.x_train, train_logits, None, settings, None, None, extra
+        )
+
+
+def test_fixed_teacher_logits_train_on_the_inputs_themselves(digits_with_teacher_logits):
+    """Logits computed once on the inputs say nothing about other views: under augment=auto
+    the student sees the inputs as they are; asking for image views with them is an error."""
+    data, train_logits, _ = digits_with_teacher_logits
+    report = train_student(
+        _small_student(), data.x_train, train_logits, None, DistillSettings(epochs=1)
+    )
+    assert report.loss == "kd" and report.epochs_run == 1
+    with pytest.raises(ValueError, match="function matching needs the teacher itself"):
+        settings = DistillSettings(epochs=1, augment="image")
+        train_student(_small_student(), data.x_train, train_logits, None, settings)

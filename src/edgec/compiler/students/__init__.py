@@ -7,7 +7,10 @@ Public API: :func:`derive_students` (what the compile driver calls), :class:`Stu
 * ``convert`` / ``ops`` / ``shape_ops`` — ONNX -> torch (``nn.Module`` with real layers) for
   training; ``context`` holds the module being built and what the op translators see;
 * ``prune`` — structured pruning to a MAC ratio with torch-pruning;
-* ``distill`` — knowledge distillation from the teacher's logits;
+* ``distill`` — knowledge distillation by function matching (the training loop);
+* ``augment`` — the views teacher and student share (by the input's kind, with mixup);
+* ``teacher_cache`` — the teacher's logits on those views: one batched ONNX Runtime session,
+  cached per run;
 * ``export`` — back to ONNX, checked against torch;
 * ``derive`` — the orchestration and the manifest record.
 

@@ -2,9 +2,13 @@
 
 :func:`derive_students` is what the compile driver calls. For each rung of the ladder
 (:mod:`~edgec.compiler.students.ladder`) it prunes a copy of the converted teacher to the rung's
-MAC ratio, distils it from the teacher's logits (computed by ONNX Runtime on the training part
-of ``--data``, so labels are optional), exports it to ONNX at the teacher's input shape,
-checks the export against torch and canonicalises it like the teacher.
+MAC ratio, distils it from the teacher by function matching (the teacher, through one ONNX
+Runtime session and its cache, labels every augmented view of the training part of ``--data``
+and of the ``--unlabeled`` inputs the student sees, so labels are optional), stops on agreement
+with the teacher on the validation split, exports the student to ONNX at the teacher's input
+shape, checks the export against torch and canonicalises it like the teacher. The training time
+of each student is printed (not recorded in the manifest, which stays reproducible: it records
+epochs and optimiser steps instead).
 
 Students are skipped — the teacher stays the only stage and the manifest's ``students`` section
 says why — when they are not asked for (``--students none``), when there is no ``--data``, when
@@ -24,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.planning.cost_model import total_macs
@@ -33,7 +36,6 @@ from edgec.compiler.students.ladder import Ladder, plan_ladder
 from edgec.config import CompileConfig
 from edgec.data import Dataset
 from edgec.errors import BadInputError
-from edgec.runtime.loaders import session_options
 from edgec.targets.descriptor import Target
 
 logger = logging.getLogger(__name__)
@@ -68,10 +70,13 @@ class StudentsResult:
     Attributes:
         students: The students that were derived.
         record: What was asked, the ladder, the settings, and why anything was skipped.
+        training_seconds: Each derived student's training wall time (printed, and kept out of
+            the manifest so that bundles stay reproducible).
     """
 
     students: tuple[Student, ...] = ()
     record: dict = field(default_factory=dict)
+    training_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def derive_students(
@@ -90,6 +95,7 @@ def derive_students(
     """
     requested = config.students if isinstance(config.students, str) else list(config.students)
     record: dict = {"requested": requested, "skipped": None}
+    unlabeled = _unlabeled(teacher, data, config)
     if config.students == "none":
         return _skip(record, "--students none", reporter)
     if data is None:
@@ -117,7 +123,26 @@ def derive_students(
             reporter,
         )
     ladder = plan_ladder(config.students, teacher, target, backend, precision, config.budget_ms)
-    return _derive(teacher, data, ladder, config, reporter, record)
+    return _derive(teacher, data, unlabeled, ladder, config, reporter, record)
+
+
+def _unlabeled(teacher: onnx.ModelProto, data: Dataset | None, config: CompileConfig):
+    """The ``--unlabeled`` inputs (checked against the teacher's input), or ``None``.
+
+    Raises:
+        BadInputError: No ``--data`` to judge the students with, or bad unlabeled inputs.
+    """
+    if config.unlabeled is None:
+        return None
+    if data is None:
+        raise BadInputError(
+            "--unlabeled adds inputs for distillation to --data's; pass --data too (its "
+            "validation split judges the students)."
+        )
+    from edgec.unlabeled import load_unlabeled
+
+    dims = teacher.graph.input[0].type.tensor_type.shape.dim
+    return load_unlabeled(config.unlabeled, tuple(d.dim_value for d in dims[1:]))
 
 
 def _skip(record: dict, reason: str, reporter: Reporter) -> StudentsResult:
@@ -130,6 +155,7 @@ def _skip(record: dict, reason: str, reporter: Reporter) -> StudentsResult:
 def _derive(
     teacher: onnx.ModelProto,
     data: Dataset,
+    unlabeled: np.ndarray | None,
     ladder: Ladder,
     config: CompileConfig,
     reporter: Reporter,
@@ -137,12 +163,14 @@ def _derive(
 ) -> StudentsResult:
     import torch
 
+    from edgec.compiler.students.augment import policy_for
     from edgec.compiler.students.convert import (
         UnsupportedModelError,
         check_against_onnxruntime,
         onnx_to_torch,
     )
-    from edgec.compiler.students.distill import DistillSettings, deterministic
+    from edgec.compiler.students.distill import DistillSettings, Holdout, deterministic
+    from edgec.compiler.students.teacher_cache import TeacherCache
 
     settings = DistillSettings(
         epochs=config.distill_epochs,
@@ -150,9 +178,16 @@ def _derive(
         alpha=config.alpha,
         seed=config.seed,
     )
+    policy = policy_for(tuple(data.x_train.shape[1:]), settings.augment)
     record.update(
         ladder=ladder.to_json(),
-        settings={**settings.to_json(), "converter": "edgec.compiler.students.convert"},
+        settings={
+            **settings.to_json(),
+            "views": policy.to_json(),
+            "early_stopping": "agreement with the teacher on the validation split",
+            "converter": "edgec.compiler.students.convert",
+        },
+        unlabeled=None if unlabeled is None else {"inputs": len(unlabeled)},
         failed=[],
     )
     check_x = data.x_val[:CHECK_SAMPLES]
@@ -162,30 +197,42 @@ def _derive(
             check_against_onnxruntime(module, teacher, check_x)
         except UnsupportedModelError as err:
             return _skip(record, f"the teacher cannot be trained in torch: {err}", reporter)
-    with reporter.step(f"Teacher logits on {len(data.x_train)} training samples"):
-        logits = teacher_logits(teacher, data.x_train)
-    if not np.isfinite(logits).all():
+    # One teacher session for the whole run; every student's views go through its cache.
+    cache = TeacherCache(teacher)
+    extra = 0 if unlabeled is None else len(unlabeled)
+    with reporter.step(f"Teacher logits on {len(data.x_train) + extra + len(data.x_val)} inputs"):
+        logits = cache(data.x_train)
+        val_logits = cache(data.x_val)
+        unlabeled_ok = unlabeled is None or np.isfinite(cache(unlabeled)).all()
+    if not (np.isfinite(logits).all() and np.isfinite(val_logits).all() and unlabeled_ok):
         return _skip(record, "the teacher gives NaN or infinite logits on the data", reporter)
+    holdout = Holdout(data.x_val, val_logits)
     graph_input = teacher.graph.input[0]
     input_shape = tuple(d.dim_value for d in graph_input.type.tensor_type.shape.dim)
     example = torch.zeros(input_shape)
     teacher_macs = total_macs(teacher)
-    students = []
+    students, seconds = [], {}
     for rung in ladder.rungs:
         with deterministic(config.seed, settings.threads):
             student = _derive_one(
-                rung, module, example, data, logits, settings, teacher, teacher_macs, reporter
-            )
+                rung, module, example, data, (cache, holdout, unlabeled), settings, teacher,
+                teacher_macs, reporter,
+            )  # fmt: skip
         if isinstance(student, str):
             record["failed"].append({"name": rung.name, "reason": student})
             reporter.note(f"student '{rung.name}' skipped: {student}")
         else:
-            students.append(student)
-    return StudentsResult(tuple(students), record)
+            students.append(student[0])
+            seconds[rung.name] = student[1]
+    record["teacher_views"] = cache.stats()
+    return StudentsResult(tuple(students), record, seconds)
 
 
-def _derive_one(rung, module, example, data, logits, settings, teacher, teacher_macs, reporter):
-    """One student, or the reason it could not be made."""
+def _derive_one(rung, module, example, data, sources, settings, teacher, teacher_macs, reporter):
+    """One student and its training time in seconds, or the reason it could not be made.
+
+    ``sources`` is the teacher cache, the validation holdout and the unlabeled inputs.
+    """
     from edgec.compiler.students.distill import batchnorm_for_training, train_student
     from edgec.compiler.students.export import (
         ExportMismatchError,
@@ -199,14 +246,18 @@ def _derive_one(rung, module, example, data, logits, settings, teacher, teacher_
             pruned = prune_to_mac_ratio(module, example, rung.mac_ratio)
         except PruningError as err:
             return str(err)
+    cache, holdout, unlabeled = sources
     labels = data.y_train if data.has_labels else None
     bar = _progress_bar(reporter, rung.name, settings.epochs)
     with bar as progress, batchnorm_for_training(pruned.module) as student:
-        report = train_student(student, data.x_train, logits, labels, settings, progress)
+        report = train_student(
+            student, data.x_train, cache, labels, settings, progress, holdout, unlabeled
+        )
     reporter.note(
-        f"'{rung.name}': {report.epochs_run} epochs ({report.loss}), best holdout "
-        f"{report.metric} {100 * report.holdout:.2f}% at epoch {report.best_epoch}, "
-        f"{report.seconds:.1f} s"
+        f"'{rung.name}': trained in {report.seconds:.1f} s: {report.epochs_run} epochs "
+        f"({report.steps} steps, {report.loss} on views), best validation "
+        f"{report.metric} with the teacher {100 * report.holdout:.2f}% at epoch "
+        f"{report.best_epoch}"
     )
     graph = teacher.graph
     opset = next((o.version for o in teacher.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -232,18 +283,14 @@ def _derive_one(rung, module, example, data, logits, settings, teacher, teacher_
         },
         "distillation": {**report.to_json(), "export_error": float(f"{error:.3g}")},
     }
-    return Student(rung.name, model, details)
+    return Student(rung.name, model, details), report.seconds
 
 
 def teacher_logits(teacher: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """The teacher's outputs on ``x``, one sample at a time (its batch may be fixed to 1)."""
-    session = ort.InferenceSession(
-        teacher.SerializeToString(), session_options("all", 2), providers=["CPUExecutionProvider"]
-    )
-    name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: np.ascontiguousarray(x[i : i + 1])})[0] for i in range(len(x))]
-    ).astype(np.float32)
+    """The teacher's outputs on ``x`` through ONNX Runtime, batched where its graph allows."""
+    from edgec.compiler.students.teacher_cache import TeacherCache
+
+    return TeacherCache(teacher)(x)
 
 
 @contextlib.contextmanager

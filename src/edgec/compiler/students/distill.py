@@ -18,12 +18,20 @@ that are left (on a 32x32 digits teacher pruned to 10% of its MACs, 11 of 51 cha
 dead), and fine-tuning without normalisation crawls (33% vs 84% validation accuracy after 15
 epochs in ``benchmarks/distill.py``'s setting).
 
-The optimiser is Adam with a cosine schedule over mini-batches. A holdout carved from the
-*training* part (:data:`HOLDOUT_SHARE`, deterministic) drives early stopping — the validation
-part stays unseen, so the accuracy the bundle reports is honest. The holdout metric is
-accuracy with labels, else agreement with the teacher; the best epoch's weights are kept.
+Function matching (Beyer et al., 2022): every batch becomes fresh views
+(:mod:`~edgec.compiler.students.augment`) and, when the teacher is given as a function
+(:class:`~edgec.compiler.students.teacher_cache.TeacherCache`), the loss compares the student
+with the teacher *on those views*; labels, where the student has them, are blended like the
+views (mixup). Unlabelled inputs join the pool for the distillation term only.
+
+The optimiser is Adam with a cosine schedule over the maximum number of mini-batches. Early
+stopping judges a :class:`Holdout`: ``edgec compile`` passes the validation split with the
+teacher's logits, so the score is agreement with the teacher and no label chooses the epoch
+(the labels judge accuracy afterwards); without one, :data:`HOLDOUT_SHARE` of the training
+part is carved out (accuracy with labels, else agreement). The best epoch's weights are kept.
 With a fixed seed the student is the same bit for bit: :func:`deterministic` fixes the seed,
-the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards.
+the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards, and
+the views come from their own seeded stream.
 """
 
 from __future__ import annotations
@@ -41,10 +49,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from edgec.compiler.students.augment import Views, make_views, mix_targets, policy_for
 from edgec.compiler.students.context import OnnxModule
 
 HOLDOUT_SHARE = 0.1
 TRAIN_THREADS = 1
+VIEW_SEED_OFFSET = 7919  # the views' random stream, apart from the shuffling's
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class DistillSettings:
         patience: Stop after this many epochs without a better holdout score.
         seed: Seed for initialisation order, shuffling and the holdout.
         threads: torch threads while training (fixed, for reproducibility).
+        augment: Views for function matching: ``auto`` (by the input's kind), ``image``,
+            ``tensor`` or ``none`` (the inputs as they are; see
+            :mod:`~edgec.compiler.students.augment`).
     """
 
     epochs: int = 40
@@ -72,6 +85,7 @@ class DistillSettings:
     patience: int = 10
     seed: int = 0
     threads: int = TRAIN_THREADS
+    augment: str = "auto"
 
     def to_json(self) -> dict:
         """The manifest form."""
@@ -109,6 +123,8 @@ class TrainReport:
         loss: ``kd``, ``kd+ce`` or ``ce``.
         seconds: Wall time.
         history: Per-epoch stats.
+        steps: Optimiser steps taken.
+        samples: Inputs trained on per epoch (labelled and unlabelled).
     """
 
     epochs_run: int
@@ -118,11 +134,16 @@ class TrainReport:
     loss: str
     seconds: float
     history: list[EpochStats] = field(default_factory=list)
+    steps: int = 0
+    samples: int = 0
 
     def to_json(self) -> dict:
-        """The manifest form: no history and no wall time, so bundles stay reproducible."""
+        """The manifest form: no history and no wall time, so bundles stay reproducible (the
+        training cost is recorded as epochs and optimiser steps instead)."""
         return {
             "epochs_run": self.epochs_run,
+            "steps": self.steps,
+            "samples": self.samples,
             "best_epoch": self.best_epoch,
             "holdout_metric": self.metric,
             "holdout": round(self.holdout, 6),
@@ -220,38 +241,108 @@ def holdout_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[count:]), np.sort(order[:count])
 
 
+@dataclass(frozen=True)
+class Holdout:
+    """The inputs early stopping judges a student on, with the teacher's logits or labels.
+
+    Attributes:
+        x: Inputs (float32, batch first).
+        teacher_logits: The teacher's logits on ``x``; when given, the score is agreement with
+            the teacher (no labels needed, so labels still judge accuracy unseen).
+        labels: Labels for ``x``; the score is accuracy when there are no teacher logits.
+    """
+
+    x: np.ndarray
+    teacher_logits: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+Teacher = np.ndarray | Callable[[np.ndarray], np.ndarray]
+
+
 def train_student(
     student: nn.Module,
     x: np.ndarray,
-    teacher_logits: np.ndarray | None = None,
+    teacher: Teacher | None = None,
     labels: np.ndarray | None = None,
     settings: DistillSettings | None = None,
     progress: Callable[[EpochStats], None] | None = None,
+    holdout: Holdout | None = None,
+    unlabeled: np.ndarray | None = None,
 ) -> TrainReport:
-    """Train ``student`` in place on ``x`` and keep its best holdout weights.
+    """Train ``student`` in place on views of ``x`` and keep its best holdout weights.
 
     Args:
         student: The model to train (a pruned teacher, or a fresh network).
         x: Training inputs (float32, batch first).
-        teacher_logits: The teacher's logits on ``x`` (``None``: train from labels only).
+        teacher: The teacher: a function from inputs to its logits (function matching: it is
+            asked for its logits on every view), or its logits on ``x`` (then the student
+            sees the inputs themselves: ``augment`` ``auto`` means ``none``); ``None``: labels
+            only.
         labels: Integer labels for ``x`` (``None``: distillation alone).
         settings: Training settings.
         progress: Called after every epoch.
+        holdout: What early stopping judges; ``None`` carves :data:`HOLDOUT_SHARE` of ``x``
+            out of training for it.
+        unlabeled: More inputs without labels, for the distillation term only.
 
     Raises:
-        ValueError: Neither teacher logits nor labels were given.
+        ValueError: Neither a teacher nor labels; augmented views or unlabeled inputs with
+            fixed teacher logits; unlabeled inputs without a teacher.
     """
     settings = settings or DistillSettings()
-    if teacher_logits is None and labels is None:
+    if teacher is None and labels is None:
         raise ValueError("train_student needs teacher logits, labels or both")
+    fixed = isinstance(teacher, np.ndarray)
+    # Fixed logits are the teacher's answers on the inputs themselves: under ``auto`` the
+    # student sees those inputs (a view the teacher did not answer would be inconsistent).
+    augment = "none" if fixed and settings.augment == "auto" else settings.augment
+    policy = policy_for(tuple(x.shape[1:]), augment)
+    if fixed and (policy.kind != "none" or unlabeled is not None):
+        raise ValueError(
+            "function matching needs the teacher itself (a function of the inputs), not its "
+            "logits on the training inputs; or use augment='none' and no unlabeled inputs"
+        )
+    if unlabeled is not None and teacher is None:
+        raise ValueError("unlabeled inputs need a teacher to learn from")
     started = time.perf_counter()
-    fit, hold = holdout_split(len(x), settings.seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    tt = None if teacher_logits is None else torch.from_numpy(teacher_logits.astype(np.float32))
-    yt = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-    metric = "accuracy" if yt is not None else "agreement"
-    hold_target = yt[hold] if yt is not None else tt[hold].argmax(dim=1)
-    loss_name = "ce" if tt is None else ("kd" if yt is None else "kd+ce")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if holdout is None:
+        fit, hold = holdout_split(len(x), settings.seed)
+        hold_logits = None
+        if teacher is not None:
+            hold_logits = teacher[hold] if fixed else teacher(x[hold])
+        holdout = Holdout(x[hold], hold_logits, None if labels is None else labels[hold])
+    else:
+        fit = np.arange(len(x))
+    pool = x if unlabeled is None else np.concatenate([x, unlabeled.astype(np.float32)])
+    if unlabeled is not None:
+        fit = np.concatenate([fit, np.arange(len(x), len(pool))])
+    xt = torch.from_numpy(pool)
+    tt = torch.from_numpy(teacher.astype(np.float32)) if fixed else None
+    targets = mask = None
+    if labels is not None:
+        classes = int(labels.max()) + 1
+        if holdout.teacher_logits is not None:
+            classes = max(classes, holdout.teacher_logits.shape[1])
+        elif teacher is not None:
+            classes = max(classes, _output_width(teacher, x, fixed))
+        targets = torch.zeros(len(pool), classes)
+        targets[torch.arange(len(labels)), torch.from_numpy(labels.astype(np.int64))] = 1.0
+        mask = torch.zeros(len(pool), dtype=torch.bool)
+        mask[: len(labels)] = True
+    spread = xt.std(dim=0) if policy.kind == "tensor" else torch.zeros(())
+    hold_x = torch.from_numpy(np.ascontiguousarray(holdout.x, dtype=np.float32))
+    metric = "agreement" if holdout.teacher_logits is not None else "accuracy"
+    hold_logits = None
+    if holdout.teacher_logits is not None:
+        hold_logits = torch.from_numpy(holdout.teacher_logits.astype(np.float32))
+        hold_target = hold_logits.argmax(dim=1)
+    elif holdout.labels is not None:
+        hold_target = torch.from_numpy(holdout.labels.astype(np.int64))
+    else:
+        raise ValueError("the holdout needs teacher logits or labels")
+    loss_name = "ce" if teacher is None else ("kd" if labels is None else "kd+ce")
 
     with deterministic(settings.seed, settings.threads):
         params = [p for p in student.parameters() if p.requires_grad]
@@ -259,8 +350,12 @@ def train_student(
         steps = settings.epochs * math.ceil(len(fit) / settings.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
         generator = torch.Generator().manual_seed(settings.seed)
+        # Views draw from their own stream: the same seed gives the same views for every
+        # student, so the teacher cache answers the next student's views.
+        view_generator = torch.Generator().manual_seed(settings.seed + VIEW_SEED_OFFSET)
         best_score, best_state, best_epoch = (-1.0, 0.0), None, 0
         history: list[EpochStats] = []
+        step_count = 0
         for epoch in range(1, settings.epochs + 1):
             student.train()
             order = torch.from_numpy(fit)[torch.randperm(len(fit), generator=generator)]
@@ -269,14 +364,25 @@ def train_student(
                 batch = order[start : start + settings.batch_size]
                 if len(batch) < 2 and seen:
                     continue  # a batch of one breaks BatchNorm in training mode
-                loss = _loss_on(student(xt[batch]), tt, yt, batch, settings)
+                views = make_views(xt[batch], policy, view_generator, spread)
+                if teacher is None:
+                    soft = None
+                elif fixed:
+                    soft = tt[batch]
+                else:
+                    soft = torch.from_numpy(teacher(views.x.numpy()))
+                hard = None
+                if targets is not None:
+                    hard = (mix_targets(targets[batch], views), _mixed_mask(mask[batch], views))
+                loss = _view_loss(student(views.x), soft, hard, settings)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                step_count += 1
                 total += loss.item() * len(batch)
                 seen += len(batch)
-            score, hold_loss = _evaluate(student, xt[hold], hold_target, tt, yt, hold, settings)
+            score, hold_loss = _evaluate(student, hold_x, hold_target, hold_logits, settings)
             stats = EpochStats(epoch, settings.epochs, total / max(seen, 1), score, metric)
             history.append(stats)
             if progress is not None:
@@ -297,24 +403,42 @@ def train_student(
         loss=loss_name,
         seconds=time.perf_counter() - started,
         history=history,
+        steps=step_count,
+        samples=len(fit),
     )
 
 
-def _evaluate(student, x_hold, target, tt, yt, hold, settings) -> tuple[float, float]:
-    """Holdout score (share of matching top-1) and loss, in eval mode."""
+def _output_width(teacher: Teacher, x: np.ndarray, fixed: bool) -> int:
+    """The teacher's number of outputs (classes)."""
+    return int(teacher.shape[1] if fixed else teacher(x[:1]).shape[1])
+
+
+def _mixed_mask(mask: torch.Tensor, views: Views) -> torch.Tensor:
+    """Views whose blended target is known: both samples labelled (or no blending)."""
+    return mask & (mask[views.partner] | (views.lam == 1))
+
+
+def _view_loss(out, soft, hard, settings) -> torch.Tensor:
+    """The loss on a batch of views: the KD term against the teacher's logits on the views
+    and, with labels, the cross-entropy against the blended labels (labelled views only)."""
+    if hard is None:
+        return kd_loss(out, soft, None, settings.temperature, settings.alpha)
+    target, known = hard
+    share = float(known.float().mean())
+    ce = F.cross_entropy(out[known], target[known]) * share if share else out.sum() * 0.0
+    if soft is None:
+        return ce
+    kd = kd_loss(out, soft, None, settings.temperature, settings.alpha)
+    return settings.alpha * ce + (1.0 - settings.alpha) * kd
+
+
+def _evaluate(student, x_hold, target, hold_logits, settings) -> tuple[float, float]:
+    """Holdout score (share of matching top-1) and loss (KD, else cross-entropy), in eval mode."""
     student.eval()
     with torch.no_grad():
         out = student(x_hold)
-        loss = _loss_on(out, tt, yt, hold, settings)
+        if hold_logits is not None:
+            loss = kd_loss(out, hold_logits, None, settings.temperature, settings.alpha)
+        else:
+            loss = F.cross_entropy(out, target)
     return float((out.argmax(dim=1) == target).float().mean()), float(loss)
-
-
-def _loss_on(out, tt, yt, index, settings):
-    """The distillation loss of ``out`` against the teacher's logits and labels at ``index``."""
-    return kd_loss(
-        out,
-        None if tt is None else tt[index],
-        None if yt is None else yt[index],
-        settings.temperature,
-        settings.alpha,
-    )

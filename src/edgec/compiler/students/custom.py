@@ -8,9 +8,10 @@ output, expected against got.
 
 Without ``:trained`` it is distilled from the teacher exactly as the derived students are — the
 ONNX graph converted to torch (:mod:`~edgec.compiler.students.convert`), trained by
-:func:`~edgec.compiler.students.distill.train_student` on the teacher's logits with the same
-settings (``--distill-epochs``, ``--temperature``, ``--alpha``, ``--seed``), exported at the
-teacher's input shape with the teacher's input and output names, checked against torch. With
+:func:`~edgec.compiler.students.distill.train_student` on the views the teacher answers too
+(function matching, through one teacher cache) with the same settings (``--distill-epochs``,
+``--temperature``, ``--alpha``, ``--seed``), exported at the teacher's input shape with the
+teacher's input and output names, checked against torch. With
 ``:trained`` it is used as given (only its input and output are renamed to the teacher's).
 
 Either way it becomes a :class:`~edgec.compiler.students.derive.Student` and joins the derived
@@ -27,9 +28,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
@@ -40,7 +39,6 @@ from edgec.compiler.students.ladder import stage_names
 from edgec.config import CompileConfig, StudentFile
 from edgec.data import Dataset
 from edgec.errors import BadInputError
-from edgec.runtime.loaders import session_options
 
 CHECK_SAMPLES = 8
 _DTYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
@@ -143,26 +141,18 @@ def _rename_io(model: onnx.ModelProto, teacher: onnx.ModelProto) -> onnx.ModelPr
     return copy
 
 
-def _teacher_logits(teacher: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(
-        teacher.SerializeToString(), session_options("all", 2), providers=["CPUExecutionProvider"]
-    )
-    name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: np.ascontiguousarray(x[i : i + 1])})[0] for i in range(len(x))]
-    ).astype(np.float32)
-
-
 def _distil(
     file: StudentFile,
     model: onnx.ModelProto,
     teacher: onnx.ModelProto,
     data: Dataset,
-    logits: np.ndarray,
+    cache,
     config: CompileConfig,
     reporter: Reporter,
 ) -> tuple[onnx.ModelProto, dict]:
-    """Distil the student from the teacher's logits; its exported model and record."""
+    """Distil the student from the teacher like the derived students (function matching: the
+    teacher, through ``cache``, answers the same views the student sees); its exported model
+    and record."""
     import torch
 
     from edgec.compiler.students.convert import (
@@ -173,6 +163,7 @@ def _distil(
     from edgec.compiler.students.derive import _progress_bar
     from edgec.compiler.students.distill import (
         DistillSettings,
+        Holdout,
         batchnorm_for_training,
         deterministic,
         train_student,
@@ -200,7 +191,13 @@ def _distil(
         bar = _progress_bar(reporter, file.name, settings.epochs)
         with bar as progress, batchnorm_for_training(module) as student:
             report = train_student(
-                student, data.x_train, logits, labels, settings=settings, progress=progress
+                student,
+                data.x_train,
+                cache,
+                labels,
+                settings=settings,
+                progress=progress,
+                holdout=Holdout(data.x_val, cache(data.x_val)),
             )
     reporter.note(
         f"'{file.name}': {report.epochs_run} epochs ({report.loss}), best holdout "
@@ -280,7 +277,7 @@ def add_custom_students(
     if not custom:
         return derived
     teacher_macs = total_macs(teacher)
-    logits = None
+    cache = None
     students, records = list(derived.students), []
     for item in custom:
         file, model = item.file, item.model
@@ -288,11 +285,12 @@ def add_custom_students(
         if file.trained:
             record["trained"] = "as given"
         else:
-            if logits is None:
-                with reporter.step(f"Teacher logits on {len(data.x_train)} training samples"):
-                    logits = _teacher_logits(teacher, data.x_train)
+            if cache is None:
+                from edgec.compiler.students.teacher_cache import TeacherCache
+
+                cache = TeacherCache(teacher)
             model, record["distillation"] = _distil(
-                file, model, teacher, data, logits, config, reporter
+                file, model, teacher, data, cache, config, reporter
             )
             record["trained"] = "distilled"
         macs = total_macs(model)

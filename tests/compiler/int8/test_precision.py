@@ -76,6 +76,10 @@ def test_int8_teacher_on_host_agrees_with_fp32_and_keeps_its_accuracy(tmp_path):
     # 6 plain flavours + 2 equalized (the teacher has one Conv -> Relu -> Conv pair)
     assert len(decision["candidates"]) == len(flavours) == 8
     assert set(decision["latency_ms"]) == {"fp32", "int8"}
+    # Both agreements and the noise floor they are judged against.
+    agreement = decision["agreement"]
+    assert agreement["moderate"] >= 0.99 and agreement["moderate_samples"] >= 400
+    assert 0.9 <= agreement["noise_floor"] <= 1.0 and agreement["confident"] >= 0.99
     calibration = stage["calibration"]
     assert calibration["table"] == "stages/teacher/calibration.json"
     assert calibration["method"] == "minmax" and calibration["samples"] == 300

@@ -58,7 +58,7 @@ import numpy as np
 import onnx
 
 from edgec.compiler.evaluate import predict
-from edgec.compiler.int8.accuracy_guard import GuardVerdict, judge, repair
+from edgec.compiler.int8.accuracy_guard import GuardVerdict, input_noise, judge, repair
 from edgec.compiler.planning.cost_model import estimate_latency
 from edgec.compiler.progress import Reporter
 from edgec.data import Dataset
@@ -173,8 +173,23 @@ class PrecisionDecision:
                 "latency_source": self.latency_source,
                 "candidates": self.candidates,
                 "guard_steps": self.repair_steps,
+                "agreement": _agreement(self.verdict),
             },
         }
+
+
+def _agreement(verdict: GuardVerdict | None) -> dict | None:
+    """The guard's agreement numbers for the decision record: on confident inputs (FP32 top-1
+    >= 0.9), on moderately confident ones (>= 0.5) and FP32's own under 8-bit input noise."""
+    if verdict is None:
+        return None
+    data = verdict.to_json()
+    return {
+        "confident": data["confident_agreement"],
+        "moderate": data["moderate_agreement"],
+        "moderate_samples": data["moderate_samples"],
+        "noise_floor": data["noise_agreement"],
+    }
 
 
 def check_request(requested: str, target: Target, has_data: bool) -> None:
@@ -347,10 +362,19 @@ def decide_precision(
         x_val, y_val = _subset(data.x_val, data.y_val, MAX_GUARD_SAMPLES, options.seed)
         fp32_runner = work.runner(model)
         fp32_logits = predict(fp32_runner, x_val)
+        # The guard's noise floor: FP32's own answers under one 8-bit step of input noise.
+        fp32_noisy = predict(fp32_runner, input_noise(x_val, x_cal, options.seed))
 
         def judge_model(candidate: onnx.ModelProto) -> GuardVerdict:
             logits = predict(work.runner(candidate), x_val)
-            return judge(fp32_logits, logits, y_val, options.max_accuracy_drop, options.min_sqnr_db)
+            return judge(
+                fp32_logits,
+                logits,
+                y_val,
+                options.max_accuracy_drop,
+                options.min_sqnr_db,
+                fp32_noisy,
+            )
 
         if measured:
             with reporter.step(f"Timing FP32 against INT8 flavours of '{stage}' on this machine"):
@@ -531,6 +555,9 @@ def _choose_on_host(
             "drop_points": None
             if verdicts[name].drop_points is None
             else round(verdicts[name].drop_points, 3),
+            "moderate_agreement": None
+            if verdicts[name].moderate_agreement is None
+            else round(verdicts[name].moderate_agreement, 4),
             "passed": verdicts[name].passed,
         }
         for name in models
@@ -548,6 +575,7 @@ def _choose_on_host(
         tied,
         key=lambda n: (
             round(verdicts[n].drop_points or 0.0, 3),
+            round(verdicts[n].moderate_drop_points or 0.0, 3),
             -round(verdicts[n].sqnr_db, 1),
             list(models).index(n),
         ),

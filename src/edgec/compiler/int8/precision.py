@@ -49,6 +49,7 @@ The guard's reference is the stage's own FP32 model on the validation split (at 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -258,6 +259,14 @@ def host_candidates(target: Target) -> list[Int8Flavour]:
     return plain + equalized
 
 
+def adaround_flavour(target: Target, equalize: bool) -> Int8Flavour:
+    """The host flavour the search adds when no other candidate passes the guard: the
+    preferred activation type, per-channel, with cross-layer equalization (when it changes
+    the model), AdaRound weight rounding and then bias correction."""
+    (base,) = [f for f in host_candidates(target) if f.equalize and f.bias_correction]
+    return dataclasses.replace(base, equalize=equalize, adaround=True)
+
+
 def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:
     logger.info("stage stays FP32: %s", reason)
     return PrecisionDecision("fp32", model, options.requested, decided_by, reason, **extra)
@@ -379,7 +388,15 @@ def decide_precision(
         if measured:
             with reporter.step(f"Timing FP32 against INT8 flavours of '{stage}' on this machine"):
                 choice = _choose_on_host(
-                    prepared, x_cal, target, work, fp32_runner, x_val, judge_model, options
+                    prepared,
+                    x_cal,
+                    target,
+                    work,
+                    fp32_runner,
+                    x_val,
+                    judge_model,
+                    options,
+                    reporter.update,
                 )
         else:
             flavour = rule_flavour(target, backend)
@@ -411,7 +428,9 @@ def decide_precision(
                     judge_model,
                     x_val,
                     options.max_fp32_steps,
-                    samples=x_cal if choice.flavour.bias_correction else None,
+                    samples=x_cal
+                    if choice.flavour.bias_correction or choice.flavour.adaround
+                    else None,
                 )
             result = _Choice(
                 choice.flavour,
@@ -526,11 +545,14 @@ def _choose_on_host(
     x_val: np.ndarray,
     judge_model,
     options: PrecisionOptions,
+    progress=None,
 ) -> _Choice:
     """Quantize every host candidate, time them against FP32, judge them; pick one.
 
     ``prepared`` maps ``flavour.equalize`` to the pre-processed model and its ranges; without
     an equalized one (equalization changed nothing) the equalizing flavours are left out.
+    When no candidate passes the guard, the :func:`adaround_flavour` is quantized too (its
+    rounding learned on ``x_cal``, ``progress`` told how far it is) and all are timed again.
     """
     flavours = host_candidates(target)
     pre = prepared[False][0]
@@ -545,8 +567,15 @@ def _choose_on_host(
         for f in flavours
     }
     runners = {"fp32": fp32_runner} | {name: work.runner(m) for name, (_, m) in models.items()}
-    stats = _time(work, runners, x_val, options)
     verdicts = {name: judge_model(m) for name, (_, m) in models.items()}
+    if not any(v.passed for v in verdicts.values()):
+        # The guard still fails: learn the weights' rounding (costly, so only now).
+        rounded = adaround_flavour(target, equalize=True in prepared)
+        qdq = quantize_model(*prepared[rounded.equalize], rounded, samples=x_cal, progress=progress)
+        models[rounded.name] = (rounded, qdq)
+        runners[rounded.name] = work.runner(qdq)
+        verdicts[rounded.name] = judge_model(qdq)
+    stats = _time(work, runners, x_val, options)
     candidates = [
         {
             "flavour": name,

@@ -377,8 +377,8 @@ def round_weights(
     qdq: onnx.ModelProto,
     samples: np.ndarray,
     reduce_range: bool = False,
-    steps: int = DEFAULT_STEPS,
-    seconds: float = DEFAULT_SECONDS,
+    steps: int | None = None,
+    seconds: float | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[RoundedLayer]]:
@@ -392,9 +392,10 @@ def round_weights(
             :data:`MAX_SAMPLES` are used).
         reduce_range: The weights are 7-bit (``[-64, 64]``), as ONNX Runtime's
             ``reduce_range`` quantizes them.
-        steps: Most optimiser steps per layer.
-        seconds: Time for all layers (each gets an even share of what is left, but
-            at least 20 steps, so a layer slower than its share overruns a little).
+        steps: Most optimiser steps per layer (``None``: :data:`DEFAULT_STEPS`).
+        seconds: Time for all layers (``None``: :data:`DEFAULT_SECONDS`); each gets an even
+            share of what is left, but at least 20 steps, so a layer slower than its share
+            overruns a little.
         seed: Seeds the batches (same inputs and seed, same weights).
         progress: Called with a short line as layers and steps advance.
 
@@ -406,6 +407,8 @@ def round_weights(
             :func:`~edgec.passes.calibration_data.check_calibration_samples`).
     """
     samples = check_calibration_samples(fp32, samples)[:MAX_SAMPLES]
+    steps = DEFAULT_STEPS if steps is None else steps
+    seconds = DEFAULT_SECONDS if seconds is None else seconds
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     layers = _layers(fp32, result)

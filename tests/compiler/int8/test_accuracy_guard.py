@@ -181,12 +181,14 @@ def test_ranking_puts_the_outlier_activation_first(fragile):
 def plain_host_search(monkeypatch):
     """Limit the host search to the flavours without cross-layer equalization, which removes
     the fragile teacher's outlier exactly (see
-    test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32), so the guard's own
-    work stays tested."""
+    test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32), and without the
+    AdaRound flavour it adds when none passes (which equalizes too), so the guard's own work
+    stays tested."""
     candidates = precision.host_candidates
     monkeypatch.setattr(
         precision, "host_candidates", lambda t: [f for f in candidates(t) if not f.equalize]
     )
+    monkeypatch.setattr(precision, "rescue_flavours", lambda target, equalize: [])
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from int8_helpers import TEACHER, canonical_teacher
 
 from edgec.cli import main
 from edgec.compiler import compile_model
+from edgec.compiler.int8 import precision
 from edgec.compiler.int8.precision import (
     PrecisionOptions,
     check_request,
@@ -257,3 +258,33 @@ def test_tensorrt8_target_gets_a_calibration_cache_that_parses_back(tmp_path):
     fp32 = onnx.load(config.output / cache["model"])
     names = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
     assert set(scales) <= names  # the cache names tensors of the FP32 graph shipped beside it
+
+
+@pytest.mark.slow
+def test_when_no_flavour_passes_the_guard_the_search_adds_adaround(monkeypatch):
+    """A guard nothing can meet (a negative tolerance): the host search then also quantizes
+    the AdaRound flavour (cross-layer equalization, learned rounding, bias correction), times
+    and judges it with the others, and the decision records it; progress is reported."""
+    from edgec.compiler.progress import Reporter
+    from edgec.passes import adaround
+
+    monkeypatch.setattr(adaround, "DEFAULT_SECONDS", 5.0)
+    monkeypatch.setattr(adaround, "DEFAULT_STEPS", 60)
+    lines: list[str] = []
+    reporter = Reporter(quiet=True)
+    monkeypatch.setattr(reporter, "update", lines.append)
+    options = PrecisionOptions(
+        requested="auto", compare_seconds=0.2, max_fp32_steps=0, max_accuracy_drop=-1.0
+    )
+    decision = decide_precision(
+        canonical_teacher(), load_target("host"), "onnxruntime", load_dataset("digits"),
+        options, reporter=reporter,
+    )  # fmt: skip
+    assert decision.precision == "fp32" and decision.decided_by == "accuracy-guard"
+    names = [c["flavour"] for c in decision.candidates]
+    rescue = [n for n in names if "adaround" in n]
+    assert rescue == [f.name for f in precision.rescue_flavours(load_target("host"), True)]
+    assert len(names) == 9
+    (record,) = [c for c in decision.candidates if c["flavour"] == rescue[0]]
+    assert record["latency_ms"] > 0 and record["sqnr_db"] > 25
+    assert any("layer 1/5" in line for line in lines)

@@ -49,7 +49,6 @@ The guard's reference is the stage's own FP32 model on the validation split (at 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -259,12 +258,23 @@ def host_candidates(target: Target) -> list[Int8Flavour]:
     return plain + equalized
 
 
-def adaround_flavour(target: Target, equalize: bool) -> Int8Flavour:
-    """The host flavour the search adds when no other candidate passes the guard: the
-    preferred activation type, per-channel, with cross-layer equalization (when it changes
-    the model), AdaRound weight rounding and then bias correction."""
-    (base,) = [f for f in host_candidates(target) if f.equalize and f.bias_correction]
-    return dataclasses.replace(base, equalize=equalize, adaround=True)
+def rescue_flavours(target: Target, equalize: bool) -> list[Int8Flavour]:
+    """The host flavours the search adds when no other candidate passes the guard (they cost
+    more to quantize): the activation type this ISA prefers, per-channel, with cross-layer
+    equalization (when ``equalize``: it changes the model), AdaRound weight rounding, then
+    bias correction."""
+    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
+    reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
+    return [
+        Int8Flavour(
+            "uint8" if x86 else "int8",
+            per_channel=True,
+            reduce_range=reduce and x86,
+            equalize=equalize,
+            bias_correction=True,
+            adaround=True,
+        )
+    ]
 
 
 def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:
@@ -551,8 +561,8 @@ def _choose_on_host(
 
     ``prepared`` maps ``flavour.equalize`` to the pre-processed model and its ranges; without
     an equalized one (equalization changed nothing) the equalizing flavours are left out.
-    When no candidate passes the guard, the :func:`adaround_flavour` is quantized too (its
-    rounding learned on ``x_cal``, ``progress`` told how far it is) and all are timed again.
+    When no candidate passes the guard, the :func:`rescue_flavours` are quantized too (the
+    rounding learned on ``x_cal``, ``progress`` told how far it is) before all are timed.
     """
     flavours = host_candidates(target)
     pre = prepared[False][0]
@@ -570,11 +580,13 @@ def _choose_on_host(
     verdicts = {name: judge_model(m) for name, (_, m) in models.items()}
     if not any(v.passed for v in verdicts.values()):
         # The guard still fails: learn the weights' rounding (costly, so only now).
-        rounded = adaround_flavour(target, equalize=True in prepared)
-        qdq = quantize_model(*prepared[rounded.equalize], rounded, samples=x_cal, progress=progress)
-        models[rounded.name] = (rounded, qdq)
-        runners[rounded.name] = work.runner(qdq)
-        verdicts[rounded.name] = judge_model(qdq)
+        for rescue in rescue_flavours(target, equalize=True in prepared):
+            qdq = quantize_model(
+                *prepared[rescue.equalize], rescue, samples=x_cal, progress=progress
+            )
+            models[rescue.name] = (rescue, qdq)
+            runners[rescue.name] = work.runner(qdq)
+            verdicts[rescue.name] = judge_model(qdq)
     stats = _time(work, runners, x_val, options)
     candidates = [
         {

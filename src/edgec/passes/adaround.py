@@ -339,9 +339,11 @@ def _learn(
     started = time.perf_counter()
     planned, step = steps, 0
     while step < planned:
+        elapsed = time.perf_counter() - started
         if step == 10:  # fit the step count to the time this layer may take
-            per_step = (time.perf_counter() - started) / 10
-            planned = int(min(steps, max(_MIN_STEPS, seconds / max(per_step, 1e-9))))
+            planned = int(min(steps, max(_MIN_STEPS, seconds / max(elapsed / 10, 1e-9))))
+        elif step >= _MIN_STEPS and elapsed > 1.5 * seconds:
+            break  # the machine got slower than the first steps said: keep the bound
         batch = torch.randint(0, len(xs), (min(_BATCH, len(xs)),), generator=generator)
         h = soft_h()
         y = _forward(layer, xs[batch], weight_of(h), bias_t)

@@ -23,7 +23,8 @@ stage (:func:`decide_precision`):
      interleaved in one process; each candidate is judged by the guard.
      The choice is the fastest candidate that passes, where candidates within 10% (or 20 us)
      of the fastest count as equally fast and the most accurate of them wins (ties: u8s8
-     first);
+     first). When none passes, the :func:`rescue_flavours` (equalized, AdaRound weight
+     rounding, bias correction: costly to quantize) join the candidates before the timing;
    * **other targets** (nothing can be measured): one flavour by the target's ISA and backend
      — s8s8 with symmetric activations for TensorRT, s8s8 on ARM (what ORT's ARM kernels
      prefer), u8s8 on x86 (VNNI/AVX2 integer instructions multiply u8 by s8), per-channel
@@ -44,7 +45,9 @@ stage (:func:`decide_precision`):
    elsewhere by the cost model — else the stage stays FP32.
 
 The guard's reference is the stage's own FP32 model on the validation split (at most
-``MAX_GUARD_SAMPLES`` inputs, a seeded subset when there are more).
+``MAX_GUARD_SAMPLES`` inputs, a seeded subset when there are more), and its noise floor that
+model on the same inputs with one 8-bit step of noise
+(:func:`~edgec.compiler.int8.accuracy_guard.input_noise`).
 """
 
 from __future__ import annotations

@@ -77,6 +77,15 @@ def test_int8_teacher_on_host_agrees_with_fp32_and_keeps_its_accuracy(tmp_path):
     # 6 plain flavours + 2 equalized (the teacher has one Conv -> Relu -> Conv pair)
     assert len(decision["candidates"]) == len(flavours) == 8
     assert set(decision["latency_ms"]) == {"fp32", "int8"}
+    # Nothing less accurate than ONNX Runtime's own u8s8 per-channel recipe, nor slower
+    # than 0.95x its speed, in the host's own timing.
+    records = {c["flavour"]: c for c in decision["candidates"]}
+    reference = records[precision.reference_flavour(load_target("host")).name]
+    chosen = records[stage["int8_flavour"]["name"]]
+    assert reference["passed"] and chosen["passed"]
+    assert chosen["drop_points"] <= reference["drop_points"]
+    assert chosen["moderate_agreement"] >= reference["moderate_agreement"]
+    assert chosen["latency_ms"] <= reference["latency_ms"] / precision.REFERENCE_SPEED
     # Both agreements and the noise floor they are judged against.
     agreement = decision["agreement"]
     assert agreement["moderate"] >= 0.99 and agreement["moderate_samples"] >= 400

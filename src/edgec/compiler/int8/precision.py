@@ -23,8 +23,11 @@ stage (:func:`decide_precision`):
      interleaved in one process; each candidate is judged by the guard.
      The choice is the fastest candidate that passes, where candidates within 10% (or 20 us)
      of the fastest count as equally fast and the most accurate of them wins (ties: u8s8
-     first). When none passes, the :func:`rescue_flavours` (equalized, AdaRound weight
-     rounding, bias correction: costly to quantize) join the candidates before the timing;
+     first) — but when the :func:`reference_flavour` (ONNX Runtime's best recipe: u8s8
+     per-channel on x86) passes, only candidates that lose no more accuracy than it and run
+     at least 0.95x its speed are eligible. When none passes, the :func:`rescue_flavours`
+     (equalized, AdaRound weight rounding, bias correction: costly to quantize) join the
+     candidates before the timing;
    * **other targets** (nothing can be measured): one flavour by the target's ISA and backend
      — s8s8 with symmetric activations for TensorRT, s8s8 on ARM (what ORT's ARM kernels
      prefer), u8s8 on x86 (VNNI/AVX2 integer instructions multiply u8 by s8), per-channel
@@ -78,6 +81,8 @@ logger = logging.getLogger(__name__)
 MIN_SPEEDUP = 1.10
 SAME_SPEED = 1.10
 SAME_SPEED_MS = 0.02
+# The host's choice runs at least this fraction of the reference flavour's speed.
+REFERENCE_SPEED = 0.95
 MAX_GUARD_SAMPLES = 1000
 DEFAULT_MIN_SQNR_DB = 10.0
 _VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -259,6 +264,24 @@ def host_candidates(target: Target) -> list[Int8Flavour]:
         for corrected in (False, True)
     ]
     return plain + equalized
+
+
+def reference_flavour(target: Target) -> Int8Flavour:
+    """ONNX Runtime's own best recipe on this machine, the host search's yardstick: the
+    activation type the ISA prefers (u8s8 on x86), per-channel weights, 7-bit weights on x86
+    without VNNI — what ``quant_pre_process`` + ``quantize_static`` give with those options."""
+    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
+    reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
+    return Int8Flavour("uint8" if x86 else "int8", per_channel=True, reduce_range=reduce)
+
+
+def _lost(verdict: GuardVerdict) -> tuple[float, float]:
+    """What a verdict lost, rounded so noise in the last digits does not decide: the accuracy
+    (or confident-agreement) drop and the moderate-confidence drop, in points."""
+    return (
+        round(verdict.drop_points or 0.0, 3),
+        round(verdict.moderate_drop_points or 0.0, 3),
+    )
 
 
 def rescue_flavours(target: Target, equalize: bool) -> list[Int8Flavour]:
@@ -607,6 +630,18 @@ def _choose_on_host(
         for name in models
     ]
     passing = [n for n in models if verdicts[n].passed] or list(models)
+    reference = reference_flavour(target).name
+    if reference in models and verdicts[reference].passed:
+        # ONNX Runtime's own recipe passes: ship nothing less accurate than it, nor slower
+        # than REFERENCE_SPEED of its speed.
+        lost = _lost(verdicts[reference])
+        limit = stats[reference].p50 / REFERENCE_SPEED
+        passing = [
+            n
+            for n in passing
+            if all(a <= b for a, b in zip(_lost(verdicts[n]), lost, strict=True))
+            and stats[n].p50 <= limit
+        ]
     fastest = min(stats[n].p50 for n in passing)
     # Differences under 10% or 20 us are this machine's noise (runs of a tiny model vary more
     # than that between two compiles), not a reason to pick a less accurate flavour.
@@ -618,8 +653,7 @@ def _choose_on_host(
     best = min(
         tied,
         key=lambda n: (
-            round(verdicts[n].drop_points or 0.0, 3),
-            round(verdicts[n].moderate_drop_points or 0.0, 3),
+            *_lost(verdicts[n]),
             -round(verdicts[n].sqnr_db, 1),
             list(models).index(n),
         ),

@@ -20,7 +20,8 @@ Paths, all from the same calibration inputs (the guard's seeded subset of 300 tr
   (and AdaRound weight rounding), **+cle+adaround+bc** (all three);
 * **edgec-choice** — what ``edgec compile --precision auto -t host`` ships for the stage
   (``decide_precision``: the host flavour search, the accuracy guard and its repair, the speed
-  check): an INT8 model, or FP32.
+  check): an INT8 model, or FP32; **edgec-int8** — the INT8 model that decision settled on
+  (shipped or not: FP32 ships when INT8 is not 1.1x faster than FP32 or misses the guard).
 
 Accuracy, on the evaluation inputs: **agree>=0.5** — top-1 agreement with FP32 on the inputs
 where FP32's top-1 softmax probability is at least 0.5 (the guard's moderately confident
@@ -112,7 +113,14 @@ TECHNIQUES = (
     ("edgec+cle+adaround", True, False, True),
     ("edgec+cle+adaround+bc", True, True, True),
 )
-PATHS = ("fp32", "ort-default", "ort-u8s8", *(t[0] for t in TECHNIQUES), "edgec-choice")
+PATHS = (
+    "fp32",
+    "ort-default",
+    "ort-u8s8",
+    *(t[0] for t in TECHNIQUES),
+    "edgec-int8",
+    "edgec-choice",
+)
 
 
 @dataclass
@@ -279,6 +287,9 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
     decision = decide_precision(model, host, "onnxruntime", data, options, stage=name)
     seconds["edgec-choice"] = time.perf_counter() - started
     models["edgec-choice"] = decision.model
+    if decision.int8_model is not None:
+        models["edgec-int8"] = decision.int8_model
+        seconds["edgec-int8"] = seconds["edgec-choice"]
     runners = {key: _runner(m, work / f"{name}-{key}.onnx") for key, m in models.items()}
     outputs = {key: predict(r, x_val) for key, r in runners.items()}
     reference = outputs["fp32"].reshape(len(x_val), -1)
@@ -334,10 +345,12 @@ def goals(rows: list[Row], speed: bool) -> list[str]:
             )
         else:
             speed_text = "speed pending"
+        considered = r.paths.get("edgec-int8")
+        int8 = f", edgec-int8 {_fmt(considered.agreement, '.4f')}" if considered else ""
         lines.append(
-            f"- **{r.name}**: edgec-choice agree>=0.5 {_fmt(choice.agreement, '.4f')} "
-            f"({'met' if ok_agree else 'missed'}; ORT u8s8 {_fmt(u8s8.agreement, '.4f')}), "
-            f"{speed_text}."
+            f"- **{r.name}** (ships {r.choice}): edgec-choice agree>=0.5 "
+            f"{_fmt(choice.agreement, '.4f')} ({'met' if ok_agree else 'missed'}; ORT u8s8 "
+            f"{_fmt(u8s8.agreement, '.4f')}{int8}), {speed_text}."
         )
     return lines
 
@@ -363,8 +376,9 @@ def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
         f"s8 per-channel weights{', 7-bit (reduce_range)' if not vnni else ''}; **edgec** "
         "edgec's quantization in the host's preferred flavour (the same u8s8 per-channel), then "
         "with cross-layer equalization (**+cle**), bias correction (**+bc**), AdaRound "
-        "(**+adaround**), cumulatively; **edgec-choice** what `edgec compile --precision auto "
-        "-t host` ships (the flavour search, guard and speed check; FP32 when INT8 loses).",
+        "(**+adaround**), cumulatively; **edgec-int8** the INT8 model `edgec compile "
+        "--precision auto -t host` settles on (its flavour search and guard), **edgec-choice** "
+        "what it ships (FP32 when INT8 is not 1.1x faster than FP32 or misses the guard).",
         "- Accuracy: **agree>=0.5** top-1 agreement with FP32 on the inputs where FP32's top-1 "
         "probability is >= 0.5 (n = their count); **SQNR** of the logits against FP32; "
         "accuracy with labels; **noise** FP32's own agreement there under one 8-bit step of "

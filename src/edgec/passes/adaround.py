@@ -64,6 +64,7 @@ DEFAULT_STEPS = 800
 DEFAULT_SECONDS = 120.0
 _MIN_STEPS = 20
 _BATCH = 32
+_PROBE = 4  # samples that size a layer's tensors before the rest are collected
 _BYTES = 256 << 20
 _ZETA, _GAMMA = 1.1, -0.1
 _CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -205,16 +206,43 @@ def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
     return layers
 
 
+def _pair(qdq: onnx.ModelProto, fp32: onnx.ModelProto, layer: _Layer, samples: np.ndarray):
+    (x,) = _collect(qdq, [layer.node.input[0]], samples)
+    (target,) = _collect(fp32, [layer.target], samples)
+    return x, target
+
+
+def _up_to(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy whose outputs are ``names`` and whose nodes are only those they need."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    needed: set[int] = set()
+    stack = list(names)
+    while stack:
+        index = producer.get(stack.pop())
+        if index is not None and index not in needed:
+            needed.add(index)
+            stack.extend(name for name in graph.node[index].input if name)
+    kept = [graph.node[i] for i in sorted(needed)]
+    copies = []
+    for node in kept:
+        copies.append(onnx.NodeProto())
+        copies[-1].CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+    del graph.output[:]
+    graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return result
+
+
 def _collect(model: onnx.ModelProto, names: list[str], samples: np.ndarray) -> list[np.ndarray]:
-    """``names``' values on ``samples`` (stacked along the batch), graph optimisation off."""
+    """``names``' values on ``samples`` (stacked along the batch), graph optimisation off;
+    only the part of the graph they need runs."""
     import onnxruntime as ort
 
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    known = {o.name for o in exposed.graph.output}
-    exposed.graph.output.extend(
-        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in known
-    )
+    exposed = _up_to(model, names)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
@@ -419,8 +447,6 @@ def round_weights(
     qrange = weight_range(reduce_range)
     digest = hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
     deadline = time.perf_counter() + seconds
-    unique = list(dict.fromkeys(layer.target for layer in layers))
-    targets = dict(zip(unique, _collect(fp32, unique, samples), strict=True))
     done: list[RoundedLayer] = []
     for index, layer in enumerate(layers):
         label = f"layer {index + 1}/{len(layers)} '{layer.node.name}'"
@@ -430,14 +456,16 @@ def round_weights(
             values = _CACHE[key]
             layer.weight.CopyFrom(numpy_helper.from_array(values, layer.weight.name))
             continue
-        (x,) = _collect(result, [layer.node.input[0]], samples)
-        target = targets[layer.target]
-        per_sample = (x[0].size + target[0].size) * 4 * 3
-        keep = max(_BATCH, min(len(x), _BYTES // max(per_sample, 1)))
-        x, target = x[:keep], target[:keep]
-        share = max(0.0, deadline - time.perf_counter()) / (len(layers) - index)
         if progress is not None:
             progress(label)
+        # The layer's input (from the Q/DQ model, earlier layers rounded) and the FP32 output
+        # it should reproduce; as many samples as fit in _BYTES (sized on a few first).
+        x, target = _pair(result, fp32, layer, samples[:_PROBE])
+        per_sample = (x[0].size + target[0].size) * 4 * 3
+        keep = max(_BATCH, min(len(samples), _BYTES // max(per_sample, 1)))
+        if keep > len(x):
+            x, target = _pair(result, fp32, layer, samples[:keep])
+        share = max(0.0, deadline - time.perf_counter()) / (len(layers) - index)
         values, report = _learn(layer, x, target, qrange, steps, share, seed, progress, label)
         _CACHE[key] = values
         while len(_CACHE) > _CACHE_SIZE:

@@ -55,6 +55,7 @@ model on the same inputs with one 8-bit step of noise
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -289,18 +290,8 @@ def rescue_flavours(target: Target, equalize: bool) -> list[Int8Flavour]:
     more to quantize): the activation type this ISA prefers, per-channel, with cross-layer
     equalization (when ``equalize``: it changes the model), AdaRound weight rounding, then
     bias correction."""
-    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
-    reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
-    return [
-        Int8Flavour(
-            "uint8" if x86 else "int8",
-            per_channel=True,
-            reduce_range=reduce and x86,
-            equalize=equalize,
-            bias_correction=True,
-            adaround=True,
-        )
-    ]
+    base = reference_flavour(target)
+    return [dataclasses.replace(base, equalize=equalize, bias_correction=True, adaround=True)]
 
 
 def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:

@@ -56,6 +56,7 @@ model on the same inputs with one 8-bit step of noise
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -289,7 +290,9 @@ def rescue_flavours(target: Target, equalize: bool) -> list[Int8Flavour]:
     """The host flavours the search adds when no other candidate passes the guard (they cost
     more to quantize): the activation type this ISA prefers, per-channel, with cross-layer
     equalization (when ``equalize``: it changes the model), AdaRound weight rounding, then
-    bias correction."""
+    bias correction. None without torch (the ``train`` extra), which AdaRound learns with."""
+    if importlib.util.find_spec("torch") is None:
+        return []
     base = reference_flavour(target)
     return [dataclasses.replace(base, equalize=equalize, bias_correction=True, adaround=True)]
 

@@ -1,12 +1,13 @@
 # Two commands on a fresh clone: `make demo` and `make test`. Each creates .venv if missing
 # and installs what it needs, pinned by constraints.txt; `make test` also installs the system
-# packages the aarch64 TVM tests need (apt, where it can) and the aarch64 TVM runtime.
+# packages the aarch64 TVM tests need (apt, where it can), the aarch64 TVM runtime and the
+# emulated Raspberry Pi's sysroot and wheels (cached in ~/.cache/edgec/emulate).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test lint format clean system-deps
+.PHONY: demo test lint format clean system-deps emulate-cache
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +17,10 @@ $(VENV)/.demo-installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e '.[train]'
 	touch $@
 
-# The tests need the dev, train (torch 2.13.0 CPU build) and tvm (Apache TVM 0.27) extras.
+# The tests need the dev, train (torch 2.13.0 CPU build), tvm (Apache TVM 0.27), litert
+# (ai-edge-litert 2.3.0) and trace (OpenTelemetry) extras.
 $(VENV)/.test-installed: $(BIN)/python pyproject.toml constraints.txt
-	$(PIP) -e '.[dev,train,tvm]'
+	$(PIP) -e '.[dev,train,tvm,litert,trace]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -37,7 +39,18 @@ $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so: $(VENV)/.test-installed
 	@PYTHON=$(BIN)/python .ci/aarch64-tvm-runtime.sh $(VENV)/aarch64-tvm-runtime \
 		|| echo "warning: no aarch64 TVM runtime; the qemu test will skip" >&2
 
-test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so
+# The emulated Raspberry Pi's files (`edgec run --emulate`, docs/emulate.md): Debian's arm64
+# Python and the aarch64 wheels the emulation tests run, fetched once into
+# ~/.cache/edgec/emulate (or EDGEC_EMULATE_CACHE); a no-op when cached. Offline it warns, and
+# those tests skip.
+EMULATE_WHEELS := numpy onnxruntime pillow ai-edge-litert apache-tvm apache-tvm-ffi \
+	typing-extensions ml-dtypes
+emulate-cache: $(VENV)/.test-installed
+	@$(BIN)/python -m edgec.emulate.sysroot $(EMULATE_WHEELS) \
+		|| echo "warning: no emulated-device cache; the --emulate tests will skip" >&2
+
+test: $(VENV)/.test-installed system-deps $(VENV)/aarch64-tvm-runtime/libtvm_runtime.so \
+		emulate-cache
 	$(BIN)/ruff check src tests examples benchmarks docs
 	$(BIN)/ruff format --check src tests examples benchmarks docs
 	$(BIN)/pytest

@@ -100,6 +100,7 @@ def test_the_recorded_command_writes_the_folder_as_DIR(tmp_path, argv):
         ("tvm.py", ["--part", "speed"]),
         ("passes.py", ["--models", "resnet18", "mobilenet_v2"]),
         ("fp16.py", ["--models", "resnet18", "efficientnet_b0"]),
+        ("litert.py", ["--models", "resnet18", "mobilenet_v2"]),
     ],
 )
 @pytest.mark.parametrize("with_dir", [True, False])
@@ -119,7 +120,9 @@ def test_each_script_skips_absent_models_in_one_line_and_records_nothing(
     assert results.read_bytes() == before
 
 
-@pytest.mark.parametrize("script", ["int8.py", "partition.py", "tvm.py", "passes.py", "fp16.py"])
+@pytest.mark.parametrize(
+    "script", ["int8.py", "partition.py", "tvm.py", "passes.py", "fp16.py", "litert.py"]
+)
 def test_each_script_documents_models_dir(script):
     """``--help`` lists the option, and the docstring (the help's source) names it too."""
     text = (BENCHMARKS / script).read_text(encoding="utf-8")

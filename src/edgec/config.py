@@ -21,6 +21,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "auto")
 CONFIDENCE_MEASURES: tuple[str, ...] = ("max-prob", "margin", "entropy")
 FUSIONS: tuple[str, ...] = ("replace", "weighted")
 OBJECTIVES: tuple[str, ...] = ("latency", "energy")
+QAT_MODES: tuple[str, ...] = ("auto", "on", "off")
 
 # Dimensions are separated by 'x' only, the one documented spelling: other separators are
 # refused with the expected format rather than guessed.
@@ -95,6 +96,58 @@ def _check_student_ratios(ratios: tuple[float, ...]) -> None:
         raise BadInputError("--students gives the same MAC ratio twice.")
 
 
+_STUDENT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class StudentFile:
+    """One ``--student NAME=FILE.onnx[:trained]``.
+
+    Attributes:
+        name: The stage name.
+        path: The ONNX file.
+        trained: Use it as given (``:trained``) instead of distilling it from the teacher.
+    """
+
+    name: str
+    path: Path
+    trained: bool = False
+
+
+def parse_student_file(spec: str) -> StudentFile:
+    """Parse ``NAME=FILE.onnx`` or ``NAME=FILE.onnx:trained``.
+
+    Raises:
+        BadInputError: Not of that form, a bad name, or no such file.
+    """
+    name, sep, rest = spec.partition("=")
+    name, rest = name.strip(), rest.strip()
+    if not sep or not name or not rest:
+        raise BadInputError(
+            f"--student '{spec}' is not of the form NAME=FILE.onnx (or NAME=FILE.onnx:trained)."
+        )
+    trained = rest.endswith(":trained")
+    path = Path(rest[: -len(":trained")] if trained else rest)
+    if not _STUDENT_NAME_RE.match(name) or name == "teacher":
+        raise BadInputError(
+            f"--student name '{name}' must be letters, digits, '.', '_' or '-' (not 'teacher'): "
+            "it names the stage's directory."
+        )
+    if not path.is_file():
+        raise BadInputError(f"--student {name}: no such file {path}; give the student's .onnx.")
+    return StudentFile(name, path, trained)
+
+
+def parse_student_files(specs: tuple[str, ...] | list[str]) -> tuple[StudentFile, ...]:
+    """Parse repeated ``--student`` flags; a name given twice is an error."""
+    files = tuple(parse_student_file(spec) for spec in specs)
+    names = [f.name for f in files]
+    for name in names:
+        if names.count(name) > 1:
+            raise BadInputError(f"--student gives the stage name '{name}' twice.")
+    return files
+
+
 @dataclass(frozen=True)
 class CompileConfig:
     """Everything ``edgec compile`` needs, validated.
@@ -141,6 +194,12 @@ class CompileConfig:
         partition: ``off`` (the teacher runs whole), ``auto`` (split it where the objective is
             lowest), or a cut: a tensor name, ``gateway-only`` or ``device-only``.
         objective: What ``--partition auto`` minimises: ``latency`` or device ``energy``.
+        qat: ``--qat``: ``auto`` (fine-tune with fake quantization where post-training INT8
+            misses the accuracy guard, when torch is installed), ``on`` (also where it passes;
+            needs torch) or ``off``.
+        student_files: ``--student NAME=FILE.onnx[:trained]`` (:func:`parse_student_files`):
+            students of the user's own architecture, distilled from the teacher (or used as
+            given when trained; :mod:`edgec.compiler.students.custom`).
     """
 
     model: Path
@@ -176,9 +235,12 @@ class CompileConfig:
     device: str | None = None
     partition: str = "off"
     objective: str = "latency"
+    qat: str = "auto"
+    student_files: tuple[StudentFile, ...] = ()
 
     def __post_init__(self) -> None:
         self._check_cascade()
+        self._check_qat()
         self._check_tvm()
         if self.dump_ir is not None and self.dump_ir.exists() and not self.dump_ir.is_dir():
             raise BadInputError(
@@ -224,6 +286,17 @@ class CompileConfig:
 
     def _check_explicit_requests(self) -> None:
         """Explicit requests that cannot be met are refused (``auto`` adapts, with a note)."""
+        untrained = [f.name for f in self.student_files if not f.trained]
+        if untrained and self.data is None:
+            raise BadInputError(
+                f"--student {untrained[0]} is distilled from the teacher and needs --data "
+                "(pass --data digits or an .npz with x), or give it as NAME=FILE.onnx:trained."
+            )
+        if untrained and not _importable("torch"):
+            raise MissingDependencyError(
+                f"--student {untrained[0]} is distilled in torch, and the train extra is not "
+                "installed: pip install 'edgec[train]' (or give it as NAME=FILE.onnx:trained)."
+            )
         if isinstance(self.students, str):
             return
         ratios = ",".join(f"{r:g}" for r in self.students)
@@ -236,6 +309,22 @@ class CompileConfig:
             raise MissingDependencyError(
                 f"--students {ratios} needs the train extra (torch and torch-pruning), which is "
                 "not installed: pip install 'edgec[train]' (or use --students auto or none)."
+            )
+
+    def _check_qat(self) -> None:
+        if self.qat not in QAT_MODES:
+            raise BadInputError(f"--qat must be one of {', '.join(QAT_MODES)}, got '{self.qat}'.")
+        if self.qat != "on":
+            return
+        if self.precision in ("fp32", "fp16"):
+            raise BadInputError(
+                f"--qat on fine-tunes INT8 stages, and --precision {self.precision} makes none; "
+                "use --precision auto or int8, or --qat off."
+            )
+        if not _importable("torch"):
+            raise MissingDependencyError(
+                "--qat on needs the train extra (torch), which is not installed: "
+                "pip install 'edgec[train]' (or use --qat auto or off)."
             )
 
     def _check_tvm(self) -> None:

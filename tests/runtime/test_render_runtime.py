@@ -176,3 +176,22 @@ def test_rendered_runtime_imports_without_edgec(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "teacher"
+
+
+def test_a_stage_with_a_batch_dimension_gets_a_batching_triton_config():
+    """A gateway stage checked at batch 16: Triton batches up to the gateway's max batch with
+    its wait as the queue delay, and the dims leave the batch out; the runtime's stage record
+    carries the batch it takes (a batch-1 stage keeps max_batch_size 0, see above)."""
+    manifest = _manifest("cascade")
+    for stage in manifest["stages"]:
+        if stage["tier"] == "gateway":
+            stage["batching"] = {"max_batch": 16}
+    files = render.render_files(manifest)
+    triton = files["deploy/triton/teacher/config.pbtxt"]
+    assert f"max_batch_size: {render.GATEWAY_DEFAULTS['max_batch']}" in triton
+    delay = round(render.GATEWAY_DEFAULTS["batch_wait_ms"] * 1000)
+    assert f"max_queue_delay_microseconds: {delay}" in triton
+    assert "dims: [ 1, 8, 8 ]" in triton and "dims: [ 10 ]" in triton
+    namespace: dict = {}
+    exec(compile(files["bundle_config.py"], "bundle_config.py", "exec"), namespace)
+    assert [s["max_batch"] for s in namespace["STAGES"]] == [1, 1, 16]

@@ -139,11 +139,13 @@ def run_bundle(
     device_id: str | None = None,
     capture: dict | None = None,
     power_state_file: Path | None = None,
+    trace: str = "off",
 ) -> Iterator[dict]:
     """Answer every input frame with the bundle's device runtime; one dict per frame.
 
     ``capture`` (``capture_dir``, ``capture_max_frames``, ``capture_max_mb``) spools the
     frames worth annotating (the runtime's ``--capture``); ``None`` captures nothing.
+    ``trace`` (``off``, ``console``, ``otlp``): OpenTelemetry spans, one trace per frame.
 
     Each dict has ``input``, ``prediction``, ``confidence``, ``stage``, ``latency_ms`` and
     ``route`` (how the answer came about). The first frame the gateway fails to answer (down,
@@ -167,6 +169,7 @@ def run_bundle(
             "recompile it with this edgec."
         )
     extra = _power_state_option(device, power_state_file)
+    extra.update(_trace_option(device, trace))
     try:
         # Already verified above by edgec's own verifier: the bundle's copy is not asked.
         runtime = device.DeviceRuntime(
@@ -220,6 +223,19 @@ def _power_state_option(device: ModuleType, power_state_file: Path | None) -> di
     return {"power_state_file": power_state_file}
 
 
+def _trace_option(module: ModuleType, trace: str) -> dict:
+    """``trace`` for the bundle's runtime, passed only when on (a runtime generated before
+    tracing has no such option)."""
+    if trace == "off":
+        return {}
+    if not hasattr(module, "tracing"):
+        raise BadInputError(
+            "This bundle's runtime predates --trace; recompile the bundle with this edgec to "
+            "trace it."
+        )
+    return {"trace": trace}
+
+
 _GATEWAY_FAILURES = frozenset({"fallback-error", "fallback-down", "fallback-refused"})
 
 
@@ -232,11 +248,15 @@ def serve_bundle(
     public_key: Path | None = None,
     announce: Callable[[str], None] = print,
     request_timeout_s: float | None = None,
+    max_batch: int | None = None,
+    batch_wait_ms: float | None = None,
+    trace: str = "off",
 ) -> None:
     """Serve the bundle's gateway stages with its generated gateway server until stopped.
 
     ``request_timeout_s`` is the time a whole request may take to arrive (default: the
-    bundle's, 10 s).
+    bundle's, 10 s); ``max_batch`` and ``batch_wait_ms`` how requests are batched (default:
+    the bundle's); ``trace`` (``off``, ``console``, ``otlp``) OpenTelemetry spans per request.
 
     Raises:
         BadInputError: Bad bundle, no gateway stages, bad options or the port is taken.
@@ -265,10 +285,27 @@ def serve_bundle(
             defaults["workers"] if workers is None else workers,
             logger=log,
             **({} if request_timeout_s is None else {"request_timeout_s": request_timeout_s}),
+            **_batching(gateway, max_batch, batch_wait_ms),
+            **_trace_option(gateway, trace),
         )
-    except ValueError as err:
+    except ValueError as err:  # bad settings, or tracing without OpenTelemetry
         text = str(err)
         raise BadInputError(f"{text[:1].upper()}{text[1:]}.") from None
     except OSError as err:
         raise BadInputError(f"Cannot listen on {host}:{port}: {err.strerror}.") from None
     gateway.serve(server, announce)
+
+
+def _batching(gateway: ModuleType, max_batch: int | None, batch_wait_ms: float | None) -> dict:
+    """The batching options given, for a runtime that has them (generated since batching)."""
+    given = {
+        k: v
+        for k, v in (("max_batch", max_batch), ("batch_wait_ms", batch_wait_ms))
+        if v is not None
+    }
+    if given and not hasattr(gateway, "batcher"):
+        raise BadInputError(
+            "This bundle's gateway predates --max-batch and --batch-wait-ms; recompile the "
+            "bundle with this edgec to batch requests."
+        )
+    return given

@@ -90,7 +90,12 @@ def compile_zoo_command(model: Path, output: Path | None, as_json: bool, flags: 
 
 def build_config(model: Path, output: Path | None, flags: dict):
     """The :class:`~edgec.config.CompileConfig` for the command's flags (text parsed here)."""
-    from edgec.config import CompileConfig, parse_input_shapes, parse_students
+    from edgec.config import (
+        CompileConfig,
+        parse_input_shapes,
+        parse_student_files,
+        parse_students,
+    )
     from edgec.kernels.preprocess import parse_preprocess
 
     preprocess = flags.pop("preprocess")
@@ -102,6 +107,7 @@ def build_config(model: Path, output: Path | None, flags: dict):
             "percentile": int(flags["percentile"]),
             "input_shapes": parse_input_shapes(flags["input_shapes"]),
             "students": parse_students(flags["students"]),
+            "student_files": parse_student_files(flags["student_files"]),
             "preprocess": parse_preprocess(preprocess) if preprocess is not None else None,
         },
     )

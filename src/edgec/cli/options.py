@@ -141,6 +141,16 @@ int8_options = compose(
         show_default=True,
         help="Without labels, the SQNR of INT8 logits against FP32 that INT8 must reach.",
     ),
+    click.option(
+        "--qat",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
+        show_default=True,
+        help="Quantization-aware training: where post-training INT8 misses the accuracy guard, "
+        "fine-tune the stage with fake quantization (teacher's logits as the loss) and judge "
+        "it again. auto: when torch is installed; on: also where post-training INT8 passes "
+        "(needs torch); off: never.",
+    ),
 )
 
 backend_options = compose(
@@ -190,6 +200,15 @@ data_and_student_options = compose(
         show_default=True,
         help="Students to derive (needs --data and the train extra): auto (sized from the "
         "target; skipped without --data), none, or MAC ratios of the teacher such as 0.1,0.3.",
+    ),
+    click.option(
+        "--student",
+        "student_files",
+        multiple=True,
+        metavar="NAME=FILE.onnx[:trained]",
+        help="A student of your own architecture (repeatable), with the teacher's input and "
+        "output: distilled from the teacher like the derived students (needs --data and the "
+        "train extra), or used as given with ':trained'. It joins the cascade as stage NAME.",
     ),
     click.option(
         "--distill-epochs",

@@ -29,6 +29,15 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     help="File holding the power state, normal or low, re-read when it changes; low switches "
     "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
 )
+@click.option(
+    "--trace",
+    type=click.Choice(["off", "console", "otlp"]),
+    default="off",
+    show_default=True,
+    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
+    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
+    "edgec[trace].",
+)
 @options.json_option("One JSON object per input, one a line.")
 @click.option(
     "--capture",
@@ -52,6 +61,13 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     show_default=True,
     help="Most megabytes --capture keeps (the oldest are dropped).",
 )
+@click.option(
+    "--emulate",
+    is_flag=True,
+    help="Run the device runtime on an emulated Raspberry Pi CPU (qemu-aarch64, Cortex-A72) "
+    "with Debian's arm64 Python and the real aarch64 wheels, fetched once into "
+    "~/.cache/edgec/emulate (docs/emulate.md); latencies are labelled emulated.",
+)
 @handle_errors
 def run(
     bundle: Path,
@@ -64,6 +80,8 @@ def run(
     capture_dir: Path | None,
     capture_max_frames: int,
     capture_max_mb: float,
+    emulate: bool,
+    trace: str,
 ) -> None:
     """Run INPUTS (.npy/.npz batches, images) through BUNDLE's generated device runtime.
 
@@ -72,8 +90,20 @@ def run(
       edgec run out/rpi4 frames.npy --json
       edgec run out/rpi4 photo.png --gateway http://gateway:8080
       edgec run out/rpi4 frames.npy --capture spool/ --capture-max-mb 50
+      edgec run out/rpi4 frames.npy --emulate --json
     """
-    from edgec.bundle.launch import run_bundle
+    if emulate:
+        if trace != "off":
+            # The emulated device carries edgec's pinned runtime wheels, not OpenTelemetry.
+            from edgec.errors import BadInputError
+
+            raise BadInputError("--trace runs on the host only; drop it with --emulate.")
+        from edgec.emulate.run import run_emulated
+
+        def run_bundle(*args, trace: str = "off"):
+            return run_emulated(*args)
+    else:
+        from edgec.bundle.launch import run_bundle
 
     try:
         capture = None
@@ -84,7 +114,7 @@ def run(
                 "capture_max_mb": capture_max_mb,
             }
         for item in run_bundle(
-            bundle, list(inputs), gateway, key, device_id, capture, power_state_file
+            bundle, list(inputs), gateway, key, device_id, capture, power_state_file, trace=trace
         ):
             if as_json:
                 click.echo(json.dumps(item))
@@ -102,7 +132,8 @@ def _describe(item: dict) -> str:
         answer = "no answer"
     else:
         answer = f"class {item['prediction']} (p={item['confidence']:.3f}) from {item['stage']}"
-    return f"{item['input']}: {answer} in {item['latency_ms']:.3f} ms [{item['route']}]"
+    timing = f" ({item['timing']})" if "timing" in item else ""
+    return f"{item['input']}: {answer} in {item['latency_ms']:.3f} ms{timing} [{item['route']}]"
 
 
 @click.command("serve")
@@ -125,6 +156,27 @@ def _describe(item: dict) -> str:
     help="Longest time a whole request (line, headers and body) may take to arrive; a slow "
     "client is cut off after it (default: the bundle's, 10 s).",
 )
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1, max=1024),
+    help="Most waiting requests a gateway worker runs as one batch (1: no batching; default: "
+    "the bundle's, 8).",
+)
+@click.option(
+    "--batch-wait-ms",
+    type=click.FloatRange(min=0, max=1000),
+    help="Longest a worker waits for more requests after the first of a batch, never past a "
+    "request's deadline (default: the bundle's, 2 ms; the plan budgets it).",
+)
+@click.option(
+    "--trace",
+    type=click.Choice(["off", "console", "otlp"]),
+    default="off",
+    show_default=True,
+    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
+    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
+    "edgec[trace].",
+)
 @options.public_key_option(_VERIFY_KEY_HELP)
 @handle_errors
 def serve(
@@ -135,6 +187,9 @@ def serve(
     queue_size: int | None,
     workers: int | None,
     request_timeout_s: float | None,
+    max_batch: int | None,
+    batch_wait_ms: float | None,
+    trace: str,
     key: Path | None,
 ) -> None:
     """Serve BUNDLE's gateway stages with its generated gateway server (until SIGTERM).
@@ -151,10 +206,11 @@ def serve(
         from edgec.bundle.registry import serve_registry
         from edgec.errors import BadInputError
 
-        if queue_size is not None or workers is not None or key is not None:
+        gateway_only = (queue_size, workers, key, max_batch, batch_wait_ms)
+        if any(value is not None for value in gateway_only) or trace != "off":
             raise BadInputError(
-                "--queue-size, --workers and --key apply to --tier gateway only; leave them out "
-                "for the registry."
+                "--queue-size, --workers, --max-batch, --batch-wait-ms, --trace and --key apply "
+                "to --tier gateway only; leave them out for the registry."
             )
         serve_registry(bundle, host, port, lambda line: click.echo(line), request_timeout_s)
         return
@@ -169,6 +225,9 @@ def serve(
         key,
         announce=lambda line: click.echo(line),
         request_timeout_s=request_timeout_s,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        trace=trace,
     )
 
 

@@ -28,6 +28,7 @@ from edgec.bundle import trust
 from edgec.bundle.gate import GateResult, check_bundle
 from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner, primary_backend
+from edgec.compiler.batch_dim import batch_stage
 from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.evaluate import accuracy, agreement, predict
 from edgec.compiler.fp16 import check_fp16_request, decide_fp16, wants_fp16
@@ -37,6 +38,7 @@ from edgec.compiler.int8.precision import (
     decide_precision,
     write_calibration,
 )
+from edgec.compiler.int8.qat import QatRequest
 from edgec.compiler.loading import LoadedModel, load_model
 from edgec.compiler.planning.cost_model import total_macs
 from edgec.compiler.planning.link import gateway_target, link_view
@@ -163,9 +165,11 @@ def _apply_precision(
     data: Dataset | None,
     config: CompileConfig,
     reporter: Reporter,
+    qat: QatRequest | None = None,
 ) -> None:
     """Decide the stage's precision (FP16, INT8 or FP32) on ``stage_target``, the target it
-    runs on (the gateway's for gateway stages), and write its calibration files.
+    runs on (the gateway's for gateway stages), and write its calibration files (``qat``:
+    ``--qat``, shared by the stages so the teacher's logits are computed once).
 
     FP16 (:mod:`edgec.compiler.fp16`) where asked for or, under ``auto``, where the stage's
     backend runs it on the target's GPU; ``--precision fp16`` was checked against the device
@@ -181,6 +185,7 @@ def _apply_precision(
         min_sqnr_db=config.min_sqnr_db,
         compare_seconds=min(config.measure_seconds, 2.0),
         seed=config.seed,
+        qat=qat,
     )
     if config.precision == "fp16" and stage_target.name != target.name:
         options = dataclasses.replace(options, requested="fp32")
@@ -202,6 +207,26 @@ def _apply_precision(
     stage.extra.update(decision.manifest_fields())
     stage_dir = root / "stages" / stage.name
     stage.extra["calibration"] = write_calibration(decision, stage_dir, root, stage_target)
+
+
+def _check_fits_memory(model: onnx.ModelProto, name: str, target: Target) -> None:
+    """Refuse a model whose weights alone exceed the target's RAM (before anything is written).
+
+    Raises:
+        BadInputError: The weights do not fit.
+    """
+    weights = sum(
+        int(np.prod(init.dims, dtype=np.int64))
+        * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        for init in model.graph.initializer
+    )
+    ram = target.memory.ram_gb * 2**30
+    if weights > ram:
+        raise BadInputError(
+            f"{name} does not fit {target.name}: its weights alone take "
+            f"{weights / 2**20:,.1f} MB and the device has {target.memory.ram_gb:g} GB of RAM; "
+            "use a smaller model or a target with more memory."
+        )
 
 
 def _load_data(
@@ -307,6 +332,32 @@ def _build_stage(
     return dataclasses.replace(entry, **scores), logits
 
 
+def _with_batch_dim(
+    entry: StageEntry, stage: StagePlan, root: Path, target: Target, reporter: Reporter
+) -> StageEntry:
+    """A gateway stage with a dynamic batch dimension when it checks out (batch_dim)."""
+    with reporter.step(f"Giving '{stage.name}' a dynamic batch dimension for the gateway"):
+        batching = batch_stage(
+            stage.model,
+            root / entry.model,
+            root / entry.artifact,
+            dict(entry.backend_options),
+            entry.backend,
+            target,
+            stage.precision,
+        )
+    if batching["max_batch"] > 1:
+        per_frame = batching["per_frame_ms"] or {}
+        reporter.note(
+            f"'{stage.name}': batch {batching['max_batch']} checked against batch 1; "
+            + (", ".join(f"batch {k} {v:.3f} ms/frame" for k, v in per_frame.items()) or "")
+            + ("" if per_frame else batching["timing"])
+        )
+    else:
+        reporter.note(f"'{stage.name}': batch 1 only ({batching['reason']})")
+    return dataclasses.replace(entry, details={**entry.details, "batching": batching})
+
+
 @dataclass(frozen=True)
 class PreparedModel:
     """The target-independent start of a compile: the loaded model and its canonical form.
@@ -384,11 +435,19 @@ def compile_model(
     else:
         canonical = onnx.ModelProto()
         canonical.CopyFrom(prepared.canonical)  # later steps may edit it: never the shared one
+    _check_fits_memory(canonical, config.model.name, target)
     # Students learn from tensors: with --preprocess, the frames through the NumPy reference.
     tensors = tensors_dataset(data, frames) if frames and data else data
+    custom = []
+    if config.student_files:  # --student: checked against the teacher before anything trains
+        from edgec.compiler.students.custom import add_custom_students, load_custom_students
+
+        custom = load_custom_students(canonical, config, reporter)
     students = derive_students(
         canonical, tensors, target, backend.name, precision, config, reporter
     )
+    if custom:  # the user's own architectures join the ladder
+        students = add_custom_students(students, custom, canonical, tensors, config, reporter)
     stages = plan_stages(canonical, precision, students.students, target.gateway is not None)
     if frames is not None:
         with reporter.step(f"Fusing pre-processing ({frames.spec.text()}) into every stage"):
@@ -398,6 +457,14 @@ def compile_model(
     if config.partition != "off":
         stages, partition = partition_teacher(stages, target, gateway, config, reporter)
 
+    # --qat distils from the FP32 teacher (the stage's own outputs once it is partitioned).
+    qat = QatRequest(
+        mode=config.qat,
+        teacher=next((s.model for s in stages if s.role == "teacher"), None),
+        temperature=config.temperature,
+        alpha=config.alpha,
+        seed=config.seed,
+    )
     with bundle_io.staging_dir(config.output, force=config.force) as root:
         entries, teacher_logits, outputs, x_eval = [], None, {}, None
         if partition and partition.cut == GATEWAY_ONLY and data is not None:
@@ -408,7 +475,9 @@ def compile_model(
         for stage in sorted(stages, key=lambda s: build_order.get(s.role, 2)):
             stage_target = _tier_target(stage, target, gateway)
             if stage.role != "prefix" and "partition_input" not in stage.extra:
-                _apply_precision(stage, root, target, stage_target, backend, data, config, reporter)
+                _apply_precision(
+                    stage, root, target, stage_target, backend, data, config, reporter, qat
+                )
             entry, logits = _build_stage(
                 stage,
                 root,
@@ -421,6 +490,8 @@ def compile_model(
                 config,
                 x_eval if stage.role == "teacher" else None,
             )
+            if stage.tier == "gateway":
+                entry = _with_batch_dim(entry, stage, root, stage_target, reporter)
             if stage.role == "prefix" and logits is not None:
                 x_eval = link_view(logits, partition.encoding)
             if stage.role == "teacher":

@@ -25,6 +25,14 @@ entry's ``backend`` and ``artifact``:
   ``edgec.targets.tvm.runner`` follows; it needs a CUDA GPU, so edgec's tests, which run
   without one, exercise only the CPU path).
 
+* ``litert`` and ``edgetpu``: a ``.tflite`` in LiteRT's interpreter, from ``ai_edge_litert``
+  or, on a device that has the older package, ``tflite_runtime`` (same interpreter API), with
+  the stage's threads (XNNPACK). Float inputs to an integer-I/O model (Coral) are quantized on
+  the input's grid and integer outputs dequantized. An ``edgetpu`` stage whose options name an
+  ``edgetpu_model`` (``model_edgetpu.tflite``, written when ``edgetpu_compiler`` ran) loads that
+  file with the Edge TPU delegate (``libedgetpu.so.1``) when the library is present, else the
+  plain ``.tflite`` on the CPU; ``runs_on`` says which.
+
 Any other backend is refused with one sentence naming the stage, its backend and what this
 runtime loads.
 """
@@ -347,7 +355,72 @@ def _prepare_cuda(tvm, cuda_arch: str | None) -> None:
         return nvcc.compile_cuda(code, target_format="cubin", compiler="nvrtc", arch=cuda_arch)
 
 
+def _tflite_interpreter():
+    """The ``Interpreter`` class and ``load_delegate`` of whichever LiteRT package is here."""
+    try:
+        from ai_edge_litert import interpreter
+    except ImportError:
+        try:
+            from tflite_runtime import interpreter
+        except ImportError:
+            return None
+    return interpreter
+
+
+class LiteRtStage:
+    """A ``.tflite`` stage run by LiteRT (``ai_edge_litert`` or ``tflite_runtime``).
+
+    Attributes:
+        runs_on: ``litert-cpu`` or ``edgetpu``.
+    """
+
+    def __init__(self, path: Path, options: dict):
+        module = _tflite_interpreter()
+        if module is None:
+            raise StageLoadError(
+                f"{path} needs LiteRT, which is not installed: pip install ai-edge-litert "
+                "(or tflite-runtime)."
+            )
+        delegates, model = [], path
+        tpu_model = options.get("edgetpu_model")
+        if tpu_model and (path.parent / str(tpu_model)).is_file():
+            try:
+                delegates = [module.load_delegate("libedgetpu.so.1")]
+                model = path.parent / str(tpu_model)
+            except (ValueError, OSError, AttributeError):
+                delegates = []  # no Edge TPU library here: the CPU model
+        self.runs_on = "edgetpu" if delegates else "litert-cpu"
+        try:
+            self.interpreter = module.Interpreter(
+                model_path=str(model),
+                num_threads=_threads(options),
+                experimental_delegates=delegates or None,
+            )
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise StageLoadError(f"LiteRT cannot load {model}: {err}") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The stage's first output for one input, in real units."""
+        dtype = np.dtype(self.input["dtype"])
+        if np.issubdtype(dtype, np.integer) and np.issubdtype(x.dtype, np.floating):
+            scale, zero_point = self.input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / (scale or 1.0)) + zero_point, info.min, info.max)
+        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x, dtype=dtype))
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self.output["index"])
+        scale, zero_point = self.output["quantization"]
+        if np.issubdtype(y.dtype, np.integer) and scale:
+            return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return y
+
+
 LOADERS: dict[str, Callable[[Path, dict], object]] = {
+    "edgetpu": LiteRtStage,
+    "litert": LiteRtStage,
     "onnxruntime": OnnxRuntimeStage,
     "tvm": TvmStage,
 }

@@ -5,9 +5,8 @@ before the manifest is written, so every generated file is hashed (and signed) w
 Templates live in ``templates/`` and are rendered with jinja2 and ``StrictUndefined``: a
 missing value is an error, never an empty string. The modules the runtime shares with the
 compiler (:data:`SHARED_MODULES`: the wire format, the scoring arithmetic, input reading,
-metrics, stage loaders, bundle verification, drift binning and frame capture) are copied
-verbatim, so the planner and the
-runtime compute with the same code.
+metrics, stage loaders, bundle verification, drift binning, frame capture, request batching
+and tracing) are copied verbatim, so the planner and the runtime compute with the same code.
 
 Rendering is deterministic: the same manifest gives byte-identical files. The rendered Python
 is formatted the way ``ruff format`` would and passes ``ruff check`` (tested).
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import jinja2
 
-from edgec.runtime import codec
+from edgec.runtime import batcher, codec
 
 RUNTIME_DIR = "runtime"
 SHARED_MODULES = (
@@ -36,6 +35,8 @@ SHARED_MODULES = (
     "drift.py",
     "capture.py",
     "switching.py",
+    "batcher.py",
+    "tracing.py",
 )
 TEMPLATES = {
     "__init__.py": "init.py.j2",
@@ -55,6 +56,8 @@ GATEWAY_DEFAULTS = {
     "workers": 2,
     "max_connections": 64,
     "request_timeout_s": 10.0,
+    "max_batch": batcher.DEFAULT_MAX_BATCH,
+    "batch_wait_ms": batcher.DEFAULT_WAIT_MS,
 }
 DEFAULT_GATEWAY_TIMEOUT_MS = 1000.0
 RETRY_AFTER_S = 1.0
@@ -62,6 +65,9 @@ _LINE = 100
 _BACKEND_REQUIREMENTS = {
     "onnxruntime": "onnxruntime>=1.20",
     "tvm": "apache-tvm==0.27.0.post1  # only the runtime library is used (TVM_USE_RUNTIME_LIB=1)",
+    "litert": "ai-edge-litert==2.3.0  # or tflite-runtime: the loader takes whichever is installed",
+    "edgetpu": "ai-edge-litert==2.3.0  # or tflite-runtime; plus libedgetpu1-std (Coral apt) for "
+    "model_edgetpu.tflite",
 }
 _TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -167,6 +173,8 @@ def _stage_record(stage: dict, policy: dict) -> dict:
         "scores": (policy.get("scores") or {}).get(name, "auto"),
         "threshold": (policy.get("thresholds") or {}).get(name),
         "forward_cost_ms": (policy.get("forward_cost_ms") or {}).get(name),
+        # Most rows the stage was checked to take at once (a dynamic batch dimension).
+        "max_batch": (stage.get("batching") or {}).get("max_batch", 1),
     }
 
 

@@ -95,7 +95,8 @@ def host_fields() -> dict:
         "memory": {"ram_gb": _ram_gb(), "bandwidth_gbps": 20.0 * cores},
         "power": {"typical_w": 15.0 * cores, "max_w": 25.0 * cores},
         "precisions": ("fp32", "int8") if has_vnni or "avx2" in flags else ("fp32",),
-        "backends": ("onnxruntime", "tvm"),
+        # Under --backend auto every usable one is built and timed here; the fastest ships.
+        "backends": ("onnxruntime", "litert", "tvm"),
         "toolchain": {"python": platform.python_version()},
         "tvm_target": {"kind": "llvm", "num-cores": cores},
     }

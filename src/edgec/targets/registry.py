@@ -17,6 +17,7 @@ from edgec.targets.descriptor import Target
 
 _BUILTIN = {
     "edgetpu": "edgec.targets.edgetpu:EdgeTpuBackend",
+    "litert": "edgec.targets.litert:LiteRtBackend",
     "onnxruntime": "edgec.targets.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "edgec.targets.tensorrt:TensorRTBackend",
     "tvm": "edgec.targets.tvm:TvmBackend",

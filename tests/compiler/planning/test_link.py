@@ -69,3 +69,31 @@ def test_the_gateway_target_is_the_descriptors():
     device = load_target("raspberry-pi-4")
     assert gateway_target(device).name == device.gateway.target
     assert gateway_target(load_target(device.gateway.target)) is None
+
+
+def test_the_plan_budgets_the_gateways_batch_wait_when_its_stages_batch():
+    """Gateway stages that take a batch: every request is priced with the gateway's default
+    batch wait on top (a device hands a frame on only when the wait fits too); a gateway stage
+    at batch 1 (so no batching) adds nothing."""
+    from edgec.compiler.planning.cascade import plan_cascade
+    from edgec.compiler.planning.link import gateway_batch_wait_ms
+    from edgec.runtime import batcher
+    from edgec.targets import LatencyStats
+
+    assert gateway_batch_wait_ms([16]) == batcher.DEFAULT_WAIT_MS > 0
+    assert gateway_batch_wait_ms([16, 1]) == gateway_batch_wait_ms([]) == 0.0
+    link = Link(rtt_ms=5.0, bandwidth_mbps=50.0)
+    plain, waiting = LinkModel.from_link(link), LinkModel.from_link(link, 2.0)
+    assert waiting.cost_ms(1000) == pytest.approx(plain.cost_ms(1000) + 2.0)
+    assert waiting.fixed_ms == pytest.approx(plain.fixed_ms + 2.0)
+    assert waiting.to_json(1000)["batch_wait_ms"] == 2.0
+    rng = np.random.default_rng(0)
+    probs = [rng.dirichlet(np.ones(4), 200) for _ in range(2)]
+    latency = [LatencyStats(1.0, 1.1, 1.2, 1.0, "measured-host", 10)] * 2
+    costs = [
+        plan_cascade(
+            probs, latency, ["device", "gateway"], model, 1000, budget_ms=50.0
+        ).forward_cost_ms[0]
+        for model in (plain, waiting)
+    ]
+    assert costs[1] == pytest.approx(costs[0] + 2.0)

@@ -40,9 +40,11 @@ stage (:func:`decide_precision`):
      (its decision then records that price for INT8).
 
 4. If the chosen candidate fails the guard, :func:`edgec.compiler.int8.accuracy_guard.repair`
-   keeps the worst-quantized layers in FP32 until it passes. If it cannot, ``auto`` keeps the
-   stage FP32 and ``int8`` raises :class:`~edgec.errors.GateFailedError` (exit 1) with the
-   numbers.
+   keeps the worst-quantized layers in FP32 until it passes. If it cannot, ``--qat``
+   (:mod:`edgec.compiler.int8.qat`) fine-tunes the stage with fake quantization and judges
+   the re-quantized model with the same guard (``--qat on`` also where PTQ passed). If that
+   fails too (or QAT is off), ``auto`` keeps the stage FP32 and ``int8`` raises
+   :class:`~edgec.errors.GateFailedError` (exit 1) with the numbers.
 5. Under ``auto`` INT8 must be at least ``MIN_SPEEDUP`` (10%) faster than FP32 — on this
    machine in a final head-to-head timing of the two (after any layers went back to FP32),
    elsewhere by the cost model — else the stage stays FP32.
@@ -67,6 +69,7 @@ import onnx
 
 from edgec.compiler.evaluate import predict
 from edgec.compiler.int8.accuracy_guard import GuardVerdict, input_noise, judge, repair
+from edgec.compiler.int8.qat import QatRequest, run_qat
 from edgec.compiler.planning.cost_model import estimate_latency
 from edgec.compiler.progress import Reporter
 from edgec.data import Dataset
@@ -104,6 +107,7 @@ class PrecisionOptions:
         max_fp32_steps: Most activations the guard may keep in FP32 before giving up.
         compare_seconds: Time spent timing FP32 against the INT8 candidates on this machine.
         seed: Seed for the calibration and guard subsets.
+        qat: ``--qat`` (:class:`~edgec.compiler.int8.qat.QatRequest`); ``None``: PTQ only.
     """
 
     requested: str = "auto"
@@ -114,6 +118,7 @@ class PrecisionOptions:
     max_fp32_steps: int = 10
     compare_seconds: float = 3.0
     seed: int = 0
+    qat: QatRequest | None = None
 
 
 @dataclass
@@ -139,6 +144,8 @@ class PrecisionDecision:
         int8_model: The INT8 model that was considered, also when FP32 won (not shipped then;
             for benchmarks and debugging).
         int8_flavour: Its flavour.
+        qat: The QAT attempt's record (``precision_decision.qat``), ``None`` when QAT was
+            not considered.
     """
 
     precision: str
@@ -157,6 +164,7 @@ class PrecisionDecision:
     repair_steps: list[dict] = field(default_factory=list)
     int8_model: onnx.ModelProto | None = None
     int8_flavour: Int8Flavour | None = None
+    qat: dict | None = None
 
     def describe(self) -> str:
         """One line for the progress output: the choice, its reason and the latencies."""
@@ -184,6 +192,7 @@ class PrecisionDecision:
                 "candidates": self.candidates,
                 "guard_steps": self.repair_steps,
                 "agreement": _agreement(self.verdict),
+                "qat": self.qat,
             },
         }
 
@@ -475,17 +484,55 @@ def decide_precision(
                 repaired.excluded,
                 repaired.steps,
             )
-            if not repaired.verdict.passed:
-                message = (
-                    f"INT8 for stage '{stage}' misses the accuracy guard even with "
-                    f"{len(repaired.excluded)} layers kept in FP32: {repaired.verdict.summary()}"
+        qat_verdict = None
+        if options.qat is not None and options.qat.wanted(result.verdict.passed):
+            # PTQ came first (cheaper); QAT starts again from its fully quantized model.
+            attempt = run_qat(
+                options.qat,
+                pre,
+                choice.model,
+                result.verdict,
+                table,
+                choice.flavour,
+                data,
+                model,
+                work.runner,
+                judge_model,
+                x_val,
+                options.max_fp32_steps,
+                x_cal,
+                reporter,
+                stage,
+            )
+            attempt.record["shipped"] = attempt.better_than(result.verdict, len(result.excluded))
+            if attempt.record["shipped"]:
+                pre, table = attempt.pre, attempt.calibration
+                result = _Choice(
+                    choice.flavour,
+                    attempt.model,
+                    attempt.verdict,
+                    dict(choice.latency)
+                    if measured
+                    else _estimates(model, attempt.model, target, backend),
+                    choice.source,
+                    choice.candidates,
+                    attempt.excluded,
+                    attempt.steps,
                 )
-                if options.requested == "int8":
-                    raise GateFailedError(
-                        f"{message}; raise --max-accuracy-drop, try another --calibration, or "
-                        "use --precision auto to keep FP32."
-                    )
-                return _fp32_instead_of(result, model, options, "accuracy-guard", message)
+            result.qat, qat_verdict = attempt.record, attempt.verdict
+        if not result.verdict.passed:
+            after_qat = f"; after QAT: {qat_verdict.summary()}" if qat_verdict else ""
+            message = (
+                f"INT8 for stage '{stage}' misses the accuracy guard even with "
+                f"{len(result.excluded)} layers kept in FP32: {result.verdict.summary()}"
+                f"{after_qat}"
+            )
+            if options.requested == "int8":
+                raise GateFailedError(
+                    f"{message}; raise --max-accuracy-drop, try another --calibration, or "
+                    "use --precision auto to keep FP32."
+                )
+            return _fp32_instead_of(result, model, options, "accuracy-guard", message)
         if measured:
             # The verdict on speed comes from FP32 and the final INT8 model timed head to head
             # (two models share the time budget instead of five: steadier medians).
@@ -544,10 +591,12 @@ class _Choice:
     candidates: list[dict]
     excluded: list[str] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    qat: dict | None = None
 
     def recorded(self) -> dict:
         """What a decision records of the INT8 model considered, whichever precision wins."""
         return {
+            "qat": self.qat,
             "verdict": self.verdict,
             "latency_ms": self.latency,
             "latency_source": self.source,

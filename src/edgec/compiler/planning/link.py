@@ -5,11 +5,14 @@ The cascade planner (:mod:`~edgec.compiler.planning.cascade`, through
 (:mod:`~edgec.compiler.planning.partition`) both send a tensor over the link and both price it
 here, alike::
 
-    request_ms = rtt + overhead + bytes * 8 / bandwidth
+    request_ms = rtt + overhead + batch_wait + bytes * 8 / bandwidth
 
 The RTT and bandwidth come from the device descriptor's ``gateway.link``; the overhead
 (:data:`DEFAULT_OVERHEAD_MS`) is the allowance for HTTP framing and server dispatch per
-request. The answer (a few logits) is small enough that its transfer is covered by the RTT.
+request; the batch wait is the longest a request waits at the gateway for others to batch
+with (:func:`gateway_batch_wait_ms`: the generated gateway's default ``--batch-wait-ms`` when
+its stages take a batch, else nothing). The answer (a few logits) is small enough that its
+transfer is covered by the RTT.
 
 What a tensor weighs on the link comes from the runtime's own wire format
 (:mod:`edgec.runtime.codec`, which ships inside the bundle): :func:`payload_bytes` is the
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgec.runtime import codec
+from edgec.runtime import batcher, codec
 from edgec.targets import Target, load_target
 from edgec.targets.descriptor import Link
 
@@ -46,22 +49,25 @@ class LinkModel:
         overhead_ms: HTTP framing and server dispatch per request, on top of the RTT.
         fallback_margin_ms: The device stops waiting for the gateway this long before the
             budget runs out, to answer on its own in time.
+        batch_wait_ms: The longest a request waits at the gateway for a batch to fill.
     """
 
     rtt_ms: float
     bandwidth_mbps: float
     overhead_ms: float = DEFAULT_OVERHEAD_MS
     fallback_margin_ms: float = DEFAULT_FALLBACK_MARGIN_MS
+    batch_wait_ms: float = 0.0
 
     @classmethod
-    def from_link(cls, link: Link) -> LinkModel:
+    def from_link(cls, link: Link, batch_wait_ms: float = 0.0) -> LinkModel:
         """The model of a descriptor's link, with the default overhead and margin."""
-        return cls(link.rtt_ms, link.bandwidth_mbps)
+        return cls(link.rtt_ms, link.bandwidth_mbps, batch_wait_ms=batch_wait_ms)
 
     @property
     def fixed_ms(self) -> float:
-        """What every request costs whatever it carries: the round trip and the overhead."""
-        return self.rtt_ms + self.overhead_ms
+        """What every request costs whatever it carries: the round trip, the overhead and
+        the wait for a batch."""
+        return self.rtt_ms + self.overhead_ms + self.batch_wait_ms
 
     def transfer_ms(self, payload_bytes: int) -> float:
         """Time to push ``payload_bytes`` through the uplink."""
@@ -78,6 +84,7 @@ class LinkModel:
             "bandwidth_mbps": self.bandwidth_mbps,
             "overhead_ms": self.overhead_ms,
             "fallback_margin_ms": self.fallback_margin_ms,
+            "batch_wait_ms": self.batch_wait_ms,
             "transfer_ms": round(self.transfer_ms(payload_bytes), 4),
         }
 
@@ -89,6 +96,15 @@ def gateway_target(device: Target) -> Target | None:
     down, so every planner prices the same gateway.
     """
     return load_target(device.gateway.target) if device.gateway is not None else None
+
+
+def gateway_batch_wait_ms(batch_sizes: Sequence[int]) -> float:
+    """The wait the generated gateway adds by default for gateway stages that take at most
+    ``batch_sizes`` rows each: its ``--batch-wait-ms`` when every one takes a batch (it then
+    batches), else none (it runs one request at a time)."""
+    if not batch_sizes or min(batch_sizes) <= 1:
+        return 0.0
+    return batcher.planned_wait_ms(batcher.DEFAULT_MAX_BATCH, batcher.DEFAULT_WAIT_MS)
 
 
 def payload_bytes(

@@ -25,7 +25,7 @@ import numpy as np
 from edgec.bundle.manifest import Manifest, PartitionSection, StageEntry
 from edgec.compiler.planning.alternatives import plan_alternatives
 from edgec.compiler.planning.cascade import Policy, plan_cascade
-from edgec.compiler.planning.link import LinkModel, request_bytes
+from edgec.compiler.planning.link import LinkModel, gateway_batch_wait_ms, request_bytes
 from edgec.compiler.planning.monitoring import monitoring_section
 from edgec.config import CompileConfig
 from edgec.runtime import scoring
@@ -80,7 +80,12 @@ def plan_bundle_policy(
         else None
     )
     tiers = [entry.tier for entry in entries]
-    link_model = LinkModel.from_link(link) if link else None
+    # The gateway batches requests when its stages take a batch: the plan budgets the wait.
+    batches = [(e.details.get("batching") or {}).get("max_batch", 1) for e in entries]
+    wait_ms = gateway_batch_wait_ms(
+        [b for b, t in zip(batches, tiers, strict=True) if t == "gateway"]
+    )
+    link_model = LinkModel.from_link(link, wait_ms) if link else None
     options = {
         "budget_ms": budget_ms,
         "percentile": percentile,

@@ -34,6 +34,7 @@ def render_report(manifest: dict) -> str:
             f"{stage['precision']} | {stage['macs']:,} | {_fmt_ms(stage['latency_ms'])} | "
             f"{_fmt_share(stage.get('accuracy'))} |"
         )
+    lines += batching_lines(manifest["stages"])
     fallbacks = [s["backend_fallback"] for s in manifest["stages"] if s.get("backend_fallback")]
     if fallbacks:
         lines += ["", *(f"- note: {f['note']}" for f in fallbacks)]
@@ -56,6 +57,29 @@ def render_report(manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def batching_lines(stages: list[dict]) -> list[str]:
+    """One line per gateway stage: the batch it takes and its measured per-frame cost."""
+    lines = []
+    for stage in stages:
+        batching = stage.get("batching")
+        if not batching:
+            continue
+        if batching["max_batch"] <= 1:
+            lines.append(f"- {stage['name']}: gateway batch 1 only ({batching['reason']})")
+            continue
+        per_frame = batching.get("per_frame_ms")
+        cost = (
+            ", ".join(f"batch {k} {v:.3f} ms/frame" for k, v in per_frame.items())
+            if per_frame
+            else "not timed here"
+        )
+        lines.append(
+            f"- {stage['name']}: gateway batch up to {batching['max_batch']} "
+            f"(checked against batch 1), {cost}"
+        )
+    return ["", *lines] if lines else []
 
 
 def partition_section(partition: dict) -> list[str]:

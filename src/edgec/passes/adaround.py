@@ -30,7 +30,9 @@ runs exactly as fast as before. Skipped layers are logged at ``debug``.
 Bounded work: at most :data:`MAX_SAMPLES` calibration inputs (fewer when a layer's input and
 output would take more than ~256 MB), at most ``steps`` optimiser steps per layer (Adam,
 batches of 32), and ``seconds`` in all, shared evenly by the layers still to do: the number of
-steps of a layer is fitted to its share after timing its first 10 (at least 20). Seeded
+steps of a layer is fitted to its share after timing its first 10 (at least 20); once the
+time is spent (collecting a big model's layer inputs counts too) the layers left keep
+round-to-nearest. Seeded
 (``seed``): the same model, samples and seed give the same weights. ``progress`` gets a short
 line per layer and every 50 steps, for a progress bar.
 
@@ -425,7 +427,7 @@ def round_weights(
         steps: Most optimiser steps per layer (``None``: :data:`DEFAULT_STEPS`).
         seconds: Time for all layers (``None``: :data:`DEFAULT_SECONDS`); each gets an even
             share of what is left, but at least 20 steps, so a layer slower than its share
-            overruns a little.
+            overruns a little; layers not started by then keep round-to-nearest.
         seed: Seeds the batches (same inputs and seed, same weights).
         progress: Called with a short line as layers and steps advance.
 
@@ -456,6 +458,15 @@ def round_weights(
             values = _CACHE[key]
             layer.weight.CopyFrom(numpy_helper.from_array(values, layer.weight.name))
             continue
+        if time.perf_counter() > deadline:
+            # The time is spent (collecting a big model's inputs counts too): the layers left
+            # keep round-to-nearest.
+            logger.info(
+                "AdaRound: time budget spent; %d of %d layers keep round-to-nearest",
+                len(layers) - index,
+                len(layers),
+            )
+            break
         if progress is not None:
             progress(label)
         # The layer's input (from the Q/DQ model, earlier layers rounded) and the FP32 output

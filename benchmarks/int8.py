@@ -1,46 +1,56 @@
-"""FP32 vs edgec's INT8 vs ONNX Runtime's plain ``quantize_static`` defaults, in one run.
+"""INT8 accuracy and speed: ONNX Runtime's quantization vs edgec before and after each technique.
 
-For the four benchmark models (resnet18, mobilenet_v2, mobilenet_v3_small, efficientnet_b0:
-random weights, recalibrated BatchNorm; not part of the repository, read from ``--models-dir``
-and skipped without it) and the example digits teacher, this script:
+Models: the four benchmark models (resnet18, mobilenet_v2, mobilenet_v3_small,
+efficientnet_b0: random weights, recalibrated BatchNorm; read from ``--models-dir`` and skipped
+without it), the example digits ``teacher``, and two models trained here on the harder digits
+(``bench_models.train_hard_models``, seeded): ``hard-teacher`` and ``mobilenet-digits``, a
+MobileNetV2-style CNN with depthwise convolutions. Each is canonicalised as ``edgec compile``
+does; FP32 is that model.
 
-1. canonicalises the model as ``edgec compile`` does (the FP32 baseline is that model);
-2. lets edgec decide, exactly as ``edgec compile --precision auto -t host`` does for a stage
-   (:func:`edgec.compiler.int8.precision.decide_precision`: calibration, the host flavour search,
-   the accuracy guard, the speed check) and keeps both its choice and the INT8 model it
-   considered;
-3. quantizes the same canonical model with ``onnxruntime.quantization.quantize_static`` and
-   nothing but its defaults (QDQ, int8 activations and weights, per-tensor, MinMax, no
-   pre-processing) on the same calibration inputs;
-4. times FP32, ORT-default INT8 and edgec's INT8 with ONNX Runtime (CPU, 2 threads, batch 1,
-   level ``all``, a thread pool that does not spin: the generated runtime's settings)
-   interleaved in one process, in ``--rounds`` rounds; quotes the median of the
-   rounds' medians and the best round's median;
-5. runs all three on the evaluation inputs and reports the logits' SQNR against FP32 and the
-   top-1 agreement (noisy on random-weight models: reported, not judged);
-6. relates each INT8 latency to this machine's INT8 peak (~2,050 GOP/s on 2 threads, VNNI
-   micro-kernel, RECIPES.md) and FP32 to its FP32 peak (~518 GFLOP/s).
+Paths, all from the same calibration inputs (the guard's seeded subset of 300 training inputs):
 
-Data: for the 224x224 models, natural photos shipped with scikit-image (``skimage.data``:
-astronaut, chelsea, coffee, rocket, hubble_deep_field, immunohistochemistry, retina, and the
-grey camera, coins, moon, grass, gravel, brick, clock replicated to RGB), cut into random square
-crops of 30-100% of the short side, resized to 224x224, randomly flipped, ImageNet-normalised:
-300 calibration crops (seed 1) and 500 different evaluation crops (seed 2). For the teacher,
-``--data digits``: calibration from its training split, evaluation on its 450 validation
-samples (with labels, so the teacher also reports accuracy).
+* **ort-default** — ``quantize_static`` with every option at its default (QDQ, s8 activations,
+  s8 per-tensor weights, MinMax, no pre-processing);
+* **ort-u8s8** — ONNX Runtime's best u8s8 recipe for this CPU: ``quant_pre_process``, then
+  ``quantize_static`` with u8 activations, s8 per-channel weights, and ``reduce_range`` (7-bit
+  weights) on x86 without VNNI;
+* **edgec** — edgec's quantization (``edgec.passes.quantize``) in the host's preferred flavour
+  (u8s8 per-channel, 7-bit weights without VNNI), then with each technique added in turn:
+  **+cle** (cross-layer equalization), **+cle+bc** (and bias correction), **+cle+adaround**
+  (and AdaRound weight rounding), **+cle+adaround+bc** (all three);
+* **edgec-choice** — what ``edgec compile --precision auto -t host`` ships for the stage
+  (``decide_precision``: the host flavour search, the accuracy guard and its repair, the speed
+  check): an INT8 model, or FP32; **edgec-int8** — the INT8 model that decision settled on
+  (shipped or not: FP32 ships when INT8 is not 1.1x faster than FP32 or misses the guard).
+
+Accuracy, on the evaluation inputs: **agree>=0.5** — top-1 agreement with FP32 on the inputs
+where FP32's top-1 softmax probability is at least 0.5 (the guard's moderately confident
+inputs); **SQNR** of the logits against FP32; accuracy where there are labels; and, per model,
+FP32's own agreement under one 8-bit step of input noise (the guard's noise floor).
+Data: 224x224 models — 300 calibration and 500 other evaluation crops of scikit-image's photos;
+``teacher`` — ``--data digits`` (450 validation samples); the hard-digits models — their
+validation split.
+
+Speed (unless ``--no-speed``): ONNX Runtime CPU, 2 threads, batch 1, level ``all``, every path
+of a model interleaved in one process (``interleaved_latency``) in ``--rounds`` rounds; ``ms``
+is the median of the rounds' medians; ``vs u8s8`` is ORT u8s8's ms over the path's (>= 1 is as
+fast or faster). Goal on the three trained models: edgec-choice agree>=0.5 >= 0.985 at
+>= 0.95x ORT u8s8's speed.
 
 Usage::
 
-    python benchmarks/int8.py --models-dir DIR [--models resnet18 teacher ...] [--rounds 7]
-        [--seconds 2] [--no-write]
+    python benchmarks/int8.py [--models-dir DIR] [--models NAME ...] [--rounds 7]
+        [--seconds 2] [--adaround-seconds 120] [--no-speed] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- int8:begin -->`` and
-``<!-- int8:end -->``) unless ``--no-write``.
+``<!-- int8:end -->``) unless ``--no-write``; with ``--no-speed`` the speed columns read
+"pending".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -58,12 +68,19 @@ import onnx
 import onnxruntime as ort
 
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.int8.accuracy_guard import sqnr_db
-from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
+from edgec.compiler.evaluate import predict
+from edgec.compiler.int8.accuracy_guard import input_noise, sqnr_db
+from edgec.compiler.int8.precision import (
+    MAX_GUARD_SAMPLES,
+    PrecisionOptions,
+    decide_precision,
+    rule_flavour,
+    saturates_u8s8,
+)
 from edgec.compiler.loading import load_model
-from edgec.compiler.planning.cost_model import total_macs
 from edgec.data import Dataset, load_dataset
-from edgec.passes.quantize import ArrayCalibrationReader
+from edgec.passes import adaround
+from edgec.passes.quantize import ArrayCalibrationReader, calibrate, preprocess, quantize_model
 from edgec.targets import load_target
 from edgec.targets.onnxruntime.backend import OrtRunner
 from edgec.targets.onnxruntime.timing import interleaved_latency
@@ -72,30 +89,49 @@ REPO = Path(__file__).resolve().parent.parent
 TEACHER = REPO / "examples" / "digits" / "teacher.onnx"
 from bench_models import (  # noqa: E402  (benchmarks/ is the script's folder)
     BENCHMARK_MODELS,
+    HARD_MODELS,
     add_models_dir,
     find_models,
     photo_crops,
     recorded_command,
+    train_hard_models,
 )
 from results_md import write_section  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
-INT8_PEAK_GOPS = 2050.0
-FP32_PEAK_GFLOPS = 518.0
 THREADS = 2
-PATHS = ("fp32", "ort-default", "edgec-int8")
+CALIB_SAMPLES = 300
+MODERATE = 0.5
+TRAINED = ("teacher", *HARD_MODELS)
+GOAL_AGREEMENT, GOAL_SPEED = 0.985, 0.95
+# Cumulative techniques on edgec's preferred host flavour: (label, equalize, bias, adaround).
+TECHNIQUES = (
+    ("edgec", False, False, False),
+    ("edgec+cle", True, False, False),
+    ("edgec+cle+bc", True, True, False),
+    ("edgec+cle+adaround", True, False, True),
+    ("edgec+cle+adaround+bc", True, True, True),
+)
+PATHS = (
+    "fp32",
+    "ort-default",
+    "ort-u8s8",
+    *(t[0] for t in TECHNIQUES),
+    "edgec-int8",
+    "edgec-choice",
+)
 
 
 @dataclass
 class PathResult:
     """One way of running one model."""
 
-    p50_ms: float
-    best_ms: float
-    sqnr_db: float | None
     agreement: float | None
-    accuracy: float | None = None
+    sqnr_db: float | None
+    accuracy: float | None
+    p50_ms: float | None = None
+    quantize_s: float = 0.0
 
 
 @dataclass
@@ -103,15 +139,14 @@ class Row:
     """One model's measurements."""
 
     name: str
-    macs: int
     eval_samples: int
+    moderate_samples: int
+    noise_agreement: float
     paths: dict[str, PathResult] = field(default_factory=dict)
     choice: str = "fp32"
     flavour: str = "—"
     fp32_layers: int = 0
     reason: str = ""
-    guard: str = ""
-    quantize_s: float = 0.0
 
 
 def natural_images(count: int, seed: int) -> np.ndarray:
@@ -140,20 +175,66 @@ def photo_dataset() -> Dataset:
     return Dataset("skimage-photos", calib, None, evaluation, None, digest)
 
 
+def _subset(x: np.ndarray, y: np.ndarray | None, limit: int, seed: int = 0):
+    """The same seeded subset ``decide_precision`` draws (calibration and guard inputs)."""
+    if len(x) <= limit:
+        return x, y
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[keep], None if y is None else y[keep]
+
+
+def _quiet_root():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT's "consider pre-processing" warnings
+    return lambda: root.setLevel(level)
+
+
 def ort_default(model: onnx.ModelProto, calib: np.ndarray, work: Path) -> onnx.ModelProto:
-    """``quantize_static`` with every option at its default, on the same calibration inputs."""
+    """``quantize_static`` with every option at its default, on the calibration inputs."""
     from onnxruntime.quantization import quantize_static
 
     source, out = work / "ortdef_in.onnx", work / "ortdef.onnx"
     onnx.save_model(model, source)
-    input_name = next(i.name for i in model.graph.input)
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # its "consider pre-processing" warnings
+    restore = _quiet_root()
     try:
-        quantize_static(str(source), str(out), ArrayCalibrationReader(input_name, calib))
+        quantize_static(str(source), str(out), ArrayCalibrationReader(_input(model), calib))
     finally:
-        root.setLevel(level)
+        restore()
     return onnx.load(out)
+
+
+def ort_u8s8(
+    model: onnx.ModelProto, calib: np.ndarray, reduce_range: bool, work: Path
+) -> onnx.ModelProto:
+    """ONNX Runtime's u8s8 per-channel recipe: ``quant_pre_process``, then ``quantize_static``
+    with u8 activations, s8 per-channel weights, 7-bit weights where ``reduce_range``."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, pre, out = work / "u8s8_in.onnx", work / "u8s8_pre.onnx", work / "u8s8.onnx"
+    onnx.save_model(model, source)
+    restore = _quiet_root()
+    try:
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre),
+            str(out),
+            ArrayCalibrationReader(_input(model), calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        restore()
+    return onnx.load(out)
+
+
+def _input(model: onnx.ModelProto) -> str:
+    inits = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
 
 
 def _runner(model: onnx.ModelProto, path: Path) -> OrtRunner:
@@ -161,138 +242,179 @@ def _runner(model: onnx.ModelProto, path: Path) -> OrtRunner:
     return OrtRunner(path, threads=THREADS, level="all")
 
 
-def _logits(runner: OrtRunner, x: np.ndarray) -> np.ndarray:
-    name = runner.input_names[0]
-    return np.concatenate([runner.run({name: x[i : i + 1]})[0] for i in range(len(x))])
+def _top_probability(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    return probs.max(axis=1) / probs.sum(axis=1)
 
 
 def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) -> Row:
-    """Decide, quantize, evaluate and time one model."""
-    row = Row(name, total_macs(model), len(data.x_val))
+    """Quantize every path, evaluate it, and (unless --no-speed) time them interleaved."""
+    host = load_target("host")
+    calib, _ = _subset(data.x_train, None, CALIB_SAMPLES)
+    x_val, y_val = _subset(data.x_val, data.y_val, MAX_GUARD_SAMPLES)
+    models: dict[str, onnx.ModelProto] = {"fp32": model}
+    seconds: dict[str, float] = {}
+
+    def timed(key, build):
+        started = time.perf_counter()
+        models[key] = build()
+        seconds[key] = time.perf_counter() - started
+
+    reduce = saturates_u8s8(host)
+    timed("ort-default", lambda: ort_default(model, calib, work))
+    timed("ort-u8s8", lambda: ort_u8s8(model, calib, reduce, work))
+    base = rule_flavour(host, "onnxruntime")  # u8s8 per-channel (7-bit without VNNI) on x86
+    prepared = {}
+    for label, equalize, bias, rounding in TECHNIQUES:
+        flavour = dataclasses.replace(
+            base, equalize=equalize, bias_correction=bias, adaround=rounding
+        )
+
+        def build(flavour=flavour):
+            if flavour.equalize not in prepared:
+                pre = preprocess(model, equalize=flavour.equalize)
+                prepared[flavour.equalize] = (pre, calibrate(pre, calib, "minmax", data.sha256))
+            needs = flavour.bias_correction or flavour.adaround
+            return quantize_model(
+                *prepared[flavour.equalize], flavour, samples=calib if needs else None
+            )
+
+        timed(label, build)
+        print(f"  {name}: {label} quantized ({seconds[label]:.0f} s)", flush=True)
     started = time.perf_counter()
-    options = PrecisionOptions(requested="auto", compare_seconds=3.0)
-    decision = decide_precision(
-        model, load_target("host"), "onnxruntime", data, options, stage=name
-    )
-    models = {"fp32": model, "ort-default": ort_default(model, data.x_train, work)}
+    options = PrecisionOptions(requested="auto", compare_seconds=args.decide_seconds)
+    decision = decide_precision(model, host, "onnxruntime", data, options, stage=name)
+    seconds["edgec-choice"] = time.perf_counter() - started
+    models["edgec-choice"] = decision.model
     if decision.int8_model is not None:
         models["edgec-int8"] = decision.int8_model
-    row.quantize_s = time.perf_counter() - started
-    row.choice = "edgec-int8" if decision.precision == "int8" else "fp32"
-    row.flavour = decision.int8_flavour.name if decision.int8_flavour else "—"
-    row.fp32_layers = len(decision.fp32_layers) if decision.precision == "int8" else 0
-    row.reason = decision.reason
-    row.guard = decision.verdict.summary() if decision.verdict else "—"
+        seconds["edgec-int8"] = seconds["edgec-choice"]
     runners = {key: _runner(m, work / f"{name}-{key}.onnx") for key, m in models.items()}
-    outputs = {key: _logits(r, data.x_val) for key, r in runners.items()}
-    feeds = {runners["fp32"].input_names[0]: np.ascontiguousarray(data.x_val[:1])}
-    rounds: dict[str, list[float]] = {key: [] for key in runners}
-    for _ in range(args.rounds):
-        stats = interleaved_latency(runners, feeds, seconds=args.seconds)
-        for key, value in stats.items():
-            rounds[key].append(value.p50)
-    reference = outputs["fp32"]
-    for key in runners:
-        top = outputs[key].reshape(len(reference), -1).argmax(axis=1)
-        accuracy = None
-        if data.y_val is not None:
-            accuracy = float((top == data.y_val).mean())
+    outputs = {key: predict(r, x_val) for key, r in runners.items()}
+    reference = outputs["fp32"].reshape(len(x_val), -1)
+    moderate = _top_probability(reference.astype(np.float64)) >= MODERATE
+    noisy = predict(runners["fp32"], input_noise(x_val, calib, seed=0))
+    top = reference.argmax(axis=1)
+    row = Row(
+        name,
+        len(x_val),
+        int(moderate.sum()),
+        float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean()),
+        choice="edgec-int8" if decision.precision == "int8" else "fp32",
+        flavour=decision.flavour.name if decision.precision == "int8" else "—",
+        fp32_layers=len(decision.fp32_layers) if decision.precision == "int8" else 0,
+        reason=decision.reason,
+    )
+    for key, out in outputs.items():
+        out = out.reshape(len(x_val), -1)
+        same = out.argmax(axis=1) == top
         row.paths[key] = PathResult(
-            p50_ms=statistics.median(rounds[key]),
-            best_ms=min(rounds[key]),
-            sqnr_db=None if key == "fp32" else sqnr_db(reference, outputs[key]),
-            agreement=None if key == "fp32" else float((top == reference.argmax(axis=1)).mean()),
-            accuracy=accuracy,
+            agreement=float(same[moderate].mean()) if moderate.any() else None,
+            sqnr_db=None if key == "fp32" else sqnr_db(reference, out),
+            accuracy=None if y_val is None else float((out.argmax(axis=1) == y_val).mean()),
+            quantize_s=seconds.get(key, 0.0),
         )
+    if not args.no_speed:
+        feeds = {runners["fp32"].input_names[0]: np.ascontiguousarray(x_val[:1])}
+        rounds: dict[str, list[float]] = {key: [] for key in runners}
+        for _ in range(args.rounds):
+            for key, value in interleaved_latency(runners, feeds, seconds=args.seconds).items():
+                rounds[key].append(value.p50)
+        for key in runners:
+            row.paths[key].p50_ms = statistics.median(rounds[key])
     return row
 
 
-def _fmt(value: float | None, pattern: str) -> str:
-    return "—" if value is None else format(value, pattern)
+def _fmt(value: float | None, pattern: str, missing: str = "—") -> str:
+    return missing if value is None else format(value, pattern)
 
 
-def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, float]) -> str:
+def goals(rows: list[Row], speed: bool) -> list[str]:
+    """The goal lines for the trained models."""
+    lines = []
+    for r in rows:
+        if r.name not in TRAINED:
+            continue
+        choice, u8s8 = r.paths["edgec-choice"], r.paths["ort-u8s8"]
+        ok_agree = choice.agreement is not None and choice.agreement >= GOAL_AGREEMENT
+        if speed and choice.p50_ms:
+            ratio = u8s8.p50_ms / choice.p50_ms
+            speed_text = (
+                f"{ratio:.2f}x ORT u8s8's speed ({'met' if ratio >= GOAL_SPEED else 'missed'})"
+            )
+        else:
+            speed_text = "speed pending"
+        considered = r.paths.get("edgec-int8")
+        int8 = f", edgec-int8 {_fmt(considered.agreement, '.4f')}" if considered else ""
+        lines.append(
+            f"- **{r.name}** (ships {r.choice}): edgec-choice agree>=0.5 "
+            f"{_fmt(choice.agreement, '.4f')} ({'met' if ok_agree else 'missed'}; ORT u8s8 "
+            f"{_fmt(u8s8.agreement, '.4f')}{int8}), {speed_text}."
+        )
+    return lines
+
+
+def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
     """The RESULTS.md section."""
+    vnni = not saturates_u8s8(load_target("host"))
     lines = [
         BEGIN,
-        "## INT8: FP32 vs edgec vs ONNX Runtime defaults (`benchmarks/int8.py`)",
+        "## INT8: ONNX Runtime vs edgec, technique by technique (`benchmarks/int8.py`)",
         "",
         f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores with AVX-512 VNNI (shared, noisy), Python "
-        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s; "
-        f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other "
-        "engineers' jobs share the 2 cores: absolute times and % of peak suffer, ratios of "
-        "interleaved paths much less).",
+        f"{os.cpu_count()} cores, {'with' if vnni else 'without'} VNNI (shared, noisy), Python "
+        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s.",
         f"- Command: `{command}`",
-        "- Models: the four benchmark models (`--models-dir`: random weights, recalibrated "
-        "BatchNorm) and `examples/digits/teacher.onnx`, each canonicalised as `edgec compile` "
-        "does.",
-        "- Data: 224x224 models — random crops of scikit-image's bundled photos, resized, "
-        "flipped, ImageNet-normalised (300 calibration crops, 500 other evaluation crops, no "
-        "labels); teacher — `--data digits` (calibration from the training split, evaluation on "
-        "the 450 validation samples, with labels).",
-        "- Paths: **fp32** the canonical model; **ort-default** `quantize_static(model, out, "
-        "reader)` with all defaults (QDQ, s8 activations, s8 per-tensor weights, MinMax, no "
-        "pre-processing); **edgec-int8** the INT8 model `decide_precision` (what `edgec compile "
-        "--precision auto -t host` runs per stage) settled on. **choice** is what edgec ships: "
-        "edgec-int8, or fp32 when INT8 was not faster or missed the accuracy guard.",
-        "- Latency: ONNX Runtime CPU, 2 threads, batch 1, level `all`, no spinning thread pool "
-        "(what the generated runtime runs; edgec times the same way); all paths interleaved in "
-        "one process; each round times every path (`interleaved_latency`); `ms` is the median "
-        "of the rounds' medians, `best` the fastest round's median. Ratio = FP32 ms / path ms "
-        "(>1 is faster). % of peak: 2 x MACs / latency against ~2,050 GOP/s INT8 (VNNI) or "
-        "~518 GFLOP/s FP32 on 2 threads (RECIPES.md).",
-        "- SQNR: 10 log10(sum fp32² / sum (path - fp32)²) of the logits over all evaluation "
-        "inputs; agreement: top-1 equal to FP32's (random-weight models have near-tied logits, "
-        "so agreement is noisy there: reported, not gated).",
+        "- Models: the benchmark models given with `--models-dir` (random weights, recalibrated "
+        "BatchNorm), `examples/digits/teacher.onnx`, and two models trained by the script on "
+        "the harder digits of `distill.py` (seeded): `hard-teacher` (four conv-BN-ReLU "
+        "layers) and `mobilenet-digits` (MobileNetV2-style inverted residual blocks with "
+        "depthwise convs); each canonicalised as `edgec compile` does.",
+        "- Paths: **ort-default** `quantize_static` defaults (s8s8 per-tensor, no "
+        "pre-processing); **ort-u8s8** `quant_pre_process` + `quantize_static` u8 activations, "
+        f"s8 per-channel weights{', 7-bit (reduce_range)' if not vnni else ''}; **edgec** "
+        "edgec's quantization in the host's preferred flavour (the same u8s8 per-channel), then "
+        "with cross-layer equalization (**+cle**), bias correction (**+bc**), AdaRound "
+        "(**+adaround**), cumulatively; **edgec-int8** the INT8 model `edgec compile "
+        "--precision auto -t host` settles on (its flavour search and guard), **edgec-choice** "
+        "what it ships (FP32 when INT8 is not 1.1x faster than FP32 or misses the guard).",
+        "- Accuracy: **agree>=0.5** top-1 agreement with FP32 on the inputs where FP32's top-1 "
+        "probability is >= 0.5 (n = their count); **SQNR** of the logits against FP32; "
+        "accuracy with labels; **noise** FP32's own agreement there under one 8-bit step of "
+        "input noise (the guard's floor). Calibration: the guard's seeded 300 training inputs.",
+        "- Speed: ONNX Runtime CPU, 2 threads, batch 1, level `all`, all paths of a model "
+        "interleaved in one process; ms = median of the rounds' medians; **vs u8s8** = ORT "
+        "u8s8 ms / path ms (>= 1: as fast or faster)."
+        + ("" if speed else " **Speed pending**: this run was `--no-speed`."),
         "",
-        "| model | GMACs | path | ms | best ms | ratio | SQNR dB | top-1 agree | accuracy "
-        "| % of peak |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | n (noise) | path | agree>=0.5 | SQNR dB | accuracy | ms | vs u8s8 "
+        "| quantize s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        fp32 = r.paths["fp32"]
+        u8s8 = r.paths["ort-u8s8"].p50_ms
         for key in PATHS:
-            if key not in r.paths:
+            p = r.paths.get(key)
+            if p is None:
                 continue
-            p = r.paths[key]
-            peak = INT8_PEAK_GOPS if key != "fp32" else FP32_PEAK_GFLOPS
-            share = 2 * r.macs / (p.p50_ms / 1e3) / (peak * 1e9) * 100
-            label = f"**{key}** (choice)" if key == r.choice else key
+            label = f"**{key}** ({r.choice})" if key == "edgec-choice" else key
+            ratio = u8s8 / p.p50_ms if (u8s8 and p.p50_ms) else None
+            missing = "—" if speed else "pending"
             lines.append(
-                f"| {r.name} | {r.macs / 1e9:.3f} | {label} | {p.p50_ms:.3f} | {p.best_ms:.3f} "
-                f"| {fp32.p50_ms / p.p50_ms:.2f} | {_fmt(p.sqnr_db, '.1f')} "
-                f"| {_fmt(p.agreement, '.3f')} | {_fmt(p.accuracy, '.4f')} | {share:.0f}% |"
+                f"| {r.name} | {r.moderate_samples} ({r.noise_agreement:.3f}) | {label} "
+                f"| {_fmt(p.agreement, '.4f')} | {_fmt(p.sqnr_db, '.1f')} "
+                f"| {_fmt(p.accuracy, '.4f')} | {_fmt(p.p50_ms, '.3f', missing)} "
+                f"| {_fmt(ratio, '.2f', missing)} | {p.quantize_s:.0f} |"
             )
-    lines += ["", "edgec's decisions:", ""]
+    lines += ["", "edgec's choices:", ""]
     for r in rows:
         layers = f", {r.fp32_layers} layers kept FP32" if r.fp32_layers else ""
-        lines.append(
-            f"- **{r.name}**: ships {r.choice} (INT8 flavour considered: {r.flavour}{layers}; "
-            f"decision took {r.quantize_s:.0f} s): {r.reason}"
-            + ("" if "guard" in r.reason else f"; guard: {r.guard}")
-            + "."
-        )
-    shared = [r for r in rows if r.name in BENCHMARK_MODELS]
-    if shared:
-        faster = [r.name for r in shared if r.paths[r.choice].p50_ms < r.paths["fp32"].p50_ms]
-        slower = [
-            r.name for r in shared if r.paths[r.choice].p50_ms > r.paths["fp32"].p50_ms * 1.02
-        ]
-        below = [
-            r.name
-            for r in shared
-            if r.choice != "fp32" and r.paths["edgec-int8"].sqnr_db < r.paths["ort-default"].sqnr_db
-        ]
-        lines += [
-            "",
-            "Goals on the four benchmark models:",
-            "",
-            f"- edgec's choice never slower than FP32 (>2% slower: {', '.join(slower) or 'none'}).",
-            f"- faster than FP32 on at least three: {len(faster)} ({', '.join(faster) or 'none'}).",
-            "- SQNR at or above ONNX Runtime's defaults wherever edgec ships INT8 (an FP32 "
-            f"choice reproduces FP32 exactly): below on {', '.join(below) or 'none'}.",
-        ]
+        lines.append(f"- **{r.name}**: {r.choice} ({r.flavour}{layers}): {r.reason}.")
+    trained = goals(rows, speed)
+    if trained:
+        lines += ["", "Goal on the trained models (agree>=0.5 >= 0.985 at >= 0.95x ORT u8s8):", ""]
+        lines += trained
     lines += [END, ""]
     return "\n".join(lines)
 
@@ -300,35 +422,53 @@ def section(rows: list[Row], command: str, seconds: float, loads: tuple[float, f
 def main() -> None:
     """Run the benchmark and write its section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[*BENCHMARK_MODELS, "teacher"])
+    parser.add_argument("--models", nargs="+", default=[*BENCHMARK_MODELS, *TRAINED])
     add_models_dir(parser)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0, help="per round")
+    parser.add_argument(
+        "--decide-seconds", type=float, default=3.0, help="edgec's own timing of its flavours"
+    )
+    parser.add_argument(
+        "--adaround-seconds",
+        type=float,
+        default=adaround.DEFAULT_SECONDS,
+        help="AdaRound's time per model and flavour",
+    )
+    parser.add_argument("--epochs", type=int, default=15, help="training the hard-digits models")
+    parser.add_argument("--no-speed", action="store_true", help="accuracy only: nothing timed")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    adaround.DEFAULT_SECONDS = args.adaround_seconds
     started = time.perf_counter()
-    load_start = os.getloadavg()[0]
     photos = None
     rows = []
-    paths = find_models(args.models_dir, [n for n in args.models if n != "teacher"])
+    paths = find_models(args.models_dir, [n for n in args.models if n not in TRAINED])
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        hard = None
+        if any(n in HARD_MODELS for n in args.models):
+            hard = train_hard_models(work, epochs=args.epochs)
         for name in args.models:
             if name == "teacher":
                 model, data = canonicalize(load_model(TEACHER, {}).proto), load_dataset("digits")
+            elif name in HARD_MODELS:
+                model, data = canonicalize(load_model(hard[0][name], {}).proto), hard[1]
             elif name in paths:
                 photos = photos or photo_dataset()
                 model, data = canonicalize(load_model(paths[name], {}).proto), photos
             else:  # not found: find_models has said so
                 continue
-            row = measure(name, model, data, args, Path(tmp))
+            row = measure(name, model, data, args, work)
             print(
                 f"{name}: "
                 + ", ".join(
-                    f"{k} {p.p50_ms:.3f} ms SQNR {_fmt(p.sqnr_db, '.1f')}"
+                    f"{k} {_fmt(p.agreement, '.4f')} ({_fmt(p.sqnr_db, '.1f')} dB"
+                    + (f", {p.p50_ms:.3f} ms)" if p.p50_ms else ")")
                     for k, p in row.paths.items()
                 )
-                + f"; ships {row.choice} ({row.flavour}): {row.reason}",
+                + f"; ships {row.choice}",
                 flush=True,
             )
             rows.append(row)
@@ -336,8 +476,7 @@ def main() -> None:
         print("nothing measured: RESULTS.md left as it is")
         return
     command = recorded_command("int8.py", sys.argv[1:], args.models_dir)
-    loads = (load_start, os.getloadavg()[0])
-    text = section(rows, command.strip(), time.perf_counter() - started, loads)
+    text = section(rows, command.strip(), time.perf_counter() - started, not args.no_speed)
     print(text)
     if not args.no_write:
         write_section(text, BEGIN, END, RESULTS)

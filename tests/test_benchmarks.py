@@ -130,3 +130,19 @@ def test_each_script_documents_models_dir(script):
     done = _run(script, "--help")
     assert done.returncode == 0, done.stderr
     assert "--models-dir DIR" in done.stdout
+
+
+def test_the_mobilenet_style_digits_model_has_depthwise_convs_and_ten_logits():
+    """``bench_models.mobilenet_digits``: inverted residual blocks with depthwise 3x3 convs
+    (groups == channels), residual Adds, 10 logits for a 1x32x32 input."""
+    torch = pytest.importorskip("torch")
+    model = bench_models.mobilenet_digits().eval()
+    depthwise = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
+    assert len(depthwise) == 5
+    assert sum(block.residual for block in model.features if hasattr(block, "residual")) == 2
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)

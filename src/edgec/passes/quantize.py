@@ -28,7 +28,10 @@ model is calibrated and quantized with evened-out weight ranges (exact in FP32);
 :class:`Int8Flavour` with ``bias_correction`` has :func:`quantize_model` take each quantized
 layer's mean output shift on the calibration inputs out of its bias
 (:func:`~edgec.passes.bias_correction.correct_biases`). An :class:`Int8Flavour` with
-``equalize`` records that the model was pre-processed that way.
+``equalize`` records that the model was pre-processed that way. An :class:`Int8Flavour` with
+``adaround`` has :func:`quantize_model` learn each quantized layer's weight rounding on the
+calibration inputs (:func:`~edgec.passes.adaround.round_weights`, Nagel et al. 2020), before
+any bias correction.
 
 An :class:`Int8Flavour` with ``fp32_stem`` keeps the *stem* in FP32 (:func:`stem_nodes`): the
 first compute layer on the input and the elementwise layers right after it. A stem reads few
@@ -45,7 +48,7 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +57,7 @@ import onnx
 import onnx_ir as ir
 
 from edgec.errors import BadInputError
+from edgec.passes.adaround import round_weights
 from edgec.passes.bias_correction import correct_biases
 from edgec.passes.calibration_data import check_calibration_samples, model_input
 from edgec.passes.calibration_table import CalibrationTable
@@ -87,6 +91,8 @@ class Int8Flavour:
             (``preprocess(model, equalize=True)``); the caller does that, calibration must see
             the equalized model.
         bias_correction: :func:`quantize_model` corrects the biases on calibration inputs.
+        adaround: :func:`quantize_model` learns the weights' rounding on calibration inputs
+            (:func:`~edgec.passes.adaround.round_weights`), before any bias correction.
     """
 
     activations: str = "uint8"
@@ -96,6 +102,7 @@ class Int8Flavour:
     fp32_stem: bool = False
     equalize: bool = False
     bias_correction: bool = False
+    adaround: bool = False
 
     def __post_init__(self) -> None:
         if self.activations not in ("uint8", "int8"):
@@ -114,6 +121,8 @@ class Int8Flavour:
             parts.append("fp32-stem")
         if self.equalize:
             parts.append("cle")
+        if self.adaround:
+            parts.append("adaround")
         if self.bias_correction:
             parts.append("bias-corrected")
         return "-".join(parts)
@@ -130,6 +139,7 @@ class Int8Flavour:
             "fp32_stem": self.fp32_stem,
             "equalize": self.equalize,
             "bias_correction": self.bias_correction,
+            "adaround": self.adaround,
         }
 
 
@@ -435,16 +445,18 @@ def quantize_model(
     nodes_to_exclude: Iterable[str] = (),
     op_types: Sequence[str] | None = None,
     samples: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> onnx.ModelProto:
     """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``.
 
     ``samples`` (calibration inputs) are needed, and only used, when ``flavour`` has
-    ``bias_correction``.
+    ``bias_correction`` or ``adaround``; ``progress`` gets AdaRound's progress lines.
 
     Raises:
-        ValueError: ``flavour.bias_correction`` without ``samples`` (a bug in the caller).
+        ValueError: ``flavour.bias_correction`` or ``adaround`` without ``samples`` (a bug in
+            the caller).
     """
-    if flavour.bias_correction and samples is None:
+    if (flavour.bias_correction or flavour.adaround) and samples is None:
         raise ValueError(f"flavour {flavour.name} needs the calibration samples")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -481,6 +493,10 @@ def quantize_model(
         result = onnx.shape_inference.infer_shapes(result, strict_mode=False)
     except Exception as err:  # onnx raises several types; shapes are optional here
         logger.debug("shape inference on the quantized model failed: %s", err)
+    if flavour.adaround:
+        result, _ = round_weights(
+            model, result, samples, reduce_range=flavour.reduce_range, progress=progress
+        )
     if flavour.bias_correction:
         result, _ = correct_biases(model, result, samples)
     logger.info(

@@ -14,6 +14,7 @@ from edgec.compiler.int8 import precision
 from edgec.compiler.int8.accuracy_guard import (
     MIN_CONFIDENT,
     fp32_activations,
+    input_noise,
     judge,
     rank_tensors,
     repair,
@@ -65,6 +66,72 @@ def test_without_labels_agreement_counts_only_where_fp32_is_confident():
     assert judge(fp32, int8, None, max_drop_points=4.0, min_sqnr_db=0.0).passed
 
 
+def moderate_logits(n: int, seed: int = 0) -> np.ndarray:
+    """Inputs where FP32 is moderately sure: softmax top-1 about 0.7 (>= 0.5, < 0.9)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 0.05, (n, 10))
+    logits[np.arange(n), rng.integers(0, 10, n)] += 3.0
+    return logits
+
+
+def _flip(logits: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A copy whose top-1 moves to another class on ``rows``."""
+    out = logits.copy()
+    top = logits.argmax(axis=1)
+    out[rows, (top[rows] + 1) % logits.shape[1]] += 6.0
+    return out
+
+
+def test_flipping_five_percent_of_moderately_confident_inputs_fails_the_guard():
+    """400 inputs where FP32's top-1 is ~0.7: none counts as confident (>= 0.9), so the
+    confident check cannot judge them; INT8 flipping 20 of them (5%) must still fail, since
+    FP32 itself flips none of them under 8-bit input noise."""
+    fp32 = moderate_logits(400)
+    int8 = _flip(fp32, np.arange(0, 400, 20))
+    verdict = judge(fp32, int8, None, max_drop_points=1.0, min_sqnr_db=0.0, fp32_noisy_logits=fp32)
+    assert verdict.confident_samples == 0 and verdict.moderate_samples == 400
+    assert verdict.moderate_agreement == pytest.approx(0.95)
+    assert verdict.noise_agreement == 1.0 and verdict.moderate_max_drop_points == 1.0
+    assert not verdict.passed
+    assert "95.00% agreement on 400 inputs with FP32 top-1 >= 0.5" in verdict.summary()
+    record = verdict.to_json()
+    assert record["moderate_agreement"] == 0.95 and record["noise_agreement"] == 1.0
+
+
+def test_with_labels_flips_that_cancel_in_accuracy_still_fail_on_moderate_inputs():
+    """10 right answers turned wrong and 10 wrong ones turned right: no accuracy drop, yet 5%
+    of the moderately confident answers changed."""
+    fp32 = moderate_logits(400, seed=3)
+    top = fp32.argmax(axis=1)
+    labels = top.copy()
+    labels[:10] = (top[:10] + 1) % 10  # FP32 is wrong on these; the flip makes them right
+    int8 = _flip(fp32, np.r_[np.arange(10), np.arange(100, 110)])
+    verdict = judge(fp32, int8, labels, 1.0, 0.0, fp32_noisy_logits=fp32)
+    assert verdict.drop_points == pytest.approx(0.0)
+    assert verdict.moderate_agreement == pytest.approx(0.95) and not verdict.passed
+
+
+def test_the_noise_floor_forgives_flips_fp32_itself_makes_under_input_noise():
+    """A model that flips 6% of its moderate answers under one 8-bit step of input noise is
+    allowed 1 + 6 points there: the same 5% INT8 flips then pass."""
+    fp32 = moderate_logits(400)
+    int8 = _flip(fp32, np.arange(0, 400, 20))
+    noisy = _flip(fp32, np.arange(24))
+    verdict = judge(fp32, int8, None, 1.0, 0.0, fp32_noisy_logits=noisy)
+    assert verdict.noise_agreement == pytest.approx(0.94)
+    assert verdict.moderate_max_drop_points == pytest.approx(7.0) and verdict.passed
+
+
+def test_input_noise_is_one_8bit_step_of_the_reference_range_and_seeded():
+    reference = np.linspace(-1.0, 2.0, 1000).reshape(10, 100).astype(np.float32)
+    x = np.zeros((50, 100), np.float32)
+    noisy = input_noise(x, reference, seed=4)
+    assert noisy.dtype == np.float32
+    assert np.abs(noisy).max() <= 3.0 / 255 / 2 + 1e-7
+    assert np.abs(noisy).max() > 0.9 * 3.0 / 255 / 2
+    assert np.array_equal(noisy, input_noise(x, reference, seed=4))
+
+
 def test_without_confident_inputs_only_the_sqnr_floor_decides():
     rng = np.random.default_rng(2)
     fp32 = rng.normal(0, 0.01, (MIN_CONFIDENT * 3, 1000))
@@ -114,12 +181,14 @@ def test_ranking_puts_the_outlier_activation_first(fragile):
 def plain_host_search(monkeypatch):
     """Limit the host search to the flavours without cross-layer equalization, which removes
     the fragile teacher's outlier exactly (see
-    test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32), so the guard's own
-    work stays tested."""
+    test_equalization_rescues_the_fragile_teacher_with_no_layer_in_fp32), and without the
+    AdaRound flavour it adds when none passes (which equalizes too), so the guard's own work
+    stays tested."""
     candidates = precision.host_candidates
     monkeypatch.setattr(
         precision, "host_candidates", lambda t: [f for f in candidates(t) if not f.equalize]
     )
+    monkeypatch.setattr(precision, "rescue_flavours", lambda target, equalize: [])
 
 
 @pytest.mark.slow

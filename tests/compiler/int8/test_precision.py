@@ -16,6 +16,7 @@ from int8_helpers import TEACHER, canonical_teacher
 
 from edgec.cli import main
 from edgec.compiler import compile_model
+from edgec.compiler.int8 import precision
 from edgec.compiler.int8.precision import (
     PrecisionOptions,
     check_request,
@@ -76,6 +77,19 @@ def test_int8_teacher_on_host_agrees_with_fp32_and_keeps_its_accuracy(tmp_path):
     # 6 plain flavours + 2 equalized (the teacher has one Conv -> Relu -> Conv pair)
     assert len(decision["candidates"]) == len(flavours) == 8
     assert set(decision["latency_ms"]) == {"fp32", "int8"}
+    # Nothing less accurate than ONNX Runtime's own u8s8 per-channel recipe, nor slower
+    # than 0.95x its speed, in the host's own timing.
+    records = {c["flavour"]: c for c in decision["candidates"]}
+    reference = records[precision.reference_flavour(load_target("host")).name]
+    chosen = records[stage["int8_flavour"]["name"]]
+    assert reference["passed"] and chosen["passed"]
+    assert chosen["drop_points"] <= reference["drop_points"]
+    assert chosen["moderate_agreement"] >= reference["moderate_agreement"]
+    assert chosen["latency_ms"] <= reference["latency_ms"] / precision.REFERENCE_SPEED
+    # Both agreements and the noise floor they are judged against.
+    agreement = decision["agreement"]
+    assert agreement["moderate"] >= 0.99 and agreement["moderate_samples"] >= 400
+    assert 0.9 <= agreement["noise_floor"] <= 1.0 and agreement["confident"] >= 0.99
     calibration = stage["calibration"]
     assert calibration["table"] == "stages/teacher/calibration.json"
     assert calibration["method"] == "minmax" and calibration["samples"] == 300
@@ -253,3 +267,33 @@ def test_tensorrt8_target_gets_a_calibration_cache_that_parses_back(tmp_path):
     fp32 = onnx.load(config.output / cache["model"])
     names = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
     assert set(scales) <= names  # the cache names tensors of the FP32 graph shipped beside it
+
+
+@pytest.mark.slow
+def test_when_no_flavour_passes_the_guard_the_search_adds_adaround(monkeypatch):
+    """A guard nothing can meet (a negative tolerance): the host search then also quantizes
+    the AdaRound flavour (cross-layer equalization, learned rounding, bias correction), times
+    and judges it with the others, and the decision records it; progress is reported."""
+    from edgec.compiler.progress import Reporter
+    from edgec.passes import adaround
+
+    monkeypatch.setattr(adaround, "DEFAULT_SECONDS", 5.0)
+    monkeypatch.setattr(adaround, "DEFAULT_STEPS", 60)
+    lines: list[str] = []
+    reporter = Reporter(quiet=True)
+    monkeypatch.setattr(reporter, "update", lines.append)
+    options = PrecisionOptions(
+        requested="auto", compare_seconds=0.2, max_fp32_steps=0, max_accuracy_drop=-1.0
+    )
+    decision = decide_precision(
+        canonical_teacher(), load_target("host"), "onnxruntime", load_dataset("digits"),
+        options, reporter=reporter,
+    )  # fmt: skip
+    assert decision.precision == "fp32" and decision.decided_by == "accuracy-guard"
+    names = [c["flavour"] for c in decision.candidates]
+    rescue = [n for n in names if "adaround" in n]
+    assert rescue == [f.name for f in precision.rescue_flavours(load_target("host"), True)]
+    assert len(names) == 9
+    (record,) = [c for c in decision.candidates if c["flavour"] == rescue[0]]
+    assert record["latency_ms"] > 0 and record["sqnr_db"] > 25
+    assert any("layer 1/5" in line for line in lines)

@@ -14,6 +14,17 @@ validation split:
   logits' SQNR (``10 log10(sum fp32^2 / sum (int8 - fp32)^2)``) must reach ``min_sqnr_db``,
   which catches broken quantization that agreement cannot see.
 
+**Moderately confident inputs** (FP32 top-1 probability >= ``MODERATE_PROBABILITY``, 0.5),
+with or without labels: an accuracy drop can hide flips that cancel out, and the very
+confident inputs are the ones INT8 rarely flips, so a model that flips 5% of its moderately
+confident answers would otherwise pass. Their disagreement (in points) must not exceed
+``max_drop`` plus the FP32 model's own *noise floor*: the points it flips itself when its
+inputs get noise of one 8-bit step of their range (:func:`input_noise`: uniform in
+``[-step/2, step/2]``, the noise of storing the input in 8 bits). A model whose answers flip
+under that much noise cannot be asked to keep them under INT8's much larger noise; a model
+that does not flip under it must keep them within ``max_drop``. Judged only with at least
+``MIN_CONFIDENT`` such inputs.
+
 **The ranking** (:func:`rank_tensors`) takes the FP32 model's activations on a few validation
 inputs (ONNX Runtime's ``qdq_loss_debug`` tools expose every intermediate tensor) and scores
 each activation the Q/DQ model quantizes by the error of its own quantize/dequantize round
@@ -51,6 +62,7 @@ from edgec.passes.quantize import ArrayCalibrationReader, Int8Flavour, quantize_
 logger = logging.getLogger(__name__)
 
 CONFIDENT_PROBABILITY = 0.9
+MODERATE_PROBABILITY = 0.5
 MIN_CONFIDENT = 20
 PATIENCE = 3  # repair steps without progress before the guard gives up
 PROGRESS = 0.1  # progress: the gap to passing shrinks by a tenth of where it started
@@ -77,6 +89,13 @@ class GuardVerdict:
         sqnr_db: The logits' SQNR of INT8 against FP32.
         min_sqnr_db: The SQNR floor (applied without labels; ``None`` with labels).
         passed: The verdict.
+        moderate_samples: Inputs where FP32's top-1 probability is at least
+            ``MODERATE_PROBABILITY``.
+        moderate_agreement: INT8's top-1 agreement with FP32 on those (``None``: none).
+        noise_agreement: FP32's agreement with itself on those under one 8-bit step of input
+            noise (``None``: not measured, floor 0).
+        moderate_max_drop_points: The tolerance there: ``max_drop_points`` plus the points
+            the noise flips (``None`` when too few inputs to judge).
     """
 
     basis: str
@@ -91,6 +110,17 @@ class GuardVerdict:
     sqnr_db: float
     min_sqnr_db: float | None
     passed: bool
+    moderate_samples: int = 0
+    moderate_agreement: float | None = None
+    noise_agreement: float | None = None
+    moderate_max_drop_points: float | None = None
+
+    @property
+    def moderate_drop_points(self) -> float | None:
+        """Disagreement on moderately confident inputs in points, ``None`` when not judged."""
+        if self.moderate_max_drop_points is None or self.moderate_agreement is None:
+            return None
+        return 100.0 * (1.0 - self.moderate_agreement)
 
     def to_json(self) -> dict:
         """The manifest form (rounded)."""
@@ -110,6 +140,10 @@ class GuardVerdict:
             "confident_agreement": r(self.confident_agreement, 6),
             "sqnr_db": r(self.sqnr_db, 2),
             "min_sqnr_db": self.min_sqnr_db,
+            "moderate_samples": self.moderate_samples,
+            "moderate_agreement": r(self.moderate_agreement, 6),
+            "noise_agreement": r(self.noise_agreement, 6),
+            "moderate_max_drop_points": r(self.moderate_max_drop_points, 3),
             "passed": self.passed,
         }
 
@@ -129,6 +163,18 @@ class GuardVerdict:
             )
         else:
             parts.append(f"only {self.confident_samples} confident inputs, agreement not judged")
+        if self.moderate_drop_points is not None:
+            noise = (
+                f"; FP32 under 8-bit input noise {100 * self.noise_agreement:.2f}%"
+                if self.noise_agreement is not None
+                else ""
+            )
+            parts.append(
+                f"{100 * self.moderate_agreement:.2f}% agreement on {self.moderate_samples} "
+                f"inputs with FP32 top-1 >= {MODERATE_PROBABILITY:g} (drop "
+                f"{self.moderate_drop_points:.2f} points, allowed "
+                f"{self.moderate_max_drop_points:.2f}{noise})"
+            )
         floor = f" (floor {self.min_sqnr_db:g} dB)" if self.min_sqnr_db is not None else ""
         parts.append(f"logits SQNR {self.sqnr_db:.1f} dB{floor}")
         return ", ".join(parts)
@@ -152,26 +198,54 @@ def _softmax_top(logits: np.ndarray) -> np.ndarray:
     return probs.max(axis=1) / probs.sum(axis=1)
 
 
+def input_noise(x: np.ndarray, reference: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``x`` plus uniform noise in ``[-step/2, step/2]``, ``step`` one 8-bit step of
+    ``reference``'s range (``(max - min) / 255``): the noise of storing the input in 8 bits.
+    Seeded; the guard's noise floor is the FP32 model's agreement with itself on it."""
+    step = (float(np.max(reference)) - float(np.min(reference))) / 255.0
+    noise = np.random.default_rng(seed).uniform(-step / 2, step / 2, x.shape)
+    return (x + noise).astype(x.dtype)
+
+
+def _top_probability(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[1] < 2:
+        return np.zeros(len(logits))
+    return _softmax_top(logits)
+
+
 def judge(
     fp32_logits: np.ndarray,
     int8_logits: np.ndarray,
     labels: np.ndarray | None,
     max_drop_points: float,
     min_sqnr_db: float,
+    fp32_noisy_logits: np.ndarray | None = None,
 ) -> GuardVerdict:
-    """The guard's verdict on INT8 outputs against FP32 outputs (see the module docstring)."""
+    """The guard's verdict on INT8 outputs against FP32 outputs (see the module docstring).
+
+    ``fp32_noisy_logits`` are the FP32 model's outputs on the same inputs with
+    :func:`input_noise`: the noise floor of the moderate-confidence check (without them the
+    floor is 0).
+    """
     fp32 = fp32_logits.reshape(len(fp32_logits), -1).astype(np.float64)
     int8 = int8_logits.reshape(len(int8_logits), -1).astype(np.float64)
     top_fp32, top_int8 = fp32.argmax(axis=1), int8.argmax(axis=1)
     same = top_fp32 == top_int8
     sqnr = sqnr_db(fp32, int8)
-    confident = (
-        _softmax_top(fp32) >= CONFIDENT_PROBABILITY
-        if fp32.shape[1] > 1
-        else np.zeros(len(fp32), bool)
-    )
+    probability = _top_probability(fp32)
+    confident = probability >= CONFIDENT_PROBABILITY
     n_confident = int(confident.sum())
     confident_agreement = float(same[confident].mean()) if n_confident else None
+    moderate = probability >= MODERATE_PROBABILITY
+    n_moderate = int(moderate.sum())
+    noise_agreement = None
+    if fp32_noisy_logits is not None and n_moderate:
+        noisy = fp32_noisy_logits.reshape(len(fp32_noisy_logits), -1).argmax(axis=1)
+        noise_agreement = float((noisy == top_fp32)[moderate].mean())
+    moderate_limit = None
+    if n_moderate >= MIN_CONFIDENT:
+        noise_points = 0.0 if noise_agreement is None else 100.0 * (1.0 - noise_agreement)
+        moderate_limit = max_drop_points + noise_points
     common = {
         "samples": len(fp32),
         "max_drop_points": max_drop_points,
@@ -179,7 +253,14 @@ def judge(
         "confident_samples": n_confident,
         "confident_agreement": confident_agreement,
         "sqnr_db": sqnr,
+        "moderate_samples": n_moderate,
+        "moderate_agreement": float(same[moderate].mean()) if n_moderate else None,
+        "noise_agreement": noise_agreement,
+        "moderate_max_drop_points": moderate_limit,
     }
+    moderate_ok = moderate_limit is None or (
+        100.0 * (1.0 - common["moderate_agreement"]) <= moderate_limit + 1e-9
+    )
     if labels is not None:
         acc_fp32 = float((top_fp32 == labels).mean())
         acc_int8 = float((top_int8 == labels).mean())
@@ -190,13 +271,14 @@ def judge(
             fp32_accuracy=acc_fp32,
             int8_accuracy=acc_int8,
             min_sqnr_db=None,
-            passed=drop <= max_drop_points + 1e-9,
+            passed=drop <= max_drop_points + 1e-9 and moderate_ok,
             **common,
         )
     drop = None
     if n_confident >= MIN_CONFIDENT:
         drop = 100.0 * (1.0 - confident_agreement)
     passed = (drop is None or drop <= max_drop_points + 1e-9) and sqnr >= min_sqnr_db
+    passed = passed and moderate_ok
     return GuardVerdict(
         basis="confident-agreement+sqnr" if drop is not None else "sqnr",
         drop_points=drop,
@@ -442,4 +524,6 @@ def _gap(verdict: GuardVerdict) -> float:
         gap += max(0.0, verdict.drop_points - verdict.max_drop_points)
     if verdict.min_sqnr_db is not None:
         gap += max(0.0, verdict.min_sqnr_db - verdict.sqnr_db)
+    if verdict.moderate_drop_points is not None:
+        gap += max(0.0, verdict.moderate_drop_points - verdict.moderate_max_drop_points)
     return gap

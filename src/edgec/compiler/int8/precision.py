@@ -23,7 +23,11 @@ stage (:func:`decide_precision`):
      interleaved in one process; each candidate is judged by the guard.
      The choice is the fastest candidate that passes, where candidates within 10% (or 20 us)
      of the fastest count as equally fast and the most accurate of them wins (ties: u8s8
-     first);
+     first) — but when the :func:`reference_flavour` (ONNX Runtime's best recipe: u8s8
+     per-channel on x86) passes, only candidates that lose no more accuracy than it and run
+     at least 0.95x its speed are eligible. When none passes, the :func:`rescue_flavours`
+     (equalized, AdaRound weight rounding, bias correction: costly to quantize) join the
+     candidates before the timing;
    * **other targets** (nothing can be measured): one flavour by the target's ISA and backend
      — s8s8 with symmetric activations for TensorRT, s8s8 on ARM (what ORT's ARM kernels
      prefer), u8s8 on x86 (VNNI/AVX2 integer instructions multiply u8 by s8), per-channel
@@ -46,11 +50,15 @@ stage (:func:`decide_precision`):
    elsewhere by the cost model — else the stage stays FP32.
 
 The guard's reference is the stage's own FP32 model on the validation split (at most
-``MAX_GUARD_SAMPLES`` inputs, a seeded subset when there are more).
+``MAX_GUARD_SAMPLES`` inputs, a seeded subset when there are more), and its noise floor that
+model on the same inputs with one 8-bit step of noise
+(:func:`~edgec.compiler.int8.accuracy_guard.input_noise`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -60,7 +68,7 @@ import numpy as np
 import onnx
 
 from edgec.compiler.evaluate import predict
-from edgec.compiler.int8.accuracy_guard import GuardVerdict, judge, repair
+from edgec.compiler.int8.accuracy_guard import GuardVerdict, input_noise, judge, repair
 from edgec.compiler.int8.qat import QatRequest, run_qat
 from edgec.compiler.planning.cost_model import estimate_latency
 from edgec.compiler.progress import Reporter
@@ -78,6 +86,8 @@ logger = logging.getLogger(__name__)
 MIN_SPEEDUP = 1.10
 SAME_SPEED = 1.10
 SAME_SPEED_MS = 0.02
+# The host's choice runs at least this fraction of the reference flavour's speed.
+REFERENCE_SPEED = 0.95
 MAX_GUARD_SAMPLES = 1000
 DEFAULT_MIN_SQNR_DB = 10.0
 _VNNI = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
@@ -181,9 +191,24 @@ class PrecisionDecision:
                 "latency_source": self.latency_source,
                 "candidates": self.candidates,
                 "guard_steps": self.repair_steps,
+                "agreement": _agreement(self.verdict),
                 "qat": self.qat,
             },
         }
+
+
+def _agreement(verdict: GuardVerdict | None) -> dict | None:
+    """The guard's agreement numbers for the decision record: on confident inputs (FP32 top-1
+    >= 0.9), on moderately confident ones (>= 0.5) and FP32's own under 8-bit input noise."""
+    if verdict is None:
+        return None
+    data = verdict.to_json()
+    return {
+        "confident": data["confident_agreement"],
+        "moderate": data["moderate_agreement"],
+        "moderate_samples": data["moderate_samples"],
+        "noise_floor": data["noise_agreement"],
+    }
 
 
 def check_request(requested: str, target: Target, has_data: bool) -> None:
@@ -250,6 +275,35 @@ def host_candidates(target: Target) -> list[Int8Flavour]:
         for corrected in (False, True)
     ]
     return plain + equalized
+
+
+def reference_flavour(target: Target) -> Int8Flavour:
+    """ONNX Runtime's own best recipe on this machine, the host search's yardstick: the
+    activation type the ISA prefers (u8s8 on x86), per-channel weights, 7-bit weights on x86
+    without VNNI — what ``quant_pre_process`` + ``quantize_static`` give with those options."""
+    x86 = target.cpu.arch.lower() in ("x86_64", "amd64", "x86")
+    reduce = x86 and not (set(target.cpu.isa_features) & _VNNI)
+    return Int8Flavour("uint8" if x86 else "int8", per_channel=True, reduce_range=reduce)
+
+
+def _lost(verdict: GuardVerdict) -> tuple[float, float]:
+    """What a verdict lost, rounded so noise in the last digits does not decide: the accuracy
+    (or confident-agreement) drop and the moderate-confidence drop, in points."""
+    return (
+        round(verdict.drop_points or 0.0, 3),
+        round(verdict.moderate_drop_points or 0.0, 3),
+    )
+
+
+def rescue_flavours(target: Target, equalize: bool) -> list[Int8Flavour]:
+    """The host flavours the search adds when no other candidate passes the guard (they cost
+    more to quantize): the activation type this ISA prefers, per-channel, with cross-layer
+    equalization (when ``equalize``: it changes the model), AdaRound weight rounding, then
+    bias correction. None without torch (the ``train`` extra), which AdaRound learns with."""
+    if importlib.util.find_spec("torch") is None:
+        return []
+    base = reference_flavour(target)
+    return [dataclasses.replace(base, equalize=equalize, bias_correction=True, adaround=True)]
 
 
 def _fp32(model, options, decided_by, reason, **extra) -> PrecisionDecision:
@@ -356,15 +410,32 @@ def decide_precision(
         x_val, y_val = _subset(data.x_val, data.y_val, MAX_GUARD_SAMPLES, options.seed)
         fp32_runner = work.runner(model)
         fp32_logits = predict(fp32_runner, x_val)
+        # The guard's noise floor: FP32's own answers under one 8-bit step of input noise.
+        fp32_noisy = predict(fp32_runner, input_noise(x_val, x_cal, options.seed))
 
         def judge_model(candidate: onnx.ModelProto) -> GuardVerdict:
             logits = predict(work.runner(candidate), x_val)
-            return judge(fp32_logits, logits, y_val, options.max_accuracy_drop, options.min_sqnr_db)
+            return judge(
+                fp32_logits,
+                logits,
+                y_val,
+                options.max_accuracy_drop,
+                options.min_sqnr_db,
+                fp32_noisy,
+            )
 
         if measured:
             with reporter.step(f"Timing FP32 against INT8 flavours of '{stage}' on this machine"):
                 choice = _choose_on_host(
-                    prepared, x_cal, target, work, fp32_runner, x_val, judge_model, options
+                    prepared,
+                    x_cal,
+                    target,
+                    work,
+                    fp32_runner,
+                    x_val,
+                    judge_model,
+                    options,
+                    reporter.update,
                 )
         else:
             flavour = rule_flavour(target, backend)
@@ -396,7 +467,9 @@ def decide_precision(
                     judge_model,
                     x_val,
                     options.max_fp32_steps,
-                    samples=x_cal if choice.flavour.bias_correction else None,
+                    samples=x_cal
+                    if choice.flavour.bias_correction or choice.flavour.adaround
+                    else None,
                 )
             result = _Choice(
                 choice.flavour,
@@ -551,11 +624,14 @@ def _choose_on_host(
     x_val: np.ndarray,
     judge_model,
     options: PrecisionOptions,
+    progress=None,
 ) -> _Choice:
     """Quantize every host candidate, time them against FP32, judge them; pick one.
 
     ``prepared`` maps ``flavour.equalize`` to the pre-processed model and its ranges; without
     an equalized one (equalization changed nothing) the equalizing flavours are left out.
+    When no candidate passes the guard, the :func:`rescue_flavours` are quantized too (the
+    rounding learned on ``x_cal``, ``progress`` told how far it is) before all are timed.
     """
     flavours = host_candidates(target)
     pre = prepared[False][0]
@@ -570,8 +646,17 @@ def _choose_on_host(
         for f in flavours
     }
     runners = {"fp32": fp32_runner} | {name: work.runner(m) for name, (_, m) in models.items()}
-    stats = _time(work, runners, x_val, options)
     verdicts = {name: judge_model(m) for name, (_, m) in models.items()}
+    if not any(v.passed for v in verdicts.values()):
+        # The guard still fails: learn the weights' rounding (costly, so only now).
+        for rescue in rescue_flavours(target, equalize=True in prepared):
+            qdq = quantize_model(
+                *prepared[rescue.equalize], rescue, samples=x_cal, progress=progress
+            )
+            models[rescue.name] = (rescue, qdq)
+            runners[rescue.name] = work.runner(qdq)
+            verdicts[rescue.name] = judge_model(qdq)
+    stats = _time(work, runners, x_val, options)
     candidates = [
         {
             "flavour": name,
@@ -580,11 +665,26 @@ def _choose_on_host(
             "drop_points": None
             if verdicts[name].drop_points is None
             else round(verdicts[name].drop_points, 3),
+            "moderate_agreement": None
+            if verdicts[name].moderate_agreement is None
+            else round(verdicts[name].moderate_agreement, 4),
             "passed": verdicts[name].passed,
         }
         for name in models
     ]
     passing = [n for n in models if verdicts[n].passed] or list(models)
+    reference = reference_flavour(target).name
+    if reference in models and verdicts[reference].passed:
+        # ONNX Runtime's own recipe passes: ship nothing less accurate than it, nor slower
+        # than REFERENCE_SPEED of its speed.
+        lost = _lost(verdicts[reference])
+        limit = stats[reference].p50 / REFERENCE_SPEED
+        passing = [
+            n
+            for n in passing
+            if all(a <= b for a, b in zip(_lost(verdicts[n]), lost, strict=True))
+            and stats[n].p50 <= limit
+        ]
     fastest = min(stats[n].p50 for n in passing)
     # Differences under 10% or 20 us are this machine's noise (runs of a tiny model vary more
     # than that between two compiles), not a reason to pick a less accurate flavour.
@@ -596,7 +696,7 @@ def _choose_on_host(
     best = min(
         tied,
         key=lambda n: (
-            round(verdicts[n].drop_points or 0.0, 3),
+            *_lost(verdicts[n]),
             -round(verdicts[n].sqnr_db, 1),
             list(models).index(n),
         ),

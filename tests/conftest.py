@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,18 @@ TEACHER = REPO / "examples" / "digits" / "teacher.onnx"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import tiny_conv_model  # noqa: E402  (tests/ was just put on the path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test starts from the same environment variables: a bundle run in-process sets the
+    TVM runtime's (``TVM_USE_RUNTIME_LIB`` among them, for the whole process, as on a device),
+    and a subprocess a later test starts would inherit them."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ def teacher_bundle(tmp_path_factory) -> Path:
             data="digits",
             students="none",
             measure_seconds=0.2,
+            backend="onnxruntime",  # the tests read its artifact with ONNX Runtime
         )
     )
     return result.bundle

@@ -42,7 +42,14 @@ def fake_qemu_path(tmp_path: Path) -> str:
     return str(bin_dir)
 
 
-def closed_port_url(path: str = "") -> str:
+@pytest.fixture
+def closed_port_url():
+    """Makes loopback URLs nothing listens on (a fixture, so that no test imports a conftest
+    by name: another folder's conftest may hold that name in sys.modules)."""
+    return _closed_port_url
+
+
+def _closed_port_url(path: str = "") -> str:
     """A loopback URL nothing listens on: a connection to it is refused at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import closed_port_url
 from PIL import Image
 
 from edgec.cli import main
@@ -116,7 +115,7 @@ def test_without_qemu_it_is_one_sentence_and_fetches_nothing(
 
 
 def test_without_network_on_first_use_it_is_one_sentence(
-    pi_bundle, frames, tmp_path, monkeypatch, fake_qemu_path
+    pi_bundle, frames, tmp_path, monkeypatch, fake_qemu_path, closed_port_url
 ):
     """An unreachable mirror: exit 2, no output line, nothing left in the cache (qemu, a
     stand-in here, never starts)."""

@@ -17,7 +17,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import closed_port_url
 from test_emulate_debian import make_deb
 
 from edgec.emulate import run, sysroot
@@ -92,7 +91,7 @@ def test_a_package_that_does_not_match_the_index_leaves_nothing(cache, mirror):
     assert list(cache.iterdir()) == []  # no half-built temporary directory either
 
 
-def test_an_unreachable_mirror_is_one_sentence(cache, monkeypatch):
+def test_an_unreachable_mirror_is_one_sentence(cache, monkeypatch, closed_port_url):
     monkeypatch.setenv(sysroot.MIRROR_ENV, closed_port_url("/debian"))
     with pytest.raises(sysroot.SetupError) as caught:
         sysroot.Fetcher().ensure(["numpy"])
@@ -102,7 +101,7 @@ def test_an_unreachable_mirror_is_one_sentence(cache, monkeypatch):
     assert not cache.exists() or not any(cache.rglob("*"))
 
 
-def test_an_unreachable_package_index_is_one_sentence(cache, mirror, monkeypatch):
+def test_an_unreachable_package_index_is_one_sentence(cache, mirror, monkeypatch, closed_port_url):
     """The sysroot came from the mirror; the wheel cannot come from the index: nothing of it
     is kept, the sysroot is (the next run fetches only the wheel)."""
     index = closed_port_url("/simple")

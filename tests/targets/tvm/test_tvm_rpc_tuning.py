@@ -152,7 +152,7 @@ def test_auto_without_tuning_does_not_build_untuned_tvm(small_cnn, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     stage = json.loads((out / "manifest.json").read_text())["stages"][0]
-    assert stage["backend"] == "onnxruntime"
+    assert stage["backend"] in ("onnxruntime", "litert")  # whichever was faster; never tvm
     assert "--tune-trials" in stage["backend_candidates"]["tvm"]["skipped"]
 
 

@@ -249,6 +249,8 @@ def build_stage(
             f"No backend could build stage '{name}': "
             + "; ".join(f"{k}: {v.get('failed') or v.get('skipped')}" for k, v in record.items())
         )
+    if len(built) > 1 and _measured(stage_target, device_target, config):
+        built = _second_pass(built, model, stage_target, device_target, precision, config, record)
     backend, artifact, latency = min(built, key=lambda item: item[2].at(config.percentile))
     for _, other, _ in built:
         if other is not artifact:
@@ -263,6 +265,28 @@ def build_stage(
     if fallback:
         fallback["note"] = fallback_note(name, backend, stage_target, fallback)
     return StageBuild(backend, artifact, latency, record, fallback)
+
+
+def _measured(stage_target: Target, device_target: Target, config: CompileConfig) -> bool:
+    """Whether the stage's latencies are timed (here or on the device), not estimated."""
+    return stage_target.is_host or bool(config.device and stage_target.name == device_target.name)
+
+
+def _second_pass(built, model, stage_target, device_target, precision, config, record) -> list:
+    """Time every candidate again, in reverse order, and keep each one's better pass.
+
+    One timing window per candidate is at the mercy of whatever else the machine did during it:
+    a hiccup inflates that candidate's tail, and a sub-millisecond stage's p99 then picks the
+    slower backend (seen here: 2x slower, on a shared 2-core machine). Noise only ever adds
+    time, so the better of two passes, taken in opposite orders, is the fairer comparison.
+    """
+    kept = []
+    for backend, artifact, first in reversed(built):
+        second = _latency(backend, artifact, model, stage_target, device_target, precision, config)
+        best = min(first, second, key=lambda stats: stats.at(config.percentile))
+        record[backend.name]["latency_ms"] = best.to_json()
+        kept.append((backend, artifact, best))
+    return list(reversed(kept))
 
 
 def _fallback(

@@ -133,7 +133,11 @@ def arms(args, ray_note: str | None) -> list[tuple[str, str, list[str]]]:
     """(engine, batching, extra serve arguments) for every arm that runs."""
     batched = ["--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms)]
     single = ["--max-batch", "1"]
-    out = [("builtin", "batch 1", single), ("builtin", f"batch {args.max_batch}", batched)]
+    workers = ["--workers", str(args.workers)]  # builtin only: Ray Serve scales by replicas
+    out = [
+        ("builtin", "batch 1", workers + single),
+        ("builtin", f"batch {args.max_batch}", workers + batched),
+    ]
     if ray_note is None:
         ray = ["--engine", "ray", "--replicas", "1"]
         out += [("ray", "batch 1", ray + single), ("ray", f"batch {args.max_batch}", ray + batched)]
@@ -154,7 +158,7 @@ def measure(args, models: dict[str, tuple[Path, float]], ray_note: str | None) -
             for engine, mode, extra in arms(args, ray_note):
                 log = root / f"{name}-{engine}-{mode.replace(' ', '')}.log"
                 try:
-                    gateway = GatewayProcess(bundle, log, "--workers", str(args.workers), *extra)
+                    gateway = GatewayProcess(bundle, log, *extra)
                 except AssertionError as err:
                     print(f"{name} {engine} {mode}: did not start: {err}", flush=True)
                     rows.append(

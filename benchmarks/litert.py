@@ -143,7 +143,7 @@ def auto_choice(path: Path, precision: str, work: Path, seconds: float) -> tuple
     )  # fmt: skip
     p99 = {
         name: entry["latency_ms"]["p99"]
-        for name, entry in build.record.items()
+        for name, entry in build.candidates.items()
         if "latency_ms" in entry
     }
     return build.backend.name, p99

@@ -39,6 +39,7 @@ def cascade_bundle(tmp_path_factory) -> Path:
             students=(0.1, 0.3),
             distill_epochs=2,  # short training: students that need the teacher now and then
             measure_seconds=0.3,
+            backend="onnxruntime",  # runtime tests: timings sized for ONNX Runtime
             accuracy_tolerance=0.0,
         )
     )
@@ -119,6 +120,7 @@ def slow_bundle(tmp_path_factory) -> Path:
             students=(0.1,),
             distill_epochs=1,
             measure_seconds=0.2,
+            backend="onnxruntime",  # runtime tests: timings sized for ONNX Runtime
         )
     )
     assert [s["tier"] for s in result.manifest["stages"]] == ["device", "gateway"]
@@ -169,6 +171,7 @@ def bottleneck_bundle(tmp_path_factory):
             students="none",
             partition="s",
             measure_seconds=0.2,
+            backend="onnxruntime",  # runtime tests: timings sized for ONNX Runtime
         )
     )
     assert result.manifest["partition"]["encoding"] == "int8"

@@ -42,6 +42,7 @@ def digits_bundle(tmp_path_factory) -> Path:
             students="none",
             partition="gateway-only",
             measure_seconds=0.2,
+            backend="onnxruntime",  # batches are ONNX Runtime's (auto may pick LiteRT)
         )
     )
     assert [s["tier"] for s in result.manifest["stages"]] == ["gateway"]

@@ -321,9 +321,12 @@ def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path)
     when requests queue up (a ~15-30 ms stage at 40 frames/s), losing no request meanwhile."""
     address = cluster[0]
     bundle = bottleneck_bundle.bundle
+    # --max-batch 1: autoscaling aims at --max-batch requests in flight per replica, and the
+    # bundle's default (8) would never queue up at this rate.
     gateway = GatewayProcess(
-        bundle, tmp_path / "auto.log", "--engine", "ray", "--address", address, "--replicas", "auto"
-    )
+        bundle, tmp_path / "auto.log", "--engine", "ray", "--address", address,
+        "--replicas", "auto", "--max-batch", "1",
+    )  # fmt: skip
     try:
         assert len(json.loads(_script(LIST_REPLICAS, address))) == 1
         workload = prepare_workload(bundle, deadline_ms=3000.0, frames=8)

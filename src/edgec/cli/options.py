@@ -35,6 +35,19 @@ def json_option(help: str = "Print machine-readable JSON."):  # noqa: A002 - cli
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
+def trace_option():
+    """``--trace``: one definition for ``run`` and ``serve``, the two ends of a trace."""
+    return click.option(
+        "--trace",
+        type=click.Choice(["off", "console", "otlp"]),
+        default="off",
+        show_default=True,
+        help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
+        "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
+        "edgec[trace].",
+    )
+
+
 def target_option(required: bool = True):
     """``-t/--target``: required for compile, ``host`` by default elsewhere."""
     if required:

@@ -29,15 +29,7 @@ _VERIFY_KEY_HELP = "Public key (edgec.pub): refuse a bundle that does not verify
     help="File holding the power state, normal or low, re-read when it changes; low switches "
     "to the low-power policy (default: $EDGEC_POWER_STATE, else normal).",
 )
-@click.option(
-    "--trace",
-    type=click.Choice(["off", "console", "otlp"]),
-    default="off",
-    show_default=True,
-    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
-    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
-    "edgec[trace].",
-)
+@options.trace_option()
 @options.json_option("One JSON object per input, one a line.")
 @click.option(
     "--capture",
@@ -98,12 +90,13 @@ def run(
             from edgec.errors import BadInputError
 
             raise BadInputError("--trace runs on the host only; drop it with --emulate.")
-        from edgec.emulate.run import run_emulated
-
-        def run_bundle(*args, trace: str = "off"):
-            return run_emulated(*args)
+        from edgec.emulate.run import run_emulated as launch
     else:
+        from functools import partial
+
         from edgec.bundle.launch import run_bundle
+
+        launch = partial(run_bundle, trace=trace)
 
     try:
         capture = None
@@ -113,8 +106,8 @@ def run(
                 "capture_max_frames": capture_max_frames,
                 "capture_max_mb": capture_max_mb,
             }
-        for item in run_bundle(
-            bundle, list(inputs), gateway, key, device_id, capture, power_state_file, trace=trace
+        for item in launch(
+            bundle, list(inputs), gateway, key, device_id, capture, power_state_file
         ):
             if as_json:
                 click.echo(json.dumps(item))
@@ -168,15 +161,7 @@ def _describe(item: dict) -> str:
     help="Longest a worker waits for more requests after the first of a batch, never past a "
     "request's deadline (default: the bundle's, 2 ms; the plan budgets it).",
 )
-@click.option(
-    "--trace",
-    type=click.Choice(["off", "console", "otlp"]),
-    default="off",
-    show_default=True,
-    help="OpenTelemetry spans, one trace per frame across device and gateway (W3C "
-    "traceparent over HTTP): console (stderr) or otlp (OTEL_EXPORTER_OTLP_ENDPOINT); needs "
-    "edgec[trace].",
-)
+@options.trace_option()
 @options.public_key_option(_VERIFY_KEY_HELP)
 @click.option(
     "--engine",

@@ -46,6 +46,16 @@ RECOVER_S = 90.0
 LOAD_S = 8.0
 FAULT_AFTER_S = 2.5
 OBJECT_STORE = str(80 * 1024 * 1024)
+# The autoscaling test keeps SCALE_OUTSTANDING requests in flight (a frame is offered every
+# 1/SCALE_RATE s and sent when fewer are in flight): several times the target of one per
+# replica however fast or slow the machine is, without swamping Ray's proxy (an open-loop
+# rate that one replica cannot serve on an idle machine, ~50 frames/s, is more than the
+# proxy serves on a busy one). It goes on in chunks of SCALE_CHUNK_S, for at most
+# SCALE_UP_S, until the second replica answers.
+SCALE_OUTSTANDING = 6
+SCALE_RATE = 100.0
+SCALE_CHUNK_S = 4.0
+SCALE_UP_S = 90.0
 # Kills one stages replica of the gateway on the cluster at argv[1]; prints its name.
 KILL_REPLICA = """
 import sys, ray
@@ -70,6 +80,28 @@ for name in names:
     except Exception:
         pass
 print(json.dumps(alive))
+"""
+# Prints, twice a second, how many stages replicas of the gateway on the cluster at argv[1]
+# are alive (one line each poll) until argv[2] are, or argv[3] seconds have passed: one
+# connection to the cluster for the whole watch, as a new one takes seconds on a busy machine.
+WATCH_REPLICAS = """
+import sys, time, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    alive = 0
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if "edgec-gateway#Stages#" in a["name"]:
+            try:
+                actor = ray.get_actor(a["name"], namespace="serve")
+                ray.get(actor.check_health.remote(), timeout=2)
+                alive += 1
+            except Exception:
+                pass
+    print(alive, flush=True)
+    if alive >= int(sys.argv[2]):
+        break
+    time.sleep(0.5)
 """
 # Waits until the cluster at argv[1] has argv[2] alive nodes.
 WAIT_NODES = """
@@ -316,9 +348,49 @@ def test_a_worker_node_stopped_mid_load_loses_no_frame_and_the_gateway_recovers(
     assert ray_gateway.process.poll() is None
 
 
+def _watch_replicas(address: str) -> subprocess.Popen:
+    """WATCH_REPLICAS in its own process: one line per poll, until two replicas are alive."""
+    return subprocess.Popen(
+        [sys.executable, "-c", WATCH_REPLICAS, address, "2", str(SCALE_UP_S + NODE_START_S)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def _load_until(url: str, workload, seen: threading.Event, bound_s: float) -> list:
+    """``run_load`` (SCALE_OUTSTANDING in flight) in back-to-back chunks of SCALE_CHUNK_S
+    until ``seen`` is set or ``bound_s`` has passed: the load keeps on until the scale-up
+    shows, and no longer. The reports of every chunk."""
+    reports: list = []
+    loaders = []
+    end = time.monotonic() + bound_s
+    while not seen.is_set() and time.monotonic() < end:
+        loader = threading.Thread(
+            target=lambda: reports.append(
+                # A generous grace: on a saturated machine Ray's proxy alone can hold an
+                # answer (a 504 included) for seconds; late is not lost.
+                run_load(url, workload, devices=SCALE_OUTSTANDING, rate=SCALE_RATE,
+                         seconds=SCALE_CHUNK_S, grace_ms=5000,
+                         max_outstanding=SCALE_OUTSTANDING)
+            )
+        )  # fmt: skip
+        loader.start()
+        loaders.append(loader)
+        seen.wait(SCALE_CHUNK_S)
+    for loader in loaders:
+        loader.join(SCALE_CHUNK_S + 60)
+    assert len(reports) == len(loaders), "a load generator did not finish"
+    return reports
+
+
 def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path):
     """--replicas auto starts one stages replica and adds one (up to the cluster's two CPUs)
-    when requests queue up (a ~15-30 ms stage at 40 frames/s), losing no request meanwhile."""
+    when requests queue up, losing no request meanwhile.
+
+    SCALE_OUTSTANDING requests are kept in flight (a 15-30 ms stage), several times the
+    target of one per replica whatever the machine's load; the load goes on until the second
+    replica answers (at most SCALE_UP_S), watched by one process polling twice a second."""
     address = cluster[0]
     bundle = bottleneck_bundle.bundle
     # --max-batch 1: autoscaling aims at --max-batch requests in flight per replica, and the
@@ -327,29 +399,35 @@ def test_auto_replicas_scale_up_under_load(cluster, bottleneck_bundle, tmp_path)
         bundle, tmp_path / "auto.log", "--engine", "ray", "--address", address,
         "--replicas", "auto", "--max-batch", "1",
     )  # fmt: skip
+    watcher = _watch_replicas(address)
     try:
-        assert len(json.loads(_script(LIST_REPLICAS, address))) == 1
+        counts: list[int] = []
+        seen = threading.Event()
+        first = threading.Event()
+
+        def read_counts() -> None:
+            for line in watcher.stdout:
+                counts.append(int(line))
+                first.set()
+                if counts[-1] >= 2:
+                    seen.set()
+            first.set()
+
+        reader = threading.Thread(target=read_counts, daemon=True)
+        reader.start()
+        assert first.wait(NODE_START_S), "the replica watcher did not start"
+        assert counts[:1] == [1], counts  # one replica before the load
         workload = prepare_workload(bundle, deadline_ms=3000.0, frames=8)
-        reports: list = []
-        loader = threading.Thread(
-            target=lambda: reports.append(
-                # A generous grace: on a saturated machine Ray's proxy alone can hold an
-                # answer (a 504 included) for seconds; late is not lost.
-                run_load(
-                    gateway.url, workload, devices=4, rate=40.0, seconds=LOAD_S * 3, grace_ms=5000
-                )
-            )
-        )
-        loader.start()
-        counts = []
-        deadline = time.monotonic() + LOAD_S * 3
-        while time.monotonic() < deadline and max(counts, default=0) < 2:
-            counts.append(len(json.loads(_script(LIST_REPLICAS, address))))
-            time.sleep(1.0)
-        loader.join(LOAD_S * 3 + 40)
-        assert max(counts) == 2, counts
-        assert reports and reports[0].lost == 0, reports[0].lost_reasons
+        reports = _load_until(gateway.url, workload, seen, SCALE_UP_S)
+        assert max(counts) == 2, (counts, [(r.sent, r.codes) for r in reports])
+        for report in reports:
+            assert report.sent > 0
+            assert report.lost == 0, report.lost_reasons
+            assert report.answered == report.sent
     finally:
+        if watcher.poll() is None:
+            watcher.kill()
+        watcher.wait(10)
         with contextlib.suppress(subprocess.TimeoutExpired):
             gateway.process.terminate()
             gateway.process.wait(60)

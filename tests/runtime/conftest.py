@@ -49,6 +49,28 @@ def cascade_bundle(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_gateway_bundle(tmp_path_factory) -> Path:
+    """The digits teacher, all on the gateway (``--partition gateway-only``): devices send
+    their input, int8-encoded as the planner chose for the 50 Mbps link; its stage has a
+    dynamic batch dimension. Shared by the batching and load tests."""
+    root = tmp_path_factory.mktemp("digits-gateway")
+    result = compile_model(
+        CompileConfig(
+            model=TEACHER,
+            target=str(write_loopback_target(root)),
+            output=root / "bundle",
+            students="none",
+            partition="gateway-only",
+            measure_seconds=0.2,
+            backend="onnxruntime",  # batches are ONNX Runtime's (auto may pick LiteRT)
+        )
+    )
+    assert [s["tier"] for s in result.manifest["stages"]] == ["gateway"]
+    assert result.manifest["partition"]["encoding"] == "int8"
+    return result.bundle
+
+
+@pytest.fixture(scope="session")
 def teacher_bundle(tmp_path_factory) -> Path:
     """The digits teacher alone (no students), compiled for this machine."""
     root = tmp_path_factory.mktemp("teacher")

@@ -18,36 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import TEACHER, write_loopback_target
 
 from edgec.bundle.io import read_manifest
 from edgec.bundle.launch import import_runtime
 from edgec.bundle.loadtest import prepare_workload, run_load
-from edgec.compiler import compile_model
-from edgec.config import CompileConfig
 from edgec.runtime import codec
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def digits_bundle(tmp_path_factory) -> Path:
-    """The digits teacher, all on the gateway."""
-    root = tmp_path_factory.mktemp("batching-digits")
-    result = compile_model(
-        CompileConfig(
-            model=TEACHER,
-            target=str(write_loopback_target(root)),
-            output=root / "bundle",
-            students="none",
-            partition="gateway-only",
-            measure_seconds=0.2,
-            backend="onnxruntime",  # batches are ONNX Runtime's (auto may pick LiteRT)
-        )
-    )
-    assert [s["tier"] for s in result.manifest["stages"]] == ["gateway"]
-    assert result.manifest["partition"]["encoding"] == ENCODING
-    return result.bundle
+@pytest.fixture
+def digits_bundle(digits_gateway_bundle) -> Path:
+    """The digits teacher, all on the gateway (compiled once per session, conftest)."""
+    return digits_gateway_bundle
 
 
 class Recorder:
@@ -170,6 +153,39 @@ def test_a_request_is_never_held_for_a_batch_past_its_own_deadline(serve_in_proc
     started = time.monotonic()
     assert _post(server.address[1], x, deadline_ms=150.0)[0] == 200
     assert time.monotonic() - started < 0.15
+
+
+def test_a_lone_request_is_not_held_for_company_while_another_worker_is_idle(serve_in_process):
+    """Two workers, max batch 16, a 500 ms batch wait, requests one at a time: each is
+    answered at once (the other worker is idle, so waiting could not grow the batch), not
+    after the wait; batching a CPU gateway no longer costs a lone request the wait."""
+    server, recorder = serve_in_process(workers=2, max_batch=16, batch_wait_ms=500.0)
+    x = np.random.default_rng(3).random((1, 1, 8, 8)).astype(np.float32)
+    for _ in range(3):
+        started = time.monotonic()
+        assert _post(server.address[1], x)[0] == 200
+        assert time.monotonic() - started < 0.3  # before: >= 0.5 s each
+    assert recorder.sizes == [1, 1, 1]
+
+
+def test_a_batch_holds_no_more_requests_than_run_before_their_deadline(digits_bundle):
+    """A gateway that has measured 10 ms per row: a request with 35 ms left (beyond the reply
+    margin) may be batched with at most two others; one without a deadline, up to the max
+    batch; one with no time left still runs alone (its answer decides, not the batcher)."""
+    gateway = import_runtime(digits_bundle, "gateway")
+    server = gateway.GatewayServer(
+        gateway.GatewayRuntime(digits_bundle), "127.0.0.1", 0, workers=1, max_batch=16
+    )
+    try:
+        server.batch_ran(0.040, 4)  # 10 ms a row
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        now = gateway.observability.now()
+        job = gateway._Job(x, now + server.margin_s() + 0.0355, "d")
+        assert server._max_rows(job) == 3
+        assert server._max_rows(gateway._Job(x, None, "d")) == 16
+        assert server._max_rows(gateway._Job(x, now, "d")) == 1
+    finally:
+        server.close()
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_helpers import TEACHER, GatewayProcess, write_loopback_target
+from runtime_helpers import TEACHER, GatewayProcess
 
 from edgec.bundle.loadtest import Payload, prepare_workload, run_load
 from edgec.compiler import compile_model
@@ -54,24 +54,6 @@ FIGURES = {
     "connections",
     "elapsed_s",
 }
-
-
-@pytest.fixture(scope="module")
-def digits_gateway_bundle(tmp_path_factory) -> Path:
-    """The digits teacher, all on the gateway: devices send their input (int8-encoded)."""
-    root = tmp_path_factory.mktemp("loadtest-digits")
-    result = compile_model(
-        CompileConfig(
-            model=TEACHER,
-            target=str(write_loopback_target(root)),
-            output=root / "bundle",
-            students="none",
-            partition="gateway-only",
-            measure_seconds=0.2,
-        )
-    )
-    assert [s["tier"] for s in result.manifest["stages"]] == ["gateway"]
-    return result.bundle
 
 
 @pytest.fixture(scope="module")

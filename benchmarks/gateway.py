@@ -12,7 +12,10 @@ A load is **held** when at least 99% of the frames sent get a 200 within the bud
 p99 of what a device sees is within budget (a 429, a 504 or no answer counts as over). For each
 arm the rate climbs geometrically (x ``--step``) from ``--start-fps`` until a rate is not held,
 then bisects twice between the last held rate and the first that was not; the table gives the
-highest held rate and its p99. Arms:
+highest held rate and its p99, and the gateway stage's own cost per frame at batch 1 and at
+batch ``COST_BATCH`` (16): its session in the bundle's own gateway runtime, run with no
+server around it, the two sizes interleaved, the median of ``--cost-repeats`` repeats (the
+compile measures the same in the manifest's ``batching.per_frame_ms``, once). Arms:
 
 * builtin, batch 1 (``--max-batch 1``) and batched (``--max-batch B --batch-wait-ms W``);
 * Ray Serve (``--engine ray``), the same two, when this edgec's ``serve`` has ``--engine``
@@ -38,10 +41,13 @@ import importlib.util
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 from bench_models import add_models_dir, find_models, recorded_command  # noqa: E402
@@ -53,6 +59,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "runtime"))
 from runtime_helpers import TEACHER, GatewayProcess, write_loopback_target  # noqa: E402
 
 from edgec.bundle.io import read_manifest  # noqa: E402
+from edgec.bundle.launch import import_runtime  # noqa: E402
 from edgec.bundle.loadtest import prepare_workload, run_load  # noqa: E402
 from edgec.compiler import compile_model  # noqa: E402
 from edgec.config import CompileConfig  # noqa: E402
@@ -60,6 +67,11 @@ from edgec.config import CompileConfig  # noqa: E402
 BEGIN, END = "<!-- gateway:begin -->", "<!-- gateway:end -->"
 HELD_SHARE = 0.99
 BISECTIONS = 2
+# The stage cost: per frame at batch 1 and COST_BATCH (the batch the issue asks about); each
+# repeat runs each size at least COST_RUNS times and for COST_SECONDS.
+COST_BATCH = 16
+COST_RUNS = 3
+COST_SECONDS = 0.2
 
 
 def ray_engine() -> str | None:
@@ -85,9 +97,41 @@ def compile_bundle(root: Path, model: Path, name: str) -> Path:
             students="none",
             partition="gateway-only",
             measure_seconds=0.3,
+            # ONNX Runtime: the backend whose gateway stages get a dynamic batch dimension
+            # (host auto may pick LiteRT, whose artifacts stay at batch 1).
+            backend="onnxruntime",
         )
     )
     return result.bundle
+
+
+def stage_cost(bundle: Path, repeats: int) -> dict:
+    """The last gateway stage's milliseconds per frame at batch 1 and COST_BATCH, run by the
+    bundle's own gateway runtime (its session and options, no server): per repeat, the median
+    of runs of each size (interleaved), then the median over repeats. ``{"1": ms, "16": ms}``,
+    or ``{"note": why not}`` for a stage that does not take COST_BATCH."""
+    module = import_runtime(bundle.resolve(), "gateway")
+    stage = module.GATEWAY_STAGES[-1]
+    if stage.get("max_batch", 1) < COST_BATCH:
+        return {"note": f"{stage['name']} takes batch {stage.get('max_batch', 1)} only"}
+    runner = module.GatewayRuntime(bundle).runners[-1]
+    spec = runner.session.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in spec.shape[1:]]
+    dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.random((n, *shape)).astype(dtype) for n in (1, COST_BATCH)}
+    medians: dict[int, list[float]] = {n: [] for n in inputs}
+    for x in inputs.values():
+        runner.run(x)  # warm-up: first runs allocate
+    for _ in range(repeats):
+        for n, x in inputs.items():
+            times, start = [], time.perf_counter()
+            while len(times) < COST_RUNS or time.perf_counter() - start < COST_SECONDS:
+                t0 = time.perf_counter()
+                runner.run(x)
+                times.append(time.perf_counter() - t0)
+            medians[n].append(statistics.median(times) * 1000.0 / n)
+    return {str(n): round(statistics.median(v), 4) for n, v in medians.items()}
 
 
 def offer(url: str, workload, devices: int, rate: float, seconds: float) -> dict:
@@ -153,6 +197,9 @@ def measure(args, models: dict[str, tuple[Path, float]], ray_note: str | None) -
             print(f"compiling {name} (gateway-only, loopback)", flush=True)
             bundle = compile_bundle(root, model, name)
             batching = read_manifest(bundle)["stages"][-1].get("batching") or {}
+            cost = stage_cost(bundle, args.cost_repeats)
+            print(f"{name}: gateway stage ms/frame {cost} (compile: "
+                  f"{batching.get('per_frame_ms')})", flush=True)  # fmt: skip
             margin = 1.0  # the device's fallback margin (runtime default)
             workload = prepare_workload(bundle, deadline_ms=budget_ms - margin)
             for engine, mode, extra in arms(args, ray_note):
@@ -172,7 +219,7 @@ def measure(args, models: dict[str, tuple[Path, float]], ray_note: str | None) -
                     gateway.close()
                 row = {"model": name, "engine": engine, "mode": mode, "budget_ms": budget_ms}
                 row.update(held)
-                row["per_frame_ms"] = batching.get("per_frame_ms")
+                row["per_frame_ms"] = cost
                 rows.append(row)
                 print(
                     f"{name} {engine} {mode}: {row['rate']:g} frames/s held "
@@ -219,7 +266,7 @@ def render(rows: list[dict], args, ray_note: str | None, model224: str | None, w
             lines.append(f"| {row['model']} | {row['engine']} | {row['mode']} | | failed | | |")
             continue
         per = row.get("per_frame_ms") or {}
-        cost = f"{per.get('1', '-')} / {per.get('16', '-')}" if per else "-"
+        cost = per.get("note") or f"{per.get('1', '-')} / {per.get(str(COST_BATCH), '-')}"
         rate = f"{row['rate']:g}" + (" (cap)" if row["capped"] else "")
         p99 = "-" if row["p99"] is None else f"{row['p99']:.2f}"
         lines.append(
@@ -227,6 +274,14 @@ def render(rows: list[dict], args, ray_note: str | None, model224: str | None, w
             f"| {rate} | {p99} | {cost} |"
         )
     lines.append("")
+    costs = {r["model"]: r.get("per_frame_ms") or {} for r in rows if "error" not in r}
+    for model, per in costs.items():
+        if per.get("1") and per.get(str(COST_BATCH)):
+            lines.append(
+                f"- {model}: the gateway stage at batch {COST_BATCH} costs "
+                f"x{per[str(COST_BATCH)] / per['1']:.2f} per frame what it costs at batch 1 "
+                f"(median of {args.cost_repeats} repeats, no server)"
+            )
     for model in dict.fromkeys(r["model"] for r in rows):
         for engine in dict.fromkeys(r["engine"] for r in rows if r["model"] == model):
             ratio = gain(rows, model, engine)
@@ -254,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--batch-wait-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--cost-repeats", type=int, default=7, help="repeats of the stage cost at batch 1 / 16"
+    )
     parser.add_argument("--quick", action="store_true", help="digits only, short runs")
     parser.add_argument("--no-write", action="store_true", help="leave RESULTS.md alone")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.step, args.max_fps, args.devices = 0.5, 3.0, 200.0, 4
+        args.cost_repeats = 3
         args.digits_budget_ms = 100.0  # a check that the machinery runs, not a figure
     args.command = recorded_command(
         "gateway.py", sys.argv[1:] if argv is None else argv, args.models_dir

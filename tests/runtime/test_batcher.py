@@ -107,3 +107,65 @@ def test_the_planned_wait_is_the_wait_only_when_batching():
     """The planner budgets the batch wait when the gateway batches, nothing otherwise."""
     assert batcher.planned_wait_ms(8, 2.0) == 2.0
     assert batcher.planned_wait_ms(1, 2.0) == 0.0
+
+
+def _collect_in_thread(take: batcher.Batcher, results: list) -> threading.Thread:
+    """A worker that collects one batch and notes it with the time it was returned."""
+
+    def work() -> None:
+        batch, _ = take.collect()
+        results.append((batch, time.perf_counter()))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_idle(take: batcher.Batcher, count: int) -> None:
+    deadline = time.perf_counter() + 5.0
+    while take.idle < count:
+        assert time.perf_counter() < deadline, "the workers did not start waiting"
+        time.sleep(0.005)
+
+
+def test_a_worker_does_not_wait_for_company_while_another_worker_is_idle():
+    """Two workers waiting, one job, a 0.5 s wait: the worker that takes it runs it at once
+    (the next job would go to the idle worker, so waiting could not grow the batch); the
+    other one, now the only worker waiting, still waits for company as before."""
+    jobs: queue.Queue = queue.Queue()
+    take = batcher.Batcher(jobs, 8, wait_s=0.5)
+    results: list = []
+    threads = [_collect_in_thread(take, results) for _ in range(2)]
+    _wait_idle(take, 2)
+    started = time.perf_counter()
+    jobs.put("a")
+    deadline = time.perf_counter() + 5.0
+    while not results:
+        assert time.perf_counter() < deadline
+        time.sleep(0.002)
+    assert results[0][0] == ["a"]
+    assert results[0][1] - started < 0.25  # before: the full 0.5 s wait
+    started = time.perf_counter()
+    jobs.put("b")  # the other worker: every other worker is busy now, so it waits
+    for thread in threads:
+        thread.join(5.0)
+    assert results[1][0] == ["b"]
+    assert 0.4 < results[1][1] - started < 1.5
+
+
+def test_a_batch_is_no_larger_than_its_jobs_allow():
+    """Eight jobs queued, max batch 8, but each job can be answered in time only in a batch
+    of at most 3 (``max_rows``): batches of 3, 3, 2; the rest stays queued meanwhile."""
+    jobs = _queue(*range(8))
+    take = batcher.Batcher(jobs, 8, wait_s=0.05, max_rows=lambda job: 3)
+    assert take.collect() == ([0, 1, 2], False)
+    assert jobs.qsize() == 5
+    assert take.collect() == ([3, 4, 5], False)
+    assert take.collect() == ([6, 7], False)
+
+
+def test_a_job_with_room_for_fewer_rows_ends_the_batch_there():
+    """Job 2 allows a batch of 3 at most: the batch stops growing at 3 (the others allow 8)."""
+    jobs = _queue(*range(6))
+    take = batcher.Batcher(jobs, 8, wait_s=0.05, max_rows=lambda job: 3 if job == 2 else 8)
+    assert take.collect() == ([0, 1, 2], False)

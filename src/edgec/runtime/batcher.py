@@ -20,9 +20,10 @@ Work-conserving, for several workers on one queue:
   ``ceil(queued / ready workers)`` requests, so the batches run side by side instead of one
   worker running everything while the others wait (on a CPU, two batch-1 runs side by side
   often beat one batch of two).
-* A batch is no larger than every request in it allows (``max_rows``: how many rows can run
-  before its deadline, from what batches have cost per row): a big batch never turns all of
-  its requests into 504s. Beyond that, requests stay queued for the next free worker.
+* No request joins a batch that already holds as many as one of its requests allows
+  (``max_rows``: how many rows can run before that request's deadline, from what batches
+  have cost per row): a big batch never turns all of its requests into 504s. The others
+  stay queued for the next free worker.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Batcher:
             no limit); the wait never goes past the earliest of the batch's.
         clock: The clock ``latest_start`` and the wait are on (monotonic seconds).
         max_rows: The largest batch a job may be in and still be answered in time (at
-            least 1); the batch stays within the smallest of its jobs'.
+            least 1); no job joins a batch holding the smallest of its jobs' already.
     """
 
     def __init__(

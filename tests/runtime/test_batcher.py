@@ -169,3 +169,30 @@ def test_a_job_with_room_for_fewer_rows_ends_the_batch_there():
     jobs = _queue(*range(6))
     take = batcher.Batcher(jobs, 8, wait_s=0.05, max_rows=lambda job: 3 if job == 2 else 8)
     assert take.collect() == ([0, 1, 2], False)
+
+
+def test_a_worker_leaves_an_idle_worker_its_share_of_the_queue():
+    """Eight jobs land at once while two workers wait (as if the second had not woken yet):
+    the worker that takes them takes four, not eight, and leaves at once; the other worker
+    takes the other four. Before, one worker ran all eight while the other stayed idle."""
+    jobs: queue.Queue = queue.Queue()
+    take = batcher.Batcher(jobs, 8, wait_s=0.5)
+    results: list = []
+    threads = [_collect_in_thread(take, results) for _ in range(2)]
+    _wait_idle(take, 2)
+    time.sleep(0.05)  # both are inside the queue's wait now
+    started = time.perf_counter()
+    with jobs.not_empty:  # one burst, one wake-up: the second worker sleeps on
+        jobs.queue.extend(range(8))
+        jobs.unfinished_tasks += 8
+        jobs.not_empty.notify()
+    deadline = time.perf_counter() + 5.0
+    while not results:
+        assert time.perf_counter() < deadline
+        time.sleep(0.002)
+    assert results[0][0] == [0, 1, 2, 3]
+    assert results[0][1] - started < 0.25  # it did not wait: a worker is idle
+    jobs.put(None)  # wakes the other worker, which finds the rest
+    for thread in threads:
+        thread.join(5.0)
+    assert results[1][0] == [4, 5, 6, 7]

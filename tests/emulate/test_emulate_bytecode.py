@@ -68,3 +68,20 @@ def test_only_a_run_over_an_uncompiled_cache_writes_bytecode(tmp_path):
         "qemu-aarch64", tmp_path, [Path("x.npy")], [], write_bytecode=True
     )
     assert run.environment(tmp_path, [])["PYTHONDONTWRITEBYTECODE"] == "1"
+
+
+def test_bytecode_already_kept_stays_and_what_is_missing_is_added(tmp_path):
+    """A later run over a marked cache adds the bytecode of modules it imports first and
+    leaves what an earlier run kept as it is."""
+    cache = tmp_path / "site"
+    for name in ("old", "new"):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "__init__.py").write_text("")
+    with bytecode.kept([cache]) as prefix:
+        _import_with_prefix(prefix, [cache], ["old"])
+    (kept,) = (cache / "old" / "__pycache__").glob("*.pyc")
+    kept.write_bytes(b"earlier run")  # a stand-in: only its bytes are checked
+    with bytecode.kept([cache]) as prefix:
+        _import_with_prefix(prefix, [cache], ["old", "new"])
+    assert kept.read_bytes() == b"earlier run"
+    assert len(list((cache / "new" / "__pycache__").glob("__init__.*.pyc"))) == 1

@@ -33,7 +33,7 @@ def pending(dirs: list[Path]) -> list[Path]:
 @contextmanager
 def kept(dirs: list[Path]) -> Iterator[Path]:
     """A temporary pycache prefix for one run; on leaving, the bytecode compiled from sources
-    under ``dirs`` moves next to them and ``dirs`` are marked."""
+    under ``dirs`` moves next to them (where none is yet) and ``dirs`` are marked."""
     prefix = Path(tempfile.mkdtemp(prefix="edgec-emulate-pyc-"))
     try:
         yield prefix

@@ -150,11 +150,10 @@ def run_emulated(
     env = environment(system, sites)
     if device_id:
         env["EDGEC_DEVICE_ID"] = device_id
-    uncompiled = bytecode.pending([system, *sites])
-    if not uncompiled:
+    if not bytecode.pending([system, *sites]):
         yield from _stream(command(qemu, system, paths, options), root, env, gateway_url)
         return
-    with bytecode.kept(uncompiled) as prefix:  # this run's bytecode of the cache's files stays
+    with bytecode.kept([system, *sites]) as prefix:  # its bytecode of the cache's files stays
         env["PYTHONPYCACHEPREFIX"] = str(prefix)
         env.pop("PYTHONDONTWRITEBYTECODE")
         argv = command(qemu, system, paths, options, write_bytecode=True)

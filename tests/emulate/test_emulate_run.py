@@ -26,7 +26,7 @@ from PIL import Image
 from edgec.cli import main
 from edgec.cli.runtime import _describe
 from edgec.data import load_dataset
-from edgec.emulate import sysroot
+from edgec.emulate import bytecode, sysroot
 
 pytestmark = pytest.mark.slow
 KEYS = ("input", "prediction", "confidence", "stage", "latency_ms", "route")
@@ -90,6 +90,9 @@ def test_emulated_run_answers_every_frame_as_the_native_run(emulator, pi_bundle,
         max(abs(g["confidence"] - w["confidence"]) for g, w in zip(got, want, strict=True)) < 1e-4
     )
     assert not list(pi_bundle.rglob("__pycache__"))  # nothing written into the bundle
+    # The cache's modules have their bytecode now: later runs compile none of them again.
+    wheels = [sysroot.wheel_dir(name) for name in ("numpy", "onnxruntime", "pillow")]
+    assert not bytecode.pending([sysroot.sysroot_dir(), *wheels])
 
 
 def test_text_lines_label_an_emulated_latency():
@@ -150,22 +153,11 @@ def test_a_bundle_that_does_not_verify_is_refused_before_the_emulator_starts(
 
 
 @pytest.mark.tvm
-def test_tvm_build_for_the_pi_runs_under_emulation_only(emulator, frames, tmp_path):
+def test_tvm_build_for_the_pi_runs_under_emulation_only(emulator, frames, request):
     """The TVM stage is an aarch64 object: this machine's own run cannot load it, the emulated
     device (aarch64 TVM runtime wheels) answers every frame as the ONNX model does."""
-    pytest.importorskip("tvm", reason="the tvm extra is not installed: pip install 'edgec[tvm]'")
-    from edgec.targets import get_backend, load_target
-
-    ok, why = get_backend("tvm").can_build(load_target("raspberry-pi-4"))
-    if not ok:  # no cross compiler (make test installs it)
-        pytest.skip(why)
+    bundle = request.getfixturevalue("pi4_tvm_bundle")  # skips without TVM or cross tools
     teacher = Path(__file__).resolve().parents[2] / "examples" / "digits" / "teacher.onnx"
-    bundle = tmp_path / "tvm"
-    compiled = run(
-        "compile", str(teacher), "--target", "raspberry-pi-4", "--backend", "tvm",
-        "--students", "none", "--precision", "fp32", "-o", str(bundle),
-    )  # fmt: skip
-    assert compiled.exit_code == 0, compiled.output
     assert run("run", str(bundle), str(frames)).exit_code == 2  # not on this CPU
     emulated = run("run", str(bundle), str(frames), "--emulate", "--json")
     assert emulated.exit_code == 0, emulated.output
@@ -179,7 +171,7 @@ def test_tvm_build_for_the_pi_runs_under_emulation_only(emulator, frames, tmp_pa
     assert all(line["timing"] == "emulated" for line in lines)
 
 
-def test_full_integer_tflite_build_for_the_pi_answers_as_the_native_run(request, frames, tmp_path):
+def test_full_integer_tflite_build_for_the_pi_answers_as_the_native_run(request, frames):
     """The LiteRT backend's full-integer INT8 .tflite for the Pi runs on the aarch64
     ai-edge-litert wheel (XNNPACK) under emulation and answers every frame as natively.
     Skips where this edgec has no litert backend or ai-edge-litert is not installed."""
@@ -192,13 +184,7 @@ def test_full_integer_tflite_build_for_the_pi_answers_as_the_native_run(request,
     except BadInputError:
         pytest.skip("this edgec has no litert backend")
     request.getfixturevalue("emulator")
-    teacher = Path(__file__).resolve().parents[2] / "examples" / "digits" / "teacher.onnx"
-    bundle = tmp_path / "litert"
-    compiled = run(
-        "compile", str(teacher), "--target", "raspberry-pi-4", "--backend", "litert",
-        "--precision", "int8", "--data", "digits", "--students", "none", "-o", str(bundle),
-    )  # fmt: skip
-    assert compiled.exit_code == 0, compiled.output
+    bundle = request.getfixturevalue("pi4_litert_int8_bundle")
     stages = json.loads((bundle / "manifest.json").read_text())["stages"]
     assert [Path(s["artifact"]).suffix for s in stages] == [".tflite"]
     native = run("run", str(bundle), str(frames), "--json")

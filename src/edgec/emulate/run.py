@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgec.bundle.launch import open_bundle
-from edgec.emulate import sysroot
+from edgec.emulate import bytecode, sysroot
 from edgec.errors import BadInputError, GateFailedError
 from edgec.runtime.render import RUNTIME_DIR
 
@@ -80,10 +80,13 @@ def find_qemu() -> str:
     return qemu
 
 
-def command(qemu: str, root: Path, inputs: list[Path], options: list[str]) -> list[str]:
-    """The command line that runs the device runtime under qemu (in the bundle directory)."""
+def command(
+    qemu: str, root: Path, inputs: list[Path], options: list[str], write_bytecode: bool = False
+) -> list[str]:
+    """The command line that runs the device runtime under qemu (in the bundle directory);
+    ``write_bytecode``: Python writes it (into a pycache prefix: :mod:`.bytecode`)."""
     python = root / sysroot.PYTHON
-    runtime = ["-B", "-s", "-m", f"{RUNTIME_DIR}.device"]
+    runtime = [*([] if write_bytecode else ["-B"]), "-s", "-m", f"{RUNTIME_DIR}.device"]
     return [qemu, "-cpu", CPU, "-L", str(root), str(python), *runtime, *map(str, inputs), *options]
 
 
@@ -147,7 +150,14 @@ def run_emulated(
     env = environment(system, sites)
     if device_id:
         env["EDGEC_DEVICE_ID"] = device_id
-    yield from _stream(command(qemu, system, paths, options), root, env, gateway_url)
+    if not bytecode.pending([system, *sites]):
+        yield from _stream(command(qemu, system, paths, options), root, env, gateway_url)
+        return
+    with bytecode.kept([system, *sites]) as prefix:  # its bytecode of the cache's files stays
+        env["PYTHONPYCACHEPREFIX"] = str(prefix)
+        env.pop("PYTHONDONTWRITEBYTECODE")
+        argv = command(qemu, system, paths, options, write_bytecode=True)
+        yield from _stream(argv, root, env, gateway_url)
 
 
 def _runtime_options(gateway_url, capture, power_state_file) -> list[str]:

@@ -35,21 +35,10 @@ def stage_of(out: Path) -> dict:
     return json.loads((out / "manifest.json").read_text())["stages"][0]
 
 
-@pytest.fixture(scope="module")
-def pi4_int8(tmp_path_factory, teacher_path_module) -> Path:
-    """The done-when compile: digits teacher, Raspberry Pi 4, LiteRT, INT8."""
-    out = tmp_path_factory.mktemp("pi4") / "bundle"
-    result = compile_cli(
-        teacher_path_module, "--target", "raspberry-pi-4", "--backend", "litert",
-        "--precision", "int8", "--data", "digits", "-o", out, "--force", *FAST,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_path_module() -> Path:
-    return REPO / "examples" / "digits" / "teacher.onnx"
+@pytest.fixture
+def pi4_int8(pi4_litert_int8_bundle) -> Path:
+    """The done-when compile: digits teacher, Raspberry Pi 4, LiteRT, INT8 (once a session)."""
+    return pi4_litert_int8_bundle
 
 
 @pytest.mark.slow

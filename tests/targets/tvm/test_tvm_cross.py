@@ -19,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 
-from edgec.cli import main
 from edgec.errors import BadInputError
-from edgec.targets import get_backend, load_target
+from edgec.targets import get_backend
 
 pytest.importorskip("tvm", reason="the tvm extra is not installed: pip install 'edgec[tvm]'")
 
@@ -40,28 +38,10 @@ def _runtime_dir() -> Path:
     return Path(os.environ.get("EDGEC_AARCH64_TVM_RUNTIME", default))
 
 
-@pytest.fixture(scope="module")
-def pi_bundle(tmp_path_factory, teacher_path_module) -> Path:
-    ok, why = get_backend("tvm").can_build(load_target("raspberry-pi-4"))
-    if not ok:  # no cross compiler, or no C library for it (make test installs both)
-        pytest.skip(why)
-    out = tmp_path_factory.mktemp("pi") / "bundle"
-    result = CliRunner().invoke(
-        main,
-        [
-            "compile", str(teacher_path_module), "--target", "raspberry-pi-4",
-            "--backend", "tvm", "--students", "none", "--precision", "fp32", "-o", str(out),
-            "--data", "digits",
-        ],
-        catch_exceptions=False,
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    return out
-
-
-@pytest.fixture(scope="module")
-def teacher_path_module() -> Path:
-    return REPO / "examples" / "digits" / "teacher.onnx"
+@pytest.fixture
+def pi_bundle(pi4_tvm_bundle) -> Path:
+    """The teacher cross-compiled for the Pi with TVM (once a session)."""
+    return pi4_tvm_bundle
 
 
 def _artifact(bundle: Path) -> tuple[Path, dict]:
@@ -98,7 +78,6 @@ def test_aarch64_artifact_refuses_to_load_on_this_machine(pi_bundle):
     """Loading it here is one sentence that points at --device."""
     if os.uname().machine == "aarch64":
         pytest.skip("this machine is aarch64")
-    from edgec.targets import get_backend
     from edgec.targets.base import Artifact
 
     path, stage = _artifact(pi_bundle)

@@ -147,28 +147,71 @@ class _Converter:
         index = self.m.tensor(name, tuple(shape), dtype, quant)
         return _Val(index, tuple(onnx_shape if onnx_shape is not None else shape), nhwc)
 
+    def like(self, val: _Val, name: str, quant: Quant | None = None) -> _Val:
+        """A new tensor with ``val``'s shape and layout (``quant``: its int8 grid, or float)."""
+        return self.new(name, self.tfl_shape(val), quant, val.nhwc, val.shape)
+
+    def nhwc_out(self, name: str, onnx_shape, quant: Quant | None) -> _Val:
+        """A new NHWC tensor for the 4-D ONNX (NCHW) shape ``onnx_shape``."""
+        n, c, h, w = onnx_shape
+        return self.new(name, (n, h, w, c), quant, True, onnx_shape)
+
+    def grid(self, val: _Val) -> Quant | None:
+        """``val``'s int8 grid, or ``None`` when it is float."""
+        return self.m.quant(val.index) if self.is_int(val) else None
+
     def tfl_shape(self, val: _Val) -> tuple[int, ...]:
         return self.m.shape(val.index)
+
+    def emit(self, opname: str, inputs: list[int], outputs: list[int], options=None, **fields):
+        """Append the TFLite op ``opname``; ``options`` names its options table (``AddOptions``),
+        whose ``fields`` are set (the rest keep the schema's defaults)."""
+        table = None
+        if options is not None:
+            table = getattr(self.m.s, f"{options}T")()
+            for field, value in fields.items():
+                setattr(table, field, value)
+        self.m.op(opname, inputs, outputs, table, options)
+
+    def activation(self, act: str) -> int:
+        """The fused activation ``act`` (``NONE``, ``RELU``, ``RELU6``) as the schema codes it."""
+        return getattr(self.m.s.ActivationFunctionType, act)
+
+    def scalar(self, base: str, value: float) -> int:
+        """A float constant ``[value]``."""
+        return self.m.constant(self.fresh(base), np.asarray([value], np.float32))
+
+    def int8_scalar(self, base: str, value: float) -> int:
+        """An int8 constant holding ``value`` exactly: 127 on the grid ``value / 127``."""
+        return self.m.constant(
+            self.fresh(base), np.asarray([127], np.int8), Quant((value / 127.0,), (0,))
+        )
+
+    def converted(self, val: _Val, key: tuple, base: str, quant: Quant | None, opname: str):
+        """``val`` through the one-input op ``opname`` (made once per ``key``)."""
+        if key not in self.cache:
+            out = self.like(val, self.fresh(base), quant)
+            self.m.op(opname, [val.index], [out.index])
+            self.cache[key] = out
+        return self.cache[key]
 
     def as_float(self, val: _Val) -> _Val:
         if not self.is_int(val):
             return val
-        key = ("float", val.index)
-        if key not in self.cache:
-            out = self.new(self.fresh("dequant"), self.tfl_shape(val), None, val.nhwc, val.shape)
-            self.m.op("DEQUANTIZE", [val.index], [out.index])
-            self.cache[key] = out
-        return self.cache[key]
+        return self.converted(val, ("float", val.index), "dequant", None, "DEQUANTIZE")
 
     def as_int(self, val: _Val, quant: Quant) -> _Val:
         if self.is_int(val) and self.m.quant(val.index) == quant:
             return val
-        key = ("int", val.index, quant)
-        if key not in self.cache:
-            out = self.new(self.fresh("quant"), self.tfl_shape(val), quant, val.nhwc, val.shape)
-            self.m.op("QUANTIZE", [val.index], [out.index])
-            self.cache[key] = out
-        return self.cache[key]
+        return self.converted(val, ("int", val.index, quant), "quant", quant, "QUANTIZE")
+
+    def transpose(self, val: _Val, perm, name: str, nhwc: bool, onnx_shape=None) -> _Val:
+        """``val`` with its TFLite dims permuted by ``perm`` (a ``TRANSPOSE`` op)."""
+        shape = tuple(self.tfl_shape(val)[p] for p in perm)
+        out = self.new(name, shape, self.grid(val), nhwc, onnx_shape)
+        perm_t = self.m.constant(self.fresh("perm"), np.asarray(perm, np.int32))
+        self.emit("TRANSPOSE", [val.index, perm_t], [out.index], "TransposeOptions")
+        return out
 
     def transposed(self, val: _Val, nhwc: bool) -> _Val:
         if val.nhwc == nhwc or len(val.shape) != 4:
@@ -176,18 +219,7 @@ class _Converter:
         key = ("layout", val.index, nhwc)
         if key not in self.cache:
             perm = NCHW_TO_NHWC if nhwc else NHWC_TO_NCHW
-            shape = tuple(self.tfl_shape(val)[p] for p in perm)
-            quant = self.m.quant(val.index) if self.is_int(val) else None
-            out = self.new(self.fresh("transpose"), shape, quant, nhwc, val.shape)
-            perm_t = self.m.constant(self.fresh("perm"), np.asarray(perm, np.int32))
-            self.m.op(
-                "TRANSPOSE",
-                [val.index, perm_t],
-                [out.index],
-                self.m.s.TransposeOptionsT(),
-                "TransposeOptions",
-            )
-            self.cache[key] = out
+            self.cache[key] = self.transpose(val, perm, self.fresh("transpose"), nhwc, val.shape)
         return self.cache[key]
 
     def nhwc(self, name: str) -> _Val:
@@ -202,12 +234,11 @@ class _Converter:
 
     def reshape(self, val: _Val, shape, nhwc: bool = False, quant: Quant | None = None) -> _Val:
         shape = tuple(int(d) for d in shape)
-        q = self.m.quant(val.index) if self.is_int(val) else None
-        out = self.new(self.fresh("reshape"), shape, q, nhwc)
+        out = self.new(self.fresh("reshape"), shape, self.grid(val), nhwc)
         shape_t = self.m.constant(self.fresh("shape"), np.asarray(shape, np.int32))
-        opts = self.m.s.ReshapeOptionsT()
-        opts.newShape = list(shape)
-        self.m.op("RESHAPE", [val.index, shape_t], [out.index], opts, "ReshapeOptions")
+        self.emit(
+            "RESHAPE", [val.index, shape_t], [out.index], "ReshapeOptions", newShape=list(shape)
+        )
         return out
 
     # -- constants -----------------------------------------------------------------------
@@ -283,6 +314,75 @@ class _Converter:
         if not quantized:
             return self.as_float(val)
         return val if self.is_int(val) else self.as_int(val, self.view.quant[name])
+
+    def operand(
+        self, name: str, out_name: str, val: _Val | None = None, same_grid: bool = False
+    ) -> tuple[_Val, Quant | None]:
+        """The one activation input ``name`` (``val``: it, already in the layout the op wants)
+        as the op takes it, and the output's int8 grid (``None``: the op runs in float).
+
+        ``same_grid``: the kernel keeps its input's grid (pooling, max, pad, relu6 and such)."""
+        quant = self.out_quant([name], out_name)
+        val = self.ensure(self.vals[name] if val is None else val, name, quant is not None)
+        if quant is not None and same_grid:
+            quant = self.m.quant(val.index)
+        return val, quant
+
+    def weighted(self, node, weight_name: str) -> tuple[str, str, Quant | None]:
+        """``(activation, output name, output grid)`` of a Conv/Gemm/MatMul: a Relu after it
+        fused in, int8 only when its input, output and weights are quantized."""
+        act, out_name = self.fused_activation(node)
+        quant = self.out_quant([node.input[0]], out_name)
+        if weight_name not in self.view.int_weights:
+            quant = None  # float weights in a Q/DQ model: a layer the guard kept in FP32
+        return act, out_name, quant
+
+    def weight_operands(
+        self,
+        node,
+        x: _Val,
+        w: np.ndarray,
+        b: np.ndarray,
+        w_q: np.ndarray | None = None,
+        w_quant: Quant | None = None,
+    ) -> tuple[int, int]:
+        """The weight and bias constants: float ``w`` and ``b``, or int8 ``w_q`` on
+        ``w_quant`` with an int32 bias on ``x``'s grid times the weights'."""
+        w_name = self.fresh(f"{node.name}_w")
+        if w_q is None:
+            w_i = self.m.constant(w_name, w.astype(np.float32))
+            return w_i, self.m.constant(self.fresh(f"{node.name}_b"), b.astype(np.float32))
+        w_i = self.m.constant(w_name, w_q, w_quant)
+        return w_i, self.int_bias(node.name, b, self.m.quant(x.index), w_quant)
+
+    def float_clamp(self, x: _Val, bounds, base: str) -> _Val:
+        """Float ``x`` clipped to ``bounds`` (lower, upper; ``None``: open) with
+        ``MAXIMUM``/``MINIMUM``: what runs everywhere, with no int8 grid to fit."""
+        cur = x
+        for bound, opname in zip(bounds, ("MAXIMUM", "MINIMUM"), strict=True):
+            if bound is None:
+                continue
+            c = self.scalar("bound", bound)
+            out = self.like(cur, self.fresh(base))
+            self.emit(opname, [cur.index, c], [out.index], "MaximumMinimumOptions")
+            cur = out
+        return cur
+
+    def mul(self, x: _Val, c: int, name: str, quant: Quant | None = None) -> _Val:
+        """``x`` times the scalar constant ``c``, into a new tensor ``name``."""
+        out = self.like(x, name, quant)
+        self.emit("MUL", [x.index, c], [out.index], "MulOptions")
+        return out
+
+    def pad(self, x: _Val, out: _Val, pairs, fill: np.ndarray | None = None) -> None:
+        """``PAD`` ``x`` into ``out`` by ``pairs`` (before, after per TFLite dim); ``PADV2``
+        with ``fill`` (on ``out``'s grid) as the value padded in."""
+        pads_t = self.m.constant(self.fresh("pads"), np.asarray(pairs, np.int32))
+        if fill is None:
+            self.emit("PAD", [x.index, pads_t], [out.index], "PadOptions")
+            return
+        fill_t = self.m.constant(self.fresh("fill"), fill, self.grid(out))
+        self.emit("PADV2", [x.index, pads_t, fill_t], [out.index], "PadV2Options")
 
     def convert(self) -> FlatModel:
         for name in self.view.inputs:
@@ -371,19 +471,12 @@ class _Converter:
             grid = self.m.quant(src.index) or Quant((1.0,), (0,))
             if self.m.quant(src.index) is None:
                 self.m.tensors[src.index].quantization = self._qparams(grid)
-            out = self.new(
-                self.fresh("frame_int8"),
-                self.tfl_shape(src),
-                grid.shifted(-128),
-                src.nhwc,
-                src.shape,
-            )
+            out = self.like(src, self.fresh("frame_int8"), grid.shifted(-128))
             self.m.op("QUANTIZE", [src.index], [out.index])
             self.vals[node.output[0]] = out
             return
-        out = self.new(node.output[0], self.tfl_shape(src), None, src.nhwc, src.shape)
-        opts = self.m.s.CastOptionsT()
-        self.m.op("CAST", [src.index], [out.index], opts, "CastOptions")
+        out = self.like(src, node.output[0])
+        self.emit("CAST", [src.index], [out.index], "CastOptions")
         self.vals[node.output[0]] = out
 
     def _qparams(self, quant: Quant):
@@ -407,46 +500,45 @@ class _Converter:
         depthwise = group > 1 and group == c and in_per_group == 1
         if group > 1 and not depthwise:
             raise UnsupportedModelError(f"grouped Conv node '{node.name}' (group={group})")
-        act, out_name = self.fused_activation(node)
-        quant = self.out_quant([node.input[0]], out_name)
-        if node.input[1] not in self.view.int_weights:
-            quant = None  # float weights in a Q/DQ model: a layer the guard kept in FP32
+        act, out_name, quant = self.weighted(node, node.input[1])
         strides = attrs.get("strides", [1, 1])
         dil = attrs.get("dilations", [1, 1])
         x = self.ensure(x, node.input[0], quant is not None)
         x, padding = self.padded(node, x, (kh, kw), strides, dil, quant is not None)
-        oshape = self.shapes[out_name]
-        if quant is not None:
-            w_q, w_quant = self.int_weight(node.input[1], w)
+        fields = {}
         if depthwise:
-            w_t = w.reshape(out_ch, kh, kw).transpose(1, 2, 0)[None]
-            opts = self.m.s.DepthwiseConv2DOptionsT()
-            opts.depthMultiplier = out_ch // c
-            opname, otype, axis = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", 3
+            opname, options, axis = "DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions", 3
+            fields["depthMultiplier"] = out_ch // c
+
+            def layout(a):  # TFLite: [1, H, W, C*multiplier]
+                return a.reshape(out_ch, kh, kw).transpose(1, 2, 0)[None]
         else:
-            w_t = w.transpose(0, 2, 3, 1)
-            opts = self.m.s.Conv2DOptionsT()
-            opname, otype, axis = "CONV_2D", "Conv2DOptions", 0
-        opts.padding = padding
-        opts.strideH, opts.strideW = int(strides[0]), int(strides[1])
-        opts.dilationHFactor, opts.dilationWFactor = int(dil[0]), int(dil[1])
-        opts.fusedActivationFunction = getattr(self.m.s.ActivationFunctionType, act)
+            opname, options, axis = "CONV_2D", "Conv2DOptions", 0
+
+            def layout(a):  # TFLite: [O, H, W, I]
+                return a.transpose(0, 2, 3, 1)
+
         b = np.zeros(out_ch, np.float32) if bias is None else bias.astype(np.float32)
         if quant is None:
-            w_i = self.m.constant(self.fresh(f"{node.name}_w"), w_t.astype(np.float32))
-            b_i = self.m.constant(self.fresh(f"{node.name}_b"), b)
+            w_i, b_i = self.weight_operands(node, x, layout(w), b)
         else:
-            w_qt = (
-                w_q.reshape(out_ch, kh, kw).transpose(1, 2, 0)[None]
-                if depthwise
-                else w_q.transpose(0, 2, 3, 1)
-            )
-            w_i = self.m.constant(
-                self.fresh(f"{node.name}_w"), w_qt, Quant(w_quant.scale, w_quant.zero_point, axis)
-            )
-            b_i = self.int_bias(node.name, b, self.m.quant(x.index), w_quant)
-        out = self.new(out_name, (oshape[0], oshape[2], oshape[3], oshape[1]), quant, True, oshape)
-        self.m.op(opname, [x.index, w_i, b_i], [out.index], opts, otype)
+            w_q, w_quant = self.int_weight(node.input[1], w)
+            w_quant = Quant(w_quant.scale, w_quant.zero_point, axis)
+            w_i, b_i = self.weight_operands(node, x, w, b, layout(w_q), w_quant)
+        out = self.nhwc_out(out_name, self.shapes[out_name], quant)
+        self.emit(
+            opname,
+            [x.index, w_i, b_i],
+            [out.index],
+            options,
+            padding=padding,
+            strideH=int(strides[0]),
+            strideW=int(strides[1]),
+            dilationHFactor=int(dil[0]),
+            dilationWFactor=int(dil[1]),
+            fusedActivationFunction=self.activation(act),
+            **fields,
+        )
         self.vals[out_name] = out
 
     def int_weight(
@@ -499,29 +591,15 @@ class _Converter:
         paddings = np.asarray([[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]], np.int32)
         if not quantized:
             x = self.as_float(x)
-        shape = self.tfl_shape(x)
-        padded = (shape[0], shape[1] + pads[0] + pads[2], shape[2] + pads[1] + pads[3], shape[3])
-        q = self.m.quant(x.index) if self.is_int(x) else None
-        out = self.new(
-            self.fresh(f"{node.name}_pad"),
-            padded,
-            q,
-            True,
-            (padded[0], padded[3], padded[1], padded[2]),
-        )
-        pads_t = self.m.constant(self.fresh("pads"), paddings)
-        if fill is None:
-            self.m.op("PAD", [x.index, pads_t], [out.index], self.m.s.PadOptionsT(), "PadOptions")
-        else:
-            value = np.asarray([-128 if q else np.float32(-3.4e38)], np.int8 if q else np.float32)
-            fill_t = self.m.constant(self.fresh("fill"), value, q)
-            self.m.op(
-                "PADV2",
-                [x.index, pads_t, fill_t],
-                [out.index],
-                self.m.s.PadV2OptionsT(),
-                "PadV2Options",
+        n, h, w, c = self.tfl_shape(x)
+        h, w = h + pads[0] + pads[2], w + pads[1] + pads[3]
+        out = self.nhwc_out(self.fresh(f"{node.name}_pad"), (n, c, h, w), self.grid(x))
+        if fill is not None:  # the lowest value: padding that a max never picks
+            int8 = self.is_int(x)
+            fill = np.asarray(
+                [-128 if int8 else np.float32(-3.4e38)], np.int8 if int8 else np.float32
             )
+        self.pad(x, out, paddings, fill)
         return out, padding.VALID
 
     @staticmethod
@@ -561,18 +639,12 @@ class _Converter:
             raise UnsupportedModelError(
                 f"{node.op_type} node '{node.name}' on a {len(x.shape)}-D input"
             )
-        act, out_name = self.fused_activation(node)
-        quant = self.out_quant([node.input[0]], out_name)
-        if weight_name not in self.view.int_weights:
-            quant = None  # float weights in a Q/DQ model: a layer the guard kept in FP32
+        act, out_name, quant = self.weighted(node, weight_name)
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32)
         b = np.broadcast_to(b.reshape(-1), (w.shape[0],))
-        opts = self.m.s.FullyConnectedOptionsT()
-        opts.fusedActivationFunction = getattr(self.m.s.ActivationFunctionType, act)
         x = self.ensure(x, node.input[0], quant is not None)
         if quant is None:
-            w_i = self.m.constant(self.fresh(f"{node.name}_w"), w.astype(np.float32))
-            b_i = self.m.constant(self.fresh(f"{node.name}_b"), b.astype(np.float32))
+            w_i, b_i = self.weight_operands(node, x, w, b)
         else:
             if self.per_channel_fc:
                 w_q, w_quant = self.int_weight(weight_name, w, transposed)
@@ -580,12 +652,14 @@ class _Converter:
                 scale = max(float(np.abs(w).max()), 1e-8) / 127.0
                 w_q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
                 w_quant = Quant((scale,), (0,))
-            w_i = self.m.constant(self.fresh(f"{node.name}_w"), w_q, w_quant)
-            b_i = self.int_bias(node.name, b, self.m.quant(x.index), w_quant)
-        oshape = self.shapes[out_name]
-        out = self.new(out_name, oshape, quant, False)
-        self.m.op(
-            "FULLY_CONNECTED", [x.index, w_i, b_i], [out.index], opts, "FullyConnectedOptions"
+            w_i, b_i = self.weight_operands(node, x, w, b, w_q, w_quant)
+        out = self.new(out_name, self.shapes[out_name], quant, False)
+        self.emit(
+            "FULLY_CONNECTED",
+            [x.index, w_i, b_i],
+            [out.index],
+            "FullyConnectedOptions",
+            fusedActivationFunction=self.activation(act),
         )
         self.vals[out_name] = out
 
@@ -613,15 +687,10 @@ class _Converter:
         oshape = tuple(np.broadcast_shapes(*shapes))
         onnx_shape = self.shapes[out_name]
         out = self.new(out_name, oshape, quant, like.nhwc and len(oshape) == 4, onnx_shape)
-        options = {
-            "ADD": "AddOptions",
-            "SUB": "SubOptions",
-            "MUL": "MulOptions",
-            "DIV": "DivOptions",
-        }[opname]
-        opts = getattr(self.m.s, f"{options}T")()
-        opts.fusedActivationFunction = getattr(self.m.s.ActivationFunctionType, act)
-        self.m.op(opname, operands, [out.index], opts, options)
+        options = f"{opname.title()}Options"  # AddOptions, SubOptions, MulOptions, DivOptions
+        self.emit(
+            opname, operands, [out.index], options, fusedActivationFunction=self.activation(act)
+        )
         self.vals[out_name] = out
 
     def op_Add(self, node):
@@ -666,27 +735,15 @@ class _Converter:
         beta = float(np.float32(attrs.get("beta", 0.5)))
         return (1 / 6 if abs(alpha - 1 / 6) < 1e-6 else alpha), beta
 
-    def unary(
-        self,
-        node,
-        opname: str,
-        source: str | None = None,
-        options=None,
-        otype=None,
-        same_grid: bool = False,
-        out_name: str | None = None,
-    ):
-        src_name = source or node.input[0]
-        out_name = out_name or node.output[0]
-        x = self.vals[src_name]
-        quant = self.out_quant([src_name], out_name)
-        x = self.ensure(x, src_name, quant is not None)
-        if quant is not None and same_grid:
-            quant = self.m.quant(x.index)
+    def unary(self, node, opname: str, source: str | None = None, options=None, **fields):
+        """The one-input op ``opname`` on ``source`` (default: the node's first input);
+        ``options`` and ``fields`` as :meth:`emit` takes them."""
+        out_name = node.output[0]
+        x, quant = self.operand(source or node.input[0], out_name)
         if quant is not None and opname in _FIXED_GRIDS:
             quant = _FIXED_GRIDS[opname]
         out = self.new(out_name, self.tfl_shape(x), quant, x.nhwc, self.shapes[out_name])
-        self.m.op(opname, [x.index], [out.index], options, otype)
+        self.emit(opname, [x.index], [out.index], options, **fields)
         self.vals[out_name] = out
 
     def op_HardSwish(self, node):
@@ -714,23 +771,8 @@ class _Converter:
 
     def clip_general(self, node, lo, hi):
         x = self.as_float(self.vals[node.input[0]])
-        cur = x
-        for bound, opname in ((lo, "MAXIMUM"), (hi, "MINIMUM")):
-            if bound is None:
-                continue
-            c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
-            out = self.new(
-                self.fresh(node.output[0]), self.tfl_shape(cur), None, cur.nhwc, cur.shape
-            )
-            self.m.op(
-                opname,
-                [cur.index, c],
-                [out.index],
-                self.m.s.MaximumMinimumOptionsT(),
-                "MaximumMinimumOptions",
-            )
-            cur = out
-        quant = self.q(node.output[0]) if self.view.quantized else None
+        cur = self.float_clamp(x, (lo, hi), node.output[0])
+        quant = self.q(node.output[0])
         self.vals[node.output[0]] = self.as_int(cur, quant) if quant else cur
 
     def op_HardSigmoid(self, node):
@@ -747,84 +789,39 @@ class _Converter:
             return
         alpha, beta = self.hard_sigmoid_params(node)
         # alpha * clip(x + beta/alpha, 0, 1/alpha): ADD with a fused RELU6 when 1/alpha = 6.
-        quant = self.out_quant([node.input[0]], node.output[0])
-        x = self.ensure(self.vals[node.input[0]], node.input[0], quant is not None)
+        x, quant = self.operand(node.input[0], node.output[0])
         if quant is None or abs(1 / alpha - 6) > 1e-6:
             x = self.as_float(x)
-            shift = self.m.constant(self.fresh("shift"), np.asarray([beta / alpha], np.float32))
-            t = self.new(self.fresh("hs_add"), self.tfl_shape(x), None, x.nhwc, x.shape)
-            self.m.op("ADD", [x.index, shift], [t.index], self.m.s.AddOptionsT(), "AddOptions")
-            cur = t
-            for bound, opname in ((0.0, "MAXIMUM"), (1 / alpha, "MINIMUM")):
-                c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
-                o = self.new(self.fresh("hs_clip"), self.tfl_shape(x), None, x.nhwc, x.shape)
-                self.m.op(
-                    opname,
-                    [cur.index, c],
-                    [o.index],
-                    self.m.s.MaximumMinimumOptionsT(),
-                    "MaximumMinimumOptions",
-                )
-                cur = o
-            a = self.m.constant(self.fresh("alpha"), np.asarray([alpha], np.float32))
+            shift = self.scalar("shift", beta / alpha)
+            t = self.like(x, self.fresh("hs_add"))
+            self.emit("ADD", [x.index, shift], [t.index], "AddOptions")
+            cur = self.float_clamp(t, (0.0, 1 / alpha), "hs_clip")
+            a = self.scalar("alpha", alpha)
             q = self.q(node.output[0])
-            out = self.new(
-                self.fresh(node.output[0]) if q else node.output[0],
-                self.tfl_shape(x),
-                None,
-                x.nhwc,
-                x.shape,
-            )
-            self.m.op("MUL", [cur.index, a], [out.index], self.m.s.MulOptionsT(), "MulOptions")
+            out = self.mul(cur, a, self.fresh(node.output[0]) if q else node.output[0])
             self.vals[node.output[0]] = self.as_int(out, q) if q else out
             return
-        shift_q = Quant((beta / alpha / 127.0,), (0,))
-        shift = self.m.constant(self.fresh("shift"), np.asarray([127], np.int8), shift_q)
-        grid = Quant((6.0 / 255.0,), (-128,))
-        t = self.new(self.fresh("hs_add"), self.tfl_shape(x), grid, x.nhwc, x.shape)
-        opts = self.m.s.AddOptionsT()
-        opts.fusedActivationFunction = self.m.s.ActivationFunctionType.RELU6
-        self.m.op("ADD", [x.index, shift], [t.index], opts, "AddOptions")
-        a = self.m.constant(
-            self.fresh("alpha"), np.asarray([127], np.int8), Quant((alpha / 127.0,), (0,))
+        shift = self.int8_scalar("shift", beta / alpha)
+        t = self.like(x, self.fresh("hs_add"), Quant((6.0 / 255.0,), (-128,)))
+        relu6 = self.activation("RELU6")
+        self.emit("ADD", [x.index, shift], [t.index], "AddOptions", fusedActivationFunction=relu6)
+        self.vals[node.output[0]] = self.mul(
+            t, self.int8_scalar("alpha", alpha), node.output[0], quant
         )
-        out = self.new(node.output[0], self.tfl_shape(x), quant, x.nhwc, x.shape)
-        self.m.op("MUL", [t.index, a], [out.index], self.m.s.MulOptionsT(), "MulOptions")
-        self.vals[node.output[0]] = out
 
     def op_Rescale(self, node):
         x = self.vals[node.input[0]]
         out_q = self.q(node.output[0])
         if self.is_int(x) and out_q is not None:
             ratio = out_q.scale[0] / self.m.quant(x.index).scale[0]
-            c = self.m.constant(
-                self.fresh("ratio"), np.asarray([127], np.int8), Quant((ratio / 127.0,), (0,))
-            )
-            out = self.new(node.output[0], self.tfl_shape(x), out_q, x.nhwc, x.shape)
-            self.m.op("MUL", [x.index, c], [out.index], self.m.s.MulOptionsT(), "MulOptions")
-            self.vals[node.output[0]] = out
+            c = self.int8_scalar("ratio", ratio)
+            self.vals[node.output[0]] = self.mul(x, c, node.output[0], out_q)
             return
         # Float: clip to the Q grid's interval and scale by the ratio of the two grids.
         in_q = self.view.quant[node.input[0]]
-        lo, hi = rescale_bounds(in_q)
-        x = self.as_float(x)
-        cur = x
-        for bound, opname in ((lo, "MAXIMUM"), (hi, "MINIMUM")):
-            c = self.m.constant(self.fresh("bound"), np.asarray([bound], np.float32))
-            o = self.new(self.fresh("rescale"), self.tfl_shape(x), None, x.nhwc, x.shape)
-            self.m.op(
-                opname,
-                [cur.index, c],
-                [o.index],
-                self.m.s.MaximumMinimumOptionsT(),
-                "MaximumMinimumOptions",
-            )
-            cur = o
+        cur = self.float_clamp(self.as_float(x), rescale_bounds(in_q), "rescale")
         ratio = out_q.scale[0] / in_q.scale[0] if out_q else 1.0
-        c = self.m.constant(self.fresh("ratio"), np.asarray([ratio], np.float32))
-        out = self.new(node.output[0], self.tfl_shape(x), None, x.nhwc, x.shape)
-        self.m.op("MUL", [cur.index, c], [out.index], self.m.s.MulOptionsT(), "MulOptions")
-        self.vals[node.output[0]] = out
+        self.vals[node.output[0]] = self.mul(cur, self.scalar("ratio", ratio), node.output[0])
 
     def op_Softmax(self, node):
         axis = _attrs(node).get("axis", -1)
@@ -835,28 +832,24 @@ class _Converter:
         self.vals[node.input[0] + "__onnx"] = x
         if node.input[0] in self.view.quant:
             self.view.quant[node.input[0] + "__onnx"] = self.view.quant[node.input[0]]
-        opts = self.m.s.SoftmaxOptionsT()
-        opts.beta = 1.0
-        self.unary(
-            node, "SOFTMAX", source=node.input[0] + "__onnx", options=opts, otype="SoftmaxOptions"
-        )
+        self.unary(node, "SOFTMAX", node.input[0] + "__onnx", "SoftmaxOptions", beta=1.0)
 
     def pool(self, node, opname: str, kernel, strides, fill=None):
-        x = self.nhwc(node.input[0])
-        quant = self.out_quant([node.input[0]], node.output[0])
-        x = self.ensure(x, node.input[0], quant is not None)
-        if quant is not None:
-            quant = self.m.quant(x.index)  # int8 pooling keeps its input's grid
+        # int8 pooling keeps its input's grid
+        x, quant = self.operand(node.input[0], node.output[0], self.nhwc(node.input[0]), True)
         x, padding = self.padded(node, x, kernel, strides, (1, 1), quant is not None, fill)
-        opts = self.m.s.Pool2DOptionsT()
-        opts.padding = padding
-        opts.strideH, opts.strideW = int(strides[0]), int(strides[1])
-        opts.filterHeight, opts.filterWidth = int(kernel[0]), int(kernel[1])
-        oshape = self.shapes[node.output[0]]
-        out = self.new(
-            node.output[0], (oshape[0], oshape[2], oshape[3], oshape[1]), quant, True, oshape
+        out = self.nhwc_out(node.output[0], self.shapes[node.output[0]], quant)
+        self.emit(
+            opname,
+            [x.index],
+            [out.index],
+            "Pool2DOptions",
+            padding=padding,
+            strideH=int(strides[0]),
+            strideW=int(strides[1]),
+            filterHeight=int(kernel[0]),
+            filterWidth=int(kernel[1]),
         )
-        self.m.op(opname, [x.index], [out.index], opts, "Pool2DOptions")
         self.vals[node.output[0]] = out
 
     def op_MaxPool(self, node):
@@ -880,20 +873,16 @@ class _Converter:
         self.pool(node, "AVERAGE_POOL_2D", k, strides)
 
     def reduce_spatial(self, node, opname: str, keepdims: bool):
-        x = self.nhwc(node.input[0])
-        quant = self.out_quant([node.input[0]], node.output[0])
-        x = self.ensure(x, node.input[0], quant is not None)
-        if quant is not None and opname == "REDUCE_MAX":
-            quant = self.m.quant(x.index)
+        x, quant = self.operand(
+            node.input[0], node.output[0], self.nhwc(node.input[0]), opname == "REDUCE_MAX"
+        )
         n, _, _, c = self.tfl_shape(x)
         axes = self.m.constant(self.fresh("axes"), np.asarray([1, 2], np.int32))
-        opts = self.m.s.ReducerOptionsT()
-        opts.keepDims = keepdims
         if keepdims:
-            out = self.new(node.output[0], (n, 1, 1, c), quant, True, (n, c, 1, 1))
+            out = self.nhwc_out(node.output[0], (n, c, 1, 1), quant)
         else:
             out = self.new(node.output[0], (n, c), quant, False)
-        self.m.op(opname, [x.index, axes], [out.index], opts, "ReducerOptions")
+        self.emit(opname, [x.index, axes], [out.index], "ReducerOptions", keepDims=keepdims)
         self.vals[node.output[0]] = out
 
     def op_GlobalAveragePool(self, node):
@@ -951,22 +940,12 @@ class _Converter:
         x = self.onnx_layout(node.input[0])
         if perm is None:
             perm = list(reversed(range(len(x.shape))))
-        shape = tuple(self.tfl_shape(x)[p] for p in perm)
-        if tuple(perm) == NHWC_TO_NCHW and len(shape) == 4:
+        if tuple(perm) == NHWC_TO_NCHW and len(x.shape) == 4:
             # An NHWC tensor going NCHW is what the converter carries anyway: relabel it.
+            shape = tuple(self.tfl_shape(x)[p] for p in perm)
             self.vals[node.output[0]] = _Val(x.index, shape, True)
             return
-        q = self.m.quant(x.index) if self.is_int(x) else None
-        out = self.new(node.output[0], shape, q, False)
-        perm_t = self.m.constant(self.fresh("perm"), np.asarray(perm, np.int32))
-        self.m.op(
-            "TRANSPOSE",
-            [x.index, perm_t],
-            [out.index],
-            self.m.s.TransposeOptionsT(),
-            "TransposeOptions",
-        )
-        self.vals[node.output[0]] = out
+        self.vals[node.output[0]] = self.transpose(x, perm, node.output[0], False)
 
     def op_Concat(self, node):
         axis = _attrs(node)["axis"]
@@ -984,11 +963,8 @@ class _Converter:
         shape = list(self.tfl_shape(vals[0]))
         shape[tfl_axis] = sum(self.tfl_shape(v)[tfl_axis] for v in vals)
         out = self.new(node.output[0], shape, quant, nhwc, self.shapes[node.output[0]])
-        opts = self.m.s.ConcatenationOptionsT()
-        opts.axis = tfl_axis
-        self.m.op(
-            "CONCATENATION", [v.index for v in vals], [out.index], opts, "ConcatenationOptions"
-        )
+        inputs = [v.index for v in vals]
+        self.emit("CONCATENATION", inputs, [out.index], "ConcatenationOptions", axis=tfl_axis)
         self.vals[node.output[0]] = out
 
     def op_Pad(self, node):
@@ -1008,14 +984,10 @@ class _Converter:
         pairs = [[pads[i], pads[i + rank]] for i in range(rank)]
         if x.nhwc:
             pairs = [pairs[p] for p in NCHW_TO_NHWC]
-        quant = self.out_quant([node.input[0]], node.output[0])
-        x = self.ensure(x, node.input[0], quant is not None)
-        if quant is not None:
-            quant = self.m.quant(x.index)
+        x, quant = self.operand(node.input[0], node.output[0], x, same_grid=True)
         shape = [d + a + b for d, (a, b) in zip(self.tfl_shape(x), pairs, strict=True)]
         out = self.new(node.output[0], shape, quant, x.nhwc, self.shapes[node.output[0]])
-        pads_t = self.m.constant(self.fresh("pads"), np.asarray(pairs, np.int32))
-        self.m.op("PAD", [x.index, pads_t], [out.index], self.m.s.PadOptionsT(), "PadOptions")
+        self.pad(x, out, pairs)
         self.vals[node.output[0]] = out
 
 

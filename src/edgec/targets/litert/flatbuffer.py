@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgec.errors import MissingDependencyError
+from edgec.targets.litert.requirement import litert_module
 
 _NUMPY_TYPES = {
     np.dtype(np.float32): "FLOAT32",
@@ -30,13 +30,7 @@ def schema():
     Raises:
         MissingDependencyError: ``ai-edge-litert`` is not installed.
     """
-    try:
-        from ai_edge_litert import schema_py_generated
-    except ImportError:
-        raise MissingDependencyError(
-            "The litert backend needs ai-edge-litert: pip install 'edgec[litert]'."
-        ) from None
-    return schema_py_generated
+    return litert_module("schema_py_generated")
 
 
 @dataclass(frozen=True)

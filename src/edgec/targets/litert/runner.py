@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec.errors import BadInputError, MissingDependencyError
+from edgec.errors import BadInputError
+from edgec.targets.litert.requirement import litert_module
 
 
 def interpreter_class():
@@ -23,13 +24,7 @@ def interpreter_class():
     Raises:
         MissingDependencyError: ``ai-edge-litert`` is not installed.
     """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise MissingDependencyError(
-            "The litert backend needs ai-edge-litert: pip install 'edgec[litert]'."
-        ) from None
-    return Interpreter
+    return litert_module("interpreter").Interpreter
 
 
 def to_input(x: np.ndarray, detail: dict) -> np.ndarray:

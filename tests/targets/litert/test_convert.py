@@ -196,3 +196,30 @@ def test_hard_swish_written_as_x_times_hard_sigmoid_becomes_one_op(tmp_path):
     for x in _samples(3):
         got, want = runner.run({"x": x})[0], session.run(None, {"x": x})[0]
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_an_identity_of_an_initializer_is_a_constant_for_the_op_reading_it(tmp_path):
+    """torch exports some biases as Identity(initializer) (MobileNetV3-small's SE block): the
+    layer reading it converts (it failed with a KeyError) and answers as ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["b"], ["b_copy"]),
+            helper.make_node("Conv", ["x", "w", "b_copy"], ["y"], pads=[1, 1, 1, 1]),
+        ],
+        "identity_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    runner = _runner(tmp_path, convert(model))
+    x = _samples(1)[0]
+    got = runner.run({"x": x})[0]
+    want = _ort(model).run(None, {"x": x})[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()

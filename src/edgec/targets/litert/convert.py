@@ -454,6 +454,11 @@ class _Converter:
 
     # -- ops -----------------------------------------------------------------------------
     def op_Identity(self, node):
+        value = self.const(node.input[0])
+        if value is not None and node.input[0] not in self.vals:
+            # An Identity of an initializer (torch exports some biases so): a constant too.
+            self.view.consts[node.output[0]] = value
+            return
         self.vals[node.output[0]] = self.vals[node.input[0]]
 
     op_Dropout = op_Identity

@@ -14,7 +14,11 @@ combination is replayed on the validation split (with the classifier planner's s
 latency draws for the latency figures) and scored by COCO mAP@0.5 of the answers
 (:mod:`edgec.compiler.detection.metrics`) against the split's boxes — or, without boxes, against
 the last stage's detections (``accuracy_basis``). The plan is the cheapest feasible combination
-whose mAP is within ``tolerance`` of the best feasible one. The policy also records two
+whose mAP is within ``tolerance`` of the best feasible one; then each stage's low and high
+threshold is tried again at every percentile of its scores between the chosen value and its
+neighbours on the grid (the grid's steps of 10-25% of the frames are too coarse to put a
+threshold in the gap between empty and busy frames), and the rule picks again among all the
+points. The policy also records two
 baselines from the same replay: *device-only* (the first stage answers every frame) and
 *gateway-only* (every frame is sent to the last stage; the device runs nothing).
 """
@@ -42,6 +46,7 @@ from edgec.targets.base import LatencySource, LatencyStats, weakest_source
 NEVER_SURE = 2.0  # above any probability
 _QUANTILES = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)
 MAX_COMBINATIONS = 400
+REFINE_STEP = 0.01  # share of the frames between refined thresholds
 
 
 @dataclass(frozen=True)
@@ -196,6 +201,27 @@ def _candidates(replay: _Replay, k: int, size: int) -> tuple[list[float], list[f
     return [0.0, *map(float, lows)], [*map(float, highs), NEVER_SURE]
 
 
+def _refined(replay: _Replay, k: int, options, low: float, high: float) -> list[tuple]:
+    """Thresholds of stage ``k`` between the chosen ones and their neighbours on the coarse
+    grid, in steps of :data:`REFINE_STEP` of the scores' distribution (each threshold moved
+    alone)."""
+    trials = []
+    for values, chosen, scores, at in (
+        (options[0], low, replay.max_score[k], 0),
+        (options[1], high, replay.min_kept[k][replay.min_kept[k] >= 0], 1),
+    ):
+        grid = sorted(values)
+        i = grid.index(chosen)
+        lo_edge = grid[i - 1] if i > 0 else chosen
+        hi_edge = grid[i + 1] if i + 1 < len(grid) else chosen
+        if not len(scores) or lo_edge == hi_edge or chosen == NEVER_SURE:
+            continue
+        fine = np.quantile(scores, np.arange(REFINE_STEP, 1.0, REFINE_STEP))
+        for value in np.unique(fine[(fine > lo_edge) & (fine < hi_edge) & (fine != chosen)]):
+            trials.append((float(value), high) if at == 0 else (low, float(value)))
+    return trials
+
+
 def plan_detection(
     stage_rows: Sequence[np.ndarray],
     latency: Sequence[LatencyStats],
@@ -243,6 +269,13 @@ def plan_detection(
         points.append(replay.point(lows, highs))
         settings.append((lows, highs))
     chosen_at = _choose(points, tolerance)
+    for k in range(free):  # finer steps around the chosen thresholds: the grid is coarse
+        lows, highs = settings[chosen_at]
+        for lo, hi in _refined(replay, k, options[k], lows[k], highs[k]):
+            trial = ((*lows[:k], lo, *lows[k + 1 :]), (*highs[:k], hi, *highs[k + 1 :]))
+            points.append(replay.point(*trial))
+            settings.append(trial)
+        chosen_at = _choose(points, tolerance)
     lows, highs = settings[chosen_at]
     chosen = points[chosen_at]
     policy = Policy(

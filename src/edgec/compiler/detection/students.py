@@ -119,7 +119,9 @@ def _derive(teacher, data, contract, rungs, config, reporter, record):
     teacher_macs = total_macs(teacher)
     students = []
     for rung in rungs:
-        with deterministic(config.seed, 2):
+        # One thread, as the classifiers' students: two threads took 4-5x the CPU time
+        # (and wall time) of one on a loaded machine, small batches spending it in spin-waits.
+        with deterministic(config.seed):
             made = _one(rung, module, example, data, contract, loss, config, teacher, reporter)
         if isinstance(made, str):
             record["failed"].append({"name": rung.name, "reason": made})

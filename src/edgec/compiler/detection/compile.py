@@ -30,7 +30,7 @@ from edgec.bundle.gate import check_bundle
 from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.detection.contract import resolve_contract
+from edgec.compiler.detection.contract import PostprocessSpec, resolve_contract
 from edgec.compiler.detection.custom import add_detection_students, load_detection_students
 from edgec.compiler.detection.metrics import mean_average_precision
 from edgec.compiler.detection.postprocess import attach_postprocess, outputs_json
@@ -262,5 +262,6 @@ def _policy(manifest: Manifest, rows: dict, truth, target: Target, config: Compi
         truth,
         config.accuracy_tolerance / 100.0,
         config.seed,
+        score_cut=(config.postprocess or PostprocessSpec()).score,
     )
     return plan.to_json()

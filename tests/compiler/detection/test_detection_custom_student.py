@@ -96,7 +96,7 @@ def test_a_detection_student_of_your_own_is_distilled_and_joins_the_cascade(tmp_
     out = tmp_path / "bundle"
     result = run("compile", str(DETECTOR), "--target", "raspberry-pi-4", "--data",
                  "digits-detect", "--students", "none", "--student", f"mine={student}",
-                 "--distill-epochs", "1", "--budget-ms", "50", "-o", str(out))  # fmt: skip
+                 "--distill-epochs", "4", "--budget-ms", "50", "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
@@ -104,10 +104,10 @@ def test_a_detection_student_of_your_own_is_distilled_and_joins_the_cascade(tmp_
         ("mine", "device"),
         ("teacher", "gateway"),
     ]
-    mine = stages["mine"]["details"]
+    mine = stages["mine"]  # a stage's details are fields of its manifest entry
     assert mine["custom"]["trained"] == "distilled"
-    assert mine["distillation"]["epochs_run"] == 1
+    assert mine["distillation"]["epochs_run"] == 4
     assert mine["distillation"]["export_error"] < 1e-3
-    assert stages["mine"]["accuracy"] > 0.3  # one epoch from the teacher's own weights
+    assert stages["mine"]["accuracy"] > 0.5  # four epochs from the teacher's own weights
     assert manifest["students"]["custom"][0]["name"] == "mine"
     assert "mine" in manifest["policy"]["detection"]["thresholds"]

@@ -165,6 +165,47 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
+def run_arms(bundle: Path, work: Path, args, frames: list, streams, summarise, describe):
+    """Serve ``bundle`` behind the RTT proxy and stream the three arms in interleaved rounds.
+
+    Shared by the classifier and the detection sections. ``streams`` is ``(stream,
+    gateway_only)``: ``stream(device, bundle, url, frames)`` runs the device runtime (the
+    cascade with ``url``, the device stages alone with ``None``) and ``gateway_only(device,
+    url, frames)`` sends every frame. ``summarise(answers, every)`` makes one run's row
+    (``every``: the bytes of sending every frame) and ``describe(row)`` its progress line.
+
+    Returns:
+        Per arm, the median row over the rounds; and ``every``.
+    """
+    stream_device, stream_gateway = streams
+    device = import_runtime(bundle, "device")
+    delay_proxy, helpers = _test_helpers()
+    gateway = helpers.GatewayProcess(bundle, work / "gateway.log")
+    proxy = delay_proxy.DelayProxy(("127.0.0.1", gateway.port), args.rtt_ms, args.jitter_ms)
+    body, headers = device.codec.encode_tensor(frames[0], args.budget_ms, "bench")
+    every = device.codec.request_bytes(proxy.url.split("//")[1], headers, body) * len(frames)
+    runs = {
+        "cascade": lambda: stream_device(device, bundle, proxy.url, frames),
+        "device only": lambda: stream_device(device, bundle, None, frames),
+        "gateway only": lambda: stream_gateway(device, proxy.url, frames),
+    }
+    rounds: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    try:
+        for number in range(args.rounds):
+            for arm in ARMS:
+                row = summarise(runs[arm](), every)
+                rounds[arm].append(row)
+                print(
+                    f"round {number} {arm:12s}: {describe(row)} within "
+                    f"{100 * row['within']:.1f}% saved {100 * row['saved']:.1f}%",
+                    flush=True,
+                )
+    finally:
+        proxy.close()
+        gateway.close()
+    return {arm: median_row(rows) for arm, rows in rounds.items()}, every
+
+
 def _pct(value) -> str:
     return "—" if value is None else f"{round(100 * value, 1) + 0.0:.1f}%"  # never "-0.0%"
 
@@ -270,32 +311,15 @@ def main() -> None:
         data = split(str(work / "hard_digits.npz"), x, y)
         frames = [sample[None] for sample in data.x_val]
         tiers = {s["name"]: s["tier"] for s in manifest["stages"]}
-        device = import_runtime(bundle, "device")
-        delay_proxy, helpers = _test_helpers()
-        gateway = helpers.GatewayProcess(bundle, work / "gateway.log")
-        proxy = delay_proxy.DelayProxy(("127.0.0.1", gateway.port), args.rtt_ms, args.jitter_ms)
-        body, headers = device.codec.encode_tensor(frames[0], args.budget_ms, "bench")
-        every = device.codec.request_bytes(proxy.url.split("//")[1], headers, body) * len(frames)
-        rounds: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-        try:
-            for number in range(args.rounds):
-                runs = {
-                    "cascade": lambda: stream(device, bundle, proxy.url, frames),
-                    "device only": lambda: stream(device, bundle, None, frames),
-                    "gateway only": lambda: gateway_only(device, proxy.url, frames),
-                }
-                for arm, run in runs.items():
-                    row = summarise(run(), data.y_val, args.budget_ms, every, tiers)
-                    rounds[arm].append(row)
-                    print(
-                        f"round {number} {arm:12s}: acc {100 * row['accuracy']:.2f}% "
-                        f"within {100 * row['within']:.1f}% saved {100 * row['saved']:.1f}%",
-                        flush=True,
-                    )
-        finally:
-            proxy.close()
-            gateway.close()
-    results = {arm: median_row(rows) for arm, rows in rounds.items()}
+        results, every = run_arms(
+            bundle,
+            work,
+            args,
+            frames,
+            (stream, gateway_only),
+            lambda answers, every: summarise(answers, data.y_val, args.budget_ms, every, tiers),
+            lambda row: f"acc {100 * row['accuracy']:.2f}%",
+        )
     section = render(results, manifest, args, build_s, len(frames), every)
     print(section)
     if not args.no_write:

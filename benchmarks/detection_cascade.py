@@ -26,15 +26,13 @@ from __future__ import annotations
 import datetime
 import logging
 import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from cascade import ARMS, _ms, _pct, _test_helpers, run_arms
 
-from edgec.bundle.launch import import_runtime
 from edgec.compiler import compile_model
 from edgec.compiler.detection.metrics import mean_average_precision
 from edgec.config import CompileConfig
@@ -44,16 +42,6 @@ from edgec.runtime import detection
 HERE = Path(__file__).resolve().parent
 TEACHER = HERE.parent / "examples" / "digits-detect" / "teacher.onnx"
 BEGIN, END = "<!-- cascade-detection:begin -->", "<!-- cascade-detection:end -->"
-ARMS = ("cascade", "device only", "gateway only")
-
-
-def _test_helpers():
-    """The tests' RTT-injecting proxy and loopback helpers (``tests/runtime``)."""
-    sys.path.insert(0, str(HERE.parent / "tests" / "runtime"))
-    import delay_proxy
-    import runtime_helpers
-
-    return delay_proxy, runtime_helpers
 
 
 def build_bundle(work: Path, args) -> tuple[Path, dict, float]:
@@ -140,26 +128,6 @@ def summarise(answers, truth, budget: float, every: int, tiers: dict) -> dict:
     return row
 
 
-def median_row(rows: list[dict]) -> dict:
-    """Per figure, the median over rounds (per-tier figures too)."""
-    out: dict = {}
-    for key, value in rows[0].items():
-        if isinstance(value, dict):
-            out[key] = median_row([r[key] for r in rows])
-        else:
-            values = [r[key] for r in rows if r[key] is not None]
-            out[key] = statistics.median(values) if values else None
-    return out
-
-
-def _pct(value) -> str:
-    return "—" if value is None else f"{round(100 * value, 1) + 0.0:.1f}%"
-
-
-def _ms(value) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
 def render(results: dict, manifest: dict, args, build_s: float, frames: int, every: int) -> str:
     """The RESULTS.md section."""
     policy = manifest["policy"]
@@ -242,32 +210,15 @@ def run_detection(args, write) -> str:
         work = Path(tmp)
         bundle, manifest, build_s = build_bundle(work, args)
         tiers = {s["name"]: s["tier"] for s in manifest["stages"]}
-        device = import_runtime(bundle, "device")
-        delay_proxy, helpers = _test_helpers()
-        gateway = helpers.GatewayProcess(bundle, work / "gateway.log")
-        proxy = delay_proxy.DelayProxy(("127.0.0.1", gateway.port), args.rtt_ms, args.jitter_ms)
-        body, headers = device.codec.encode_tensor(frames[0], args.budget_ms, "bench")
-        every = device.codec.request_bytes(proxy.url.split("//")[1], headers, body) * len(frames)
-        rounds: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-        try:
-            for number in range(args.rounds):
-                runs = {
-                    "cascade": lambda: stream(device, bundle, proxy.url, frames),
-                    "device only": lambda: stream(device, bundle, None, frames),
-                    "gateway only": lambda: gateway_only(device, proxy.url, frames),
-                }
-                for arm, run in runs.items():
-                    row = summarise(run(), truth, args.budget_ms, every, tiers)
-                    rounds[arm].append(row)
-                    print(
-                        f"round {number} {arm:12s}: mAP {100 * row['map50']:.2f}% "
-                        f"within {100 * row['within']:.1f}% saved {100 * row['saved']:.1f}%",
-                        flush=True,
-                    )
-        finally:
-            proxy.close()
-            gateway.close()
-    results = {arm: median_row(rows) for arm, rows in rounds.items()}
+        results, every = run_arms(
+            bundle,
+            work,
+            args,
+            frames,
+            (stream, gateway_only),
+            lambda answers, every: summarise(answers, truth, args.budget_ms, every, tiers),
+            lambda row: f"mAP {100 * row['map50']:.2f}%",
+        )
     section = render(results, manifest, args, build_s, len(frames), every)
     print(section)
     if not args.no_write:

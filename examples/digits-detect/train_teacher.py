@@ -58,6 +58,8 @@ class Detector(nn.Module):
             cin = cout
         self.backbone = nn.Sequential(OrderedDict(layers))
         self.head = nn.Conv2d(cin, 4 + NUM_CLASSES, 1)
+        with torch.no_grad():  # start every class at a 1% prior: almost every cell is empty
+            self.head.bias[4:] = -4.6
         ys, xs = torch.meshgrid(torch.arange(GRID), torch.arange(GRID), indexing="ij")
         centres = (torch.stack([xs, ys], -1).reshape(1, -1, 2).float() + 0.5) * STRIDE
         self.register_buffer("centres", centres)
@@ -90,20 +92,22 @@ def targets(boxes: np.ndarray, classes: np.ndarray) -> tuple[torch.Tensor, torch
 
 
 def loss_fn(model: Detector, x: torch.Tensor, cls: torch.Tensor, box: torch.Tensor):
-    """Sigmoid focal loss on the class scores, L1 (in strides) on the assigned cells' boxes."""
+    """Binary cross-entropy on the class scores, L1 (in strides) on the assigned cells' boxes.
+
+    Plain cross-entropy, not a focal loss: a focal loss leaves the scores of true detections
+    low (about 0.4 on this data), right above the NMS score cut, so a distilled student that
+    scores a little lower loses them, and no frame is ever "sure" for the cascade.
+    """
     raw = model.raw(x)
     pred_box, _ = model.decode(raw)
     logits = raw[..., 4:]
     onehot = torch.zeros_like(logits)
     pos = cls >= 0
     onehot[pos] = nn.functional.one_hot(cls[pos], NUM_CLASSES).float()
-    p = torch.sigmoid(logits)
-    ce = nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
-    p_t = p * onehot + (1 - p) * (1 - onehot)
-    focal = (ce * (1 - p_t) ** 2 * (0.25 * onehot + 0.75 * (1 - onehot))).sum()
+    ce = nn.functional.binary_cross_entropy_with_logits(logits, onehot, reduction="sum")
     n_pos = max(int(pos.sum()), 1)
     l1 = (pred_box[pos] - box[pos]).abs().sum() / STRIDE
-    return (focal + l1) / n_pos
+    return (ce + l1) / n_pos
 
 
 def train(model: Detector, x: np.ndarray, cls, box, epochs: int, seed: int) -> None:
@@ -182,8 +186,8 @@ def main() -> None:
     """Train, export, check against onnxruntime and write the model and its JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("teacher.onnx"))
-    parser.add_argument("--epochs", type=int, default=24)
-    parser.add_argument("--extra-frames", type=int, default=4800)
+    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--extra-frames", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

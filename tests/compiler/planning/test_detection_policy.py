@@ -58,6 +58,7 @@ def plan(budget_ms: float | None, rows=None, truth="scene"):
     return plan_detection(
         rows or made_rows, [stats(1.0), stats(2.0)], ["device", "gateway"], ["tiny", "teacher"],
         LINK, 16_000, budget_ms, 99, made_truth if truth == "scene" else truth, 0.005,
+        score_cut=0.25,
     )  # fmt: skip
 
 
@@ -93,3 +94,59 @@ def test_without_boxes_the_teacher_is_the_reference():
     assert chosen["detection"]["baselines"]["gateway-only"]["map50"] == pytest.approx(1.0)
     assert chosen["expected_accuracy"] == pytest.approx(1.0)
     assert NEVER_SURE > 1
+
+
+def test_the_low_threshold_finds_the_gap_between_empty_and_busy_frames_off_the_grid():
+    """54% of the frames are empty (the device's highest score below 0.1 on them, above 0.3
+    on the others, where it is always wrong). The coarse grid's quantiles (10% steps) put the
+    low threshold at 50% of the frames and sent 4% of them, all empty, to the gateway; the
+    refined thresholds answer every empty frame on the device and keep the teacher's mAP."""
+    n, empty = 200, 108
+    rng = np.random.default_rng(1)
+    boxes = np.zeros((n, 1, 4), np.float32)
+    classes = np.full((n, 1), -1, np.int64)
+    device, teacher = [], []
+    for i in range(n):
+        if i < empty:
+            device.append(pack(rng.uniform(0.01, 0.1), []))
+            teacher.append(pack(rng.uniform(0.01, 0.1), []))
+            continue
+        x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
+        boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
+        score = rng.uniform(0.3, 0.9)
+        device.append(pack(score, [(x, y, x + 14, y + 16, score, (c + 1) % 3)]))
+        teacher.append(pack(0.95, [(x, y, x + 14, y + 16, 0.95, c)]))
+    chosen = plan(50.0, rows=[np.stack(device), np.stack(teacher)], truth=(boxes, classes))
+    assert 0.1 <= chosen.low[0] <= 0.3
+    assert chosen.empty_on_device == 1.0
+    policy = chosen.to_json()
+    assert policy["expected_accuracy"] == pytest.approx(1.0)
+    assert policy["offload_rate"] == pytest.approx(1 - empty / n, abs=0.01)
+
+
+def test_a_frame_called_empty_holds_no_detection():
+    """The device is right on every frame, with scores from 0.3 to 0.99. The planner used to
+    put the low threshold above most of those scores (every frame "empty", detections and
+    all: a verdict the runtime prints); lows now stop at the NMS score cut, and the frames
+    with detections are answered as sure."""
+    n = 120
+    rng = np.random.default_rng(2)
+    boxes = np.zeros((n, 1, 4), np.float32)
+    classes = np.full((n, 1), -1, np.int64)
+    device, teacher = [], []
+    for i in range(n):
+        if i % 2 == 0:
+            device.append(pack(rng.uniform(0.01, 0.1), []))
+            teacher.append(pack(rng.uniform(0.01, 0.1), []))
+            continue
+        x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
+        boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
+        score = rng.uniform(0.3, 0.99)
+        device.append(pack(score, [(x, y, x + 14, y + 16, score, c)]))
+        teacher.append(pack(0.95, [(x, y, x + 14, y + 16, 0.95, c)]))
+    chosen = plan(50.0, rows=[np.stack(device), np.stack(teacher)], truth=(boxes, classes))
+    assert chosen.low[0] <= 0.25
+    policy = chosen.to_json()
+    assert policy["offload_rate"] == pytest.approx(0.0, abs=0.01)
+    assert policy["detection"]["answered"]["tiny"]["empty"] == pytest.approx(0.5, abs=0.01)
+    assert policy["detection"]["answered"]["tiny"]["sure"] == pytest.approx(0.5, abs=0.01)

@@ -4,7 +4,9 @@
 when ``--task`` is (or is inferred to be) ``detection``. It follows the classifier's compile
 step for step, with these differences:
 
-* the students are trained by :mod:`edgec.compiler.detection.students`;
+* the students are trained by :mod:`edgec.compiler.detection.students`, and ``--student``
+  files are checked against the detection head and distilled by
+  :mod:`edgec.compiler.detection.custom`;
 * every stage gets the decoding and NMS appended (:mod:`~edgec.compiler.detection.postprocess`),
   so each outputs one packed row of decoded detections, and the manifest's ``outputs`` say so;
 * stages are evaluated by mAP@0.5 on ``--data`` (the stage's ``accuracy`` field holds it, and
@@ -28,7 +30,8 @@ from edgec.bundle.gate import check_bundle
 from edgec.bundle.manifest import Manifest, Source, StageEntry
 from edgec.compiler.backend_choice import build_stage, evaluation_runner
 from edgec.compiler.canonicalize import canonicalize
-from edgec.compiler.detection.contract import resolve_contract
+from edgec.compiler.detection.contract import PostprocessSpec, resolve_contract
+from edgec.compiler.detection.custom import add_detection_students, load_detection_students
 from edgec.compiler.detection.metrics import mean_average_precision
 from edgec.compiler.detection.postprocess import attach_postprocess, outputs_json
 from edgec.compiler.detection.students import derive_detection_students
@@ -126,8 +129,14 @@ def compile_detection(
         reporter.note(f"--precision {config.precision}: detection stages stay FP32")
     with reporter.step("Canonicalising the graph"):
         canonical = canonicalize(loaded.proto)
+    custom = []
+    if config.student_files:  # --student: checked against the teacher before anything trains
+        custom = load_detection_students(canonical, contract, config, reporter)
     students, record = derive_detection_students(
         canonical, data, contract, target, backend.name, config, reporter
+    )
+    students, record = add_detection_students(
+        students, record, custom, canonical, data, contract, config, reporter
     )
     stages = plan_stages(canonical, "fp32", students, target.gateway is not None)
     with reporter.step(f"Appending NMS ({contract.postprocess.text()}) to every stage"):
@@ -253,5 +262,6 @@ def _policy(manifest: Manifest, rows: dict, truth, target: Target, config: Compi
         truth,
         config.accuracy_tolerance / 100.0,
         config.seed,
+        score_cut=(config.postprocess or PostprocessSpec()).score,
     )
     return plan.to_json()

@@ -143,7 +143,7 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | None, ...]:
     )
 
 
-def _pair(model: onnx.ModelProto) -> tuple[str, str, int, int] | None:
+def head_layout(model: onnx.ModelProto) -> tuple[str, str, int, int] | None:
     """``(boxes, scores, K, C)`` when the outputs are a box and a score tensor, else ``None``."""
     outputs = list(model.graph.output)
     if len(outputs) != 2:
@@ -171,7 +171,7 @@ def infer_task(model: onnx.ModelProto, task: str) -> str:
     """
     if task not in TASKS:
         raise BadInputError(f"--task must be one of {', '.join(TASKS)}, got '{task}'.")
-    found = _pair(model)
+    found = head_layout(model)
     if task == "detection" and found is None:
         described = ", ".join(f"{o.name} {list(_dims(o))}" for o in model.graph.output)
         raise BadInputError(
@@ -214,7 +214,7 @@ def resolve_contract(
     model: onnx.ModelProto, spec: PostprocessSpec | None, anchors: Path | None
 ) -> DetectionContract:
     """The contract of a detector ``model`` (its outputs were checked by :func:`infer_task`)."""
-    found = _pair(model)
+    found = head_layout(model)
     if found is None:  # callers check first; this keeps the sentence if one does not
         infer_task(model, "detection")
     boxes, scores, k, c = found

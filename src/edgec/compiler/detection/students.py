@@ -3,14 +3,16 @@
 The teacher (canonical, before NMS) is converted to torch and pruned to each rung's MAC ratio
 exactly as a classifier's is (:mod:`edgec.compiler.students.convert`,
 :mod:`~edgec.compiler.students.prune`, wrapped so torch-pruning sees one output), then trained
-on the teacher's boxes and class scores over the training split
-(:mod:`edgec.compiler.detection.distill_loss`: KD on the class scores, L1 to the teacher's
+to match the teacher's boxes and class scores on shifted views of the training split
+(:mod:`edgec.compiler.detection.training`, with the loss of
+:mod:`edgec.compiler.detection.distill_loss`: KD on the class scores, L1 to the teacher's
 boxes on matched anchors), and exported with the teacher's input and both output names.
+:func:`distil_and_export` is shared with the students users bring
+(:mod:`edgec.compiler.detection.custom`).
 
 ``--students auto`` makes one student for a detector, the ladder's smallest rung: the device
 either answers a frame (empty, or sure of its detections) or hands it to the teacher. Explicit
-ratios make one student each. The best epoch on a held-out tenth of the training split (by the
-same loss) is kept.
+ratios make one student each.
 """
 
 from __future__ import annotations
@@ -36,9 +38,7 @@ from edgec.errors import BadInputError
 from edgec.runtime.loaders import session_options
 from edgec.targets.descriptor import Target
 
-BATCH = 64
-LEARNING_RATE = 2e-3
-HOLDOUT_SHARE = 0.1
+EXPORT_TOLERANCE = 1e-3
 
 
 def teacher_outputs(
@@ -97,7 +97,6 @@ def derive_detection_students(
 def _derive(teacher, data, contract, rungs, config, reporter, record):
     import torch
 
-    from edgec.compiler.detection.distill_loss import DetectionLoss
     from edgec.compiler.students.convert import (
         UnsupportedModelError,
         check_against_onnxruntime,
@@ -113,23 +112,17 @@ def _derive(teacher, data, contract, rungs, config, reporter, record):
             record["skipped"] = f"the teacher cannot be trained in torch: {err}"
             reporter.note(f"no students: {record['skipped']}")
             return (), record
-    with reporter.step(f"Teacher detections on {len(data.x_train)} training frames"):
-        targets = teacher_outputs(teacher, data.x_train, (contract.boxes, contract.scores))
-    side = float(np.sqrt(np.prod(data.x_train.shape[2:]) / contract.candidates))
-    loss = DetectionLoss(
-        score_kind=contract.score_kind,
-        temperature=1.0,  # per-class probabilities are soft targets already
-        match_score=contract.postprocess.score,
-        box_scale=max(side, 1.0),
-    )
+    loss = distillation_loss(contract, data)
     record.update(settings={"epochs": config.distill_epochs, "loss": loss.to_json()}, failed=[])
     shape = tuple(d.dim_value for d in teacher.graph.input[0].type.tensor_type.shape.dim)
     example = torch.zeros(shape)
     teacher_macs = total_macs(teacher)
     students = []
     for rung in rungs:
-        with deterministic(config.seed, 2):
-            made = _one(rung, module, example, data, targets, loss, config, teacher, reporter)
+        # One thread, as the classifiers' students: two threads took 4-5x the CPU time
+        # (and wall time) of one on a loaded machine, small batches spending it in spin-waits.
+        with deterministic(config.seed):
+            made = _one(rung, module, example, data, contract, loss, config, teacher, reporter)
         if isinstance(made, str):
             record["failed"].append({"name": rung.name, "reason": made})
             reporter.note(f"student '{rung.name}' skipped: {made}")
@@ -142,6 +135,20 @@ def _derive(teacher, data, contract, rungs, config, reporter, record):
         }
         students.append(Student(rung.name, model, details))
     return tuple(students), record
+
+
+def distillation_loss(contract: DetectionContract, data: Dataset):
+    """The loss settings for ``contract``'s outputs on ``data``'s frames (the box term is
+    scaled by the candidates' mean spacing, the anchor stride of a grid head)."""
+    from edgec.compiler.detection.distill_loss import DetectionLoss
+
+    side = float(np.sqrt(np.prod(data.x_train.shape[2:]) / contract.candidates))
+    return DetectionLoss(
+        score_kind=contract.score_kind,
+        temperature=1.0,  # per-class probabilities are soft targets already
+        match_score=contract.postprocess.score,
+        box_scale=max(side, 1.0),
+    )
 
 
 class _Packed:
@@ -171,9 +178,8 @@ class _Packed:
         return Packed(module)
 
 
-def _one(rung, module, example, data, targets, loss, config, teacher, reporter):
+def _one(rung, module, example, data, contract, loss, config, teacher, reporter):
     """One student (ONNX model and manifest details), or the reason it could not be made."""
-    from edgec.compiler.students.distill import batchnorm_for_training
     from edgec.compiler.students.prune import PruningError, prune_to_mac_ratio
 
     with reporter.step(f"Pruning '{rung.name}' to {100 * rung.mac_ratio:g}% of the MACs"):
@@ -183,73 +189,50 @@ def _one(rung, module, example, data, targets, loss, config, teacher, reporter):
             )
         except PruningError as err:
             return str(err)
-    inner = pruned.module.inner
-    started = time.perf_counter()
-    with (
-        reporter.step(f"Distilling '{rung.name}' ({config.distill_epochs} epochs at most)"),
-        batchnorm_for_training(inner) as student,
-    ):
-        report = _train(student, data.x_train, targets, loss, config)
-    report["seconds"] = round(time.perf_counter() - started, 1)
+    with reporter.step(f"Distilling '{rung.name}' ({config.distill_epochs} epochs)"):
+        made = distil_and_export(pruned.module.inner, module, teacher, data, contract, loss, config)
+    if isinstance(made, str):
+        return made
+    model, report = made
     reporter.note(
         f"'{rung.name}': best holdout loss {report['holdout_loss']:.4f} at epoch "
         f"{report['best_epoch']} of {report['epochs_run']}"
     )
-    graph = teacher.graph
-    names = tuple(o.name for o in graph.output)  # the order the module returns them in
-    opset = next((o.version for o in teacher.opset_import if o.domain in ("", "ai.onnx")), 17)
-    proto = _export(inner, graph.input[0].name, tuple(example.shape), names, opset)
-    error = _verify(proto, inner, data.x_val[:8], names)
-    if error > 1e-3:
-        return f"the exported student differs from torch by {error:.2e} (relative)"
-    model = canonicalize(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
     details = {
         "pruning": {
             "channel_ratio": round(pruned.pruning_ratio, 4),
             "params": pruned.params_after,
             "teacher_params": pruned.params_before,
         },
-        "distillation": {**report, "export_error": float(f"{error:.3g}")},
+        "distillation": report,
     }
     return model, details
 
 
-def _train(student, x: np.ndarray, targets, loss, config) -> dict:
-    """AdamW with a cosine schedule; the best epoch on the holdout (by the loss) is kept."""
-    import torch
+def distil_and_export(student, teacher_module, teacher, data, contract, loss, config):
+    """Train the torch ``student`` to match ``teacher_module`` on ``data`` and export it with
+    ``teacher``'s input and output names: the ONNX model and the distillation record, or why
+    the export failed (it differs from torch)."""
+    from edgec.compiler.detection.training import train_detector
+    from edgec.compiler.students.distill import batchnorm_for_training
 
-    from edgec.compiler.detection.distill_loss import detection_kd_loss
-
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(x))
-    n_hold = max(1, int(len(x) * HOLDOUT_SHARE))
-    hold, train = order[:n_hold], order[n_hold:]
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    tb, ts = (torch.from_numpy(np.ascontiguousarray(t)) for t in targets)
-    opt = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-    epochs = config.distill_epochs
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    gen = torch.Generator().manual_seed(config.seed)
-    best, best_epoch, best_state = float("inf"), 0, None
-    for epoch in range(1, epochs + 1):
-        student.train()
-        perm = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
-        for start in range(0, len(perm), BATCH):
-            idx = perm[start : start + BATCH]
-            value = detection_kd_loss(student(xt[idx]), (tb[idx], ts[idx]), loss)
-            opt.zero_grad()
-            value.backward()
-            opt.step()
-        sched.step()
-        student.eval()
-        with torch.no_grad():
-            h = torch.from_numpy(hold)
-            held = float(detection_kd_loss(student(xt[h]), (tb[h], ts[h]), loss))
-        if held < best:
-            best, best_epoch = held, epoch
-            best_state = copy.deepcopy(student.state_dict())
-    student.load_state_dict(best_state)
-    return {"epochs_run": epochs, "best_epoch": best_epoch, "holdout_loss": round(best, 6)}
+    graph = teacher.graph
+    names = tuple(o.name for o in graph.output)  # the order the modules return them in
+    started = time.perf_counter()
+    with batchnorm_for_training(student) as trained:
+        report = train_detector(
+            trained, teacher_module, data.x_train, loss, config.distill_epochs, config.seed,
+            boxes_index=names.index(contract.boxes),
+        )  # fmt: skip
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    shape = tuple(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim)
+    opset = next((o.version for o in teacher.opset_import if o.domain in ("", "ai.onnx")), 17)
+    proto = _export(student, graph.input[0].name, shape, names, opset)
+    error = _verify(proto, student, data.x_val[:8], names)
+    if error > EXPORT_TOLERANCE:
+        return f"the exported student differs from torch by {error:.2e} (relative)"
+    model = canonicalize(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
+    return model, {**report, "export_error": float(f"{error:.3g}")}
 
 
 def _export(module, input_name, input_shape, output_names, opset) -> onnx.ModelProto:

@@ -8,13 +8,19 @@ otherwise — if the time left covers the next stage, exactly as the classifier 
 planner shares). Fusion is ``replace``: the detections of the stage that answers are the
 frame's.
 
-Candidates per stage: ``lo`` among 0 (never empty) and quantiles of the stage's highest scores
-on the validation split; ``hi`` among quantiles of its lowest kept score and "never sure". Each
+Candidates per stage: ``lo`` among 0 (never empty), quantiles of the stage's highest scores
+on the validation split and the NMS score cut, never above the cut (a frame called empty holds
+no detection); ``hi`` among the cut (sure of whatever it keeps), quantiles of its lowest kept
+score and "never sure". Each
 combination is replayed on the validation split (with the classifier planner's stratified
 latency draws for the latency figures) and scored by COCO mAP@0.5 of the answers
 (:mod:`edgec.compiler.detection.metrics`) against the split's boxes — or, without boxes, against
 the last stage's detections (``accuracy_basis``). The plan is the cheapest feasible combination
-whose mAP is within ``tolerance`` of the best feasible one. The policy also records two
+whose mAP is within ``tolerance`` of the best feasible one; then each stage's low and high
+threshold is tried again at every percentile of its scores between the chosen value and its
+neighbours on the grid (the grid's steps of 10-25% of the frames are too coarse to put a
+threshold in the gap between empty and busy frames), and the rule picks again among all the
+points. The policy also records two
 baselines from the same replay: *device-only* (the first stage answers every frame) and
 *gateway-only* (every frame is sent to the last stage; the device runs nothing).
 """
@@ -42,6 +48,7 @@ from edgec.targets.base import LatencySource, LatencyStats, weakest_source
 NEVER_SURE = 2.0  # above any probability
 _QUANTILES = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)
 MAX_COMBINATIONS = 400
+REFINE_STEP = 0.01  # share of the frames between refined thresholds
 
 
 @dataclass(frozen=True)
@@ -187,13 +194,45 @@ class _Replay:
         )
 
 
-def _candidates(replay: _Replay, k: int, size: int) -> tuple[list[float], list[float]]:
-    """Low and high thresholds worth trying for stage ``k`` (see the module docstring)."""
+def _candidates(
+    replay: _Replay, k: int, size: int, score_cut: float
+) -> tuple[list[float], list[float]]:
+    """Low and high thresholds worth trying for stage ``k`` (see the module docstring).
+
+    A low threshold above ``score_cut`` would call frames *empty* that still hold detections
+    (NMS keeps every candidate above the cut), so lows stop at the cut; ``score_cut`` is also
+    a high threshold: sure of every detection the stage keeps.
+    """
     qs = np.linspace(0.05, 0.95, size) if size != len(_QUANTILES) else np.array(_QUANTILES)
     lows = np.unique(np.quantile(replay.max_score[k], qs))
     kept = replay.min_kept[k][replay.min_kept[k] >= 0]
     highs = np.unique(np.quantile(kept, qs)) if len(kept) else np.array([])
-    return [0.0, *map(float, lows)], [*map(float, highs), NEVER_SURE]
+    lows = [0.0, *(float(v) for v in lows if v < score_cut), float(score_cut)]
+    return lows, [float(score_cut), *(float(v) for v in highs if v > score_cut), NEVER_SURE]
+
+
+def _refined(
+    replay: _Replay, k: int, options, low: float, high: float, score_cut: float
+) -> list[tuple]:
+    """Thresholds of stage ``k`` between the chosen ones and their neighbours on the coarse
+    grid, in steps of :data:`REFINE_STEP` of the scores' distribution (each threshold moved
+    alone)."""
+    trials = []
+    for values, chosen, scores, at in (
+        (options[0], low, replay.max_score[k], 0),
+        (options[1], high, replay.min_kept[k][replay.min_kept[k] >= 0], 1),
+    ):
+        grid = sorted(values)
+        i = grid.index(chosen)
+        lo_edge = grid[i - 1] if i > 0 else chosen
+        hi_edge = grid[i + 1] if i + 1 < len(grid) else chosen
+        if not len(scores) or lo_edge == hi_edge or chosen == NEVER_SURE:
+            continue
+        fine = np.quantile(scores, np.arange(REFINE_STEP, 1.0, REFINE_STEP))
+        fine = fine[(fine <= score_cut) if at == 0 else (fine > score_cut)]
+        for value in np.unique(fine[(fine > lo_edge) & (fine < hi_edge) & (fine != chosen)]):
+            trials.append((float(value), high) if at == 0 else (low, float(value)))
+    return trials
 
 
 def plan_detection(
@@ -208,6 +247,8 @@ def plan_detection(
     truth: tuple[np.ndarray, np.ndarray] | None,
     tolerance: float,
     seed: int = 0,
+    *,
+    score_cut: float,
 ) -> DetectionPlan:
     """Choose both thresholds per stage but the last (see the module docstring).
 
@@ -224,6 +265,7 @@ def plan_detection(
             detections are the reference.
         tolerance: mAP (0..1) the plan may give up for a cheaper point.
         seed: Seed of the latency draws.
+        score_cut: The NMS score cut (``--postprocess score``): no low threshold above it.
     """
     frames = [[detection.unpack(row) for row in rows] for rows in stage_rows]
     basis = "map50-labels"
@@ -235,7 +277,7 @@ def plan_detection(
     )
     free = replay.count - 1
     size = len(_QUANTILES) if free <= 1 else max(3, int(MAX_COMBINATIONS ** (1 / (2 * free))) - 1)
-    options = [_candidates(replay, k, size) for k in range(free)]
+    options = [_candidates(replay, k, size, score_cut) for k in range(free)]
     points, settings = [], []
     for combo in itertools.product(*(itertools.product(lo, hi) for lo, hi in options)):
         lows = tuple(c[0] for c in combo)
@@ -243,6 +285,13 @@ def plan_detection(
         points.append(replay.point(lows, highs))
         settings.append((lows, highs))
     chosen_at = _choose(points, tolerance)
+    for k in range(free):  # finer steps around the chosen thresholds: the grid is coarse
+        lows, highs = settings[chosen_at]
+        for lo, hi in _refined(replay, k, options[k], lows[k], highs[k], score_cut):
+            trial = ((*lows[:k], lo, *lows[k + 1 :]), (*highs[:k], hi, *highs[k + 1 :]))
+            points.append(replay.point(*trial))
+            settings.append(trial)
+        chosen_at = _choose(points, tolerance)
     lows, highs = settings[chosen_at]
     chosen = points[chosen_at]
     policy = Policy(

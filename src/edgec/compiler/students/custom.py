@@ -26,6 +26,7 @@ is bad input (the user asked for it by name): the message says why and suggests 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import onnx
@@ -236,9 +237,13 @@ class CustomStudent:
 
 
 def load_custom_students(
-    teacher: onnx.ModelProto, config: CompileConfig, reporter: Reporter
+    teacher: onnx.ModelProto,
+    config: CompileConfig,
+    reporter: Reporter,
+    check: Callable[[onnx.ModelProto, onnx.ModelProto, str], None] = check_interface,
 ) -> list[CustomStudent]:
-    """Load and check the ``--student`` files (before anything trains).
+    """Load and check the ``--student`` files (before anything trains); ``check(student,
+    teacher, name)`` refuses a student that does not fit (detectors check their head first).
 
     Raises:
         BadInputError: A file that is not a model, whose interface differs from the teacher's,
@@ -254,7 +259,7 @@ def load_custom_students(
             )
         with reporter.step(f"Loading student '{file.name}' ({file.path.name})"):
             proto, sha256 = _load(file, teacher)
-            check_interface(proto, teacher, file.name)
+            check(proto, teacher, file.name)
             model = _rename_io(canonicalize(proto), teacher)
         loaded.append(CustomStudent(file, model, sha256))
     return loaded

@@ -192,7 +192,8 @@ def render(results: dict, manifest: dict, args, build_s: float, frames: int, eve
     lines += [
         "",
         f"Goals: empty frames answered on the device: {_pct(cascade['empty_on_device'])}; "
-        f"mAP {gap:.1f} points below gateway-only (goal: within 1); bandwidth saved "
+        f"mAP {abs(gap):.1f} points {'below' if gap > 0 else 'above'} gateway-only "
+        "(goal: no more than 1 below); bandwidth saved "
         f"{_pct(cascade['saved'])} (goal: at least 70%). The planner promised mAP "
         f"{_pct(policy['expected_accuracy'])}, {_pct(policy['offload_rate'])} offloaded and "
         f"p99 {policy['latency_ms']['p99']:.2f} ms on the validation split.",

@@ -36,6 +36,7 @@ import argparse
 import copy
 import datetime
 import io
+import json
 import multiprocessing
 import platform
 import statistics
@@ -60,6 +61,7 @@ from edgec.compiler.students.distill import (
     batchnorm_for_training,
     deterministic,
     train_student,
+    train_with_unlabeled,
 )
 from edgec.compiler.students.prune import prune_to_mac_ratio
 from edgec.compiler.students.teacher_cache import TeacherCache
@@ -157,20 +159,67 @@ def _reinitialise(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
+def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
+    """The teacher's recipe: from labels, on the students' views, for at least their budget.
+
+    A teacher trained without the views the students get is overtaken by students trained from
+    labels on them, and the gap distillation should recover disappears. So the teacher gets the
+    same views (``--augment``) and ``--teacher-epochs`` (at least the students' ``--epochs``)
+    with no early stop: the cosine schedule runs to its end and the best epoch on a holdout
+    carved from the training part is kept (the validation labels judge accuracy only).
+    """
+    epochs = max(args.teacher_epochs, args.epochs)
+    return DistillSettings(
+        epochs=epochs, lr=args.lr, seed=seed, patience=epochs, augment=args.augment
+    )
+
+
+def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple[nn.Module, float]:
+    """The seed's teacher and the seconds its training took (0 when ``--teacher-dir`` had it).
+
+    With ``--teacher-dir``, teachers are kept there by seed and recipe, so a rerun (or a run
+    with other student settings) reuses them; the recipe and data are in the file's name.
+    """
+    settings = teacher_settings(seed, args)
+    with deterministic(seed):
+        teacher = Teacher()
+    stored = None
+    if args.teacher_dir is not None:
+        key = (
+            f"seed{seed}-e{settings.epochs}-lr{settings.lr:g}-{settings.augment}"
+            f"-copies{args.copies}-n{len(data.x_train)}"
+        )
+        stored = Path(args.teacher_dir) / f"teacher-{key}.pt"
+        if stored.exists():
+            teacher.load_state_dict(torch.load(stored))
+            teacher.eval()
+            timing = stored.with_suffix(".json")
+            seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+            return teacher, seconds
+
+    def progress(stats) -> None:
+        if stats.epoch % 5 == 0 or stats.epoch == stats.epochs:
+            print(
+                f"seed {seed} teacher: epoch {stats.epoch}/{stats.epochs}, holdout "
+                f"{100 * stats.holdout:.2f}%",
+                flush=True,
+            )
+
+    report = train_student(teacher, data.x_train, None, data.y_train, settings, progress)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(teacher.state_dict(), stored)
+        stored.with_suffix(".json").write_text(json.dumps({"seconds": report.seconds}))
+    return teacher, report.seconds
+
+
 def run_seed(
     seed: int, data: Dataset, extra: np.ndarray | None, args: argparse.Namespace, work: Path
 ) -> dict:
     """Teacher and the arms at each ratio for one seed; accuracies and wall times."""
     started = time.perf_counter()
-    # The teacher is trained as before this benchmark had function matching (same seeds, same
-    # teacher): labels, no augmentation, 15 epochs, a holdout carved from the training part.
-    teacher_settings = DistillSettings(
-        epochs=args.teacher_epochs, lr=2e-3, seed=seed, augment="none"
-    )
-    with deterministic(seed):
-        teacher = Teacher()
-    report = train_student(teacher, data.x_train, None, data.y_train, teacher_settings)
-    row: dict = {"teacher": accuracy(teacher, data), "teacher_s": report.seconds}
+    teacher, teacher_s = trained_teacher(seed, data, args)
+    row: dict = {"seed": seed, "teacher": accuracy(teacher, data), "teacher_s": teacher_s}
     canonical = canonicalize(load_model(export_teacher(teacher, work / f"t{seed}.onnx"), {}).proto)
     converted = onnx_to_torch(canonical)
     cache = TeacherCache(canonical)  # one session per seed; views repeat across arms
@@ -191,33 +240,74 @@ def run_seed(
         with deterministic(seed):
             pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
         row[ratio] = {"mac_ratio": pruned.mac_ratio, "params": pruned.params_after}
+        trained_kd = None  # pruned+KD's (state, report): the unlabeled arm's fallback
         for arm in arms:
             student = copy.deepcopy(pruned.module)
             if arm.startswith("scratch"):
                 _reinitialise(student, seed + 1)
             kd = "KD" in arm
             with batchnorm_for_training(student):
-                result = train_student(
-                    student,
-                    data.x_train,
-                    cache if kd else None,
-                    data.y_train,
-                    settings,
-                    holdout=holdout,
-                    unlabeled=extra if arm == UNLABELED_ARM else None,
-                )
+                if arm == UNLABELED_ARM:
+                    # As `edgec compile --unlabeled`: trained with and without them, the
+                    # better on the holdout kept. Without them it is pruned+KD bit for bit
+                    # (same start, seed and views), so that arm's student is passed in.
+                    result = train_with_unlabeled(
+                        student, data.x_train, cache, data.y_train, settings, extra,
+                        holdout=holdout, without=trained_kd,
+                    )  # fmt: skip
+                    row[ratio][f"{arm}_decision"] = result.unlabeled
+                else:
+                    result = train_student(
+                        student,
+                        data.x_train,
+                        cache if kd else None,
+                        data.y_train,
+                        settings,
+                        holdout=holdout,
+                    )
+                if arm == "pruned+KD":
+                    trained_kd = (copy.deepcopy(student.state_dict()), result)
             row[ratio][arm] = accuracy(student, data)
             row[ratio][f"{arm}_s"] = result.seconds
             row[ratio][f"{arm}_epochs"] = result.epochs_run
+            row[ratio][f"{arm}_agreement"] = result.holdout
             print(
                 f"seed {seed} ratio {ratio}: {arm:10s} {100 * row[ratio][arm]:.2f}% "
-                f"({result.epochs_run} epochs, best {result.best_epoch}, {result.seconds:.0f} s)",
+                f"({result.epochs_run} epochs, best {result.best_epoch}, agreement "
+                f"{100 * result.holdout:.2f}%, {result.seconds:.0f} s"
+                + (f", {result.unlabeled}" if arm == UNLABELED_ARM else "")
+                + ")",
                 flush=True,
             )
     row["seconds"] = time.perf_counter() - started
     row["teacher_views"] = cache.stats()
     print(f"seed {seed}: teacher {100 * row['teacher']:.2f}%, {row['seconds']:.0f} s", flush=True)
+    if args.rows is not None:
+        Path(args.rows).mkdir(parents=True, exist_ok=True)
+        (Path(args.rows) / f"seed{seed}.json").write_text(json.dumps(_jsonable(row), indent=1))
     return row
+
+
+def _jsonable(row: dict) -> dict:
+    return {str(k): _jsonable(v) if isinstance(v, dict) else v for k, v in row.items()}
+
+
+def load_rows(folder: Path, seeds: list[int]) -> list[dict]:
+    """The rows ``--rows`` kept for ``seeds`` (those that finished), ratios as floats again."""
+    rows = []
+    for seed in seeds:
+        path = folder / f"seed{seed}.json"
+        if path.exists():
+            raw = json.loads(path.read_text())
+            rows.append({_key(k): v for k, v in raw.items()})
+    return rows
+
+
+def _key(key: str) -> float | str:
+    try:
+        return float(key)
+    except ValueError:
+        return key
 
 
 def _pct(values: list[float]) -> str:
@@ -243,7 +333,7 @@ def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     return f"{100 * statistics.fmean(values):.0f}% (mean; {listed})"
 
 
-def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float) -> str:
+def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
     """The RESULTS.md section."""
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
     arms = [a for a in (*ARMS, UNLABELED_ARM) if a in rows[0][args.ratios[0]]]
@@ -263,20 +353,27 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified)"
         + (
             f"; `{UNLABELED_ARM}` also distils on {args.unlabeled} more such views per image "
-            f"({args.unlabeled * len(digits_arrays()[1])} inputs, no labels)."
+            f"({args.unlabeled * len(digits_arrays()[1])} inputs, no labels) and, as `edgec "
+            "compile --unlabeled` does, keeps the student trained with them only if it agrees "
+            "with the teacher on the validation split at least as well as the one trained "
+            "without them (pruned+KD, the same training bit for bit), else that one."
             if args.unlabeled
             else "."
         ),
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
-        f"labels with the recipe of earlier runs ({args.teacher_epochs} epochs, no "
-        "augmentation).",
+        f"labels on the students' views (`augment={args.augment}`, the blended labels) for "
+        f"{teacher_settings(0, args).epochs} epochs (at least the students' maximum), no early "
+        "stop, Adam with the same cosine schedule, the best epoch on a 10% holdout carved from "
+        "the training part kept"
+        + (" (teachers trained once and kept with `--teacher-dir`)." if args.teacher_dir else "."),
         f"- Students (every arm alike): function matching — each batch becomes fresh views "
         f"(`augment={args.augment}`: random affine crop ±12.5% shift, ±15% zoom, ±15° "
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
         "cached) labels the very views the KD arms see, the label arms learn the blended "
         f"labels; Adam (lr {args.lr:g}, cosine over the maximum), batch 64, at most "
-        f"{args.epochs} epochs, early stopping (patience {args.patience}) on agreement with "
-        f"the teacher on the validation split (no labels); KD with T = {args.temperature:g}, "
+        f"{args.epochs} epochs, early stopping (patience {args.patience} epochs in which neither "
+        "agreement with the teacher nor the KD loss on the validation split improved; no "
+        f"labels), the best epoch by agreement (then loss) kept; KD with T = {args.temperature:g}, "
         f"alpha = {args.alpha:g}; BatchNorm after each student conv while training (folded "
         "afterwards).",
         f"- Seeds: {', '.join(map(str, args.seeds))}; accuracies are mean ± half the range "
@@ -316,12 +413,32 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         )
         for arm in arms
     }
+    if UNLABELED_ARM in arms:
+        decisions = "; ".join(
+            f"{ratio:g}: "
+            + ", ".join(
+                f"seed {r['seed']} "
+                + ("with" if (d := r[ratio][f"{UNLABELED_ARM}_decision"])["kept"] else "without")
+                + f" ({100 * d['holdout_with']:.2f}% vs {100 * d['holdout_without']:.2f}%)"
+                for r in rows
+            )
+            for ratio in args.ratios
+        )
+        lines += [
+            "",
+            f"`{UNLABELED_ARM}` kept the student trained with or without them (validation "
+            f"agreement with the teacher, with vs without): {decisions}.",
+        ]
     views = rows[0]["teacher_views"]
     lines += [
         "",
-        f"Wall time: {total_s / 60:.1f} min in all; per seed "
-        f"{statistics.median(r['seconds'] for r in rows):.0f} s (median), of which teacher "
-        f"training {statistics.median(r['teacher_s'] for r in rows):.0f} s; median training "
+        "Wall time: "
+        + (f"{total_s / 60:.1f} min in all; " if total_s is not None else "")
+        + "per seed "
+        f"{statistics.median(r['seconds'] for r in rows):.0f} s (median) with teacher "
+        f"training {statistics.median(r['teacher_s'] for r in rows):.0f} s"
+        + (" (trained in an earlier run, kept in `--teacher-dir`)" if args.teacher_dir else "")
+        + "; median training "
         "time per student: "
         + ", ".join(f"{arm} {s:.0f} s ({e:g} epochs)" for arm, (s, e) in per_arm.items())
         + f". Teacher views (seed {args.seeds[0]}): {views['views_computed']} computed, "
@@ -338,7 +455,18 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--epochs", type=int, default=40, help="most epochs per student")
     parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--teacher-epochs", type=int, default=15, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=40,
+        help="the teacher's epochs (at least --epochs; no early stop)",
+    )
+    parser.add_argument(
+        "--teacher-dir", help="keep trained teachers here and reuse them (by seed and recipe)"
+    )
+    parser.add_argument(
+        "--teachers-only", action="store_true", help="train (and keep) the teachers, then stop"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -354,15 +482,39 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run in parallel (one process each)"
     )
+    parser.add_argument("--rows", help="keep each finished seed's results here (JSON)")
+    parser.add_argument(
+        "--render-from",
+        help="write the section from the seeds kept in this --rows folder, training nothing",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.render_from is not None:
+        rows = load_rows(Path(args.render_from), args.seeds)
+        args.seeds = [r["seed"] for r in rows]
+        x, y = hard_digits(args.copies)
+        data = split("hard-digits", x, y)
+        section = render(rows, args, data, None)
+        print(section)
+        if not args.no_write:
+            write_section(section, BEGIN, END, RESULTS)
+        return
     x, y = hard_digits(args.copies + args.unlabeled)
     # The first ``copies`` views are the data (same as before: the generator draws them first);
     # the rest are the views nobody labelled.
     cut = len(digits_arrays()[1]) * args.copies
     data = split("hard-digits", x[:cut], y[:cut])
     extra = x[cut:] if args.unlabeled else None
+    if args.teachers_only:
+        jobs = [(seed, data, args) for seed in args.seeds]
+        if args.jobs > 1:
+            with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+                pool.starmap(trained_teacher, jobs)
+        else:
+            for job in jobs:
+                trained_teacher(*job)
+        return
     with tempfile.TemporaryDirectory() as work:
         jobs = [(seed, data, extra, args, Path(work)) for seed in args.seeds]
         if args.jobs > 1:

@@ -233,7 +233,11 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
 
     ``sources`` is the teacher cache, the validation holdout and the unlabeled inputs.
     """
-    from edgec.compiler.students.distill import batchnorm_for_training, train_student
+    from edgec.compiler.students.distill import (
+        batchnorm_for_training,
+        train_student,
+        train_with_unlabeled,
+    )
     from edgec.compiler.students.export import (
         ExportMismatchError,
         export_student,
@@ -250,9 +254,15 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
     labels = data.y_train if data.has_labels else None
     bar = _progress_bar(reporter, rung.name, settings.epochs)
     with bar as progress, batchnorm_for_training(pruned.module) as student:
-        report = train_student(
-            student, data.x_train, cache, labels, settings, progress, holdout, unlabeled
-        )
+        if unlabeled is None:
+            report = train_student(
+                student, data.x_train, cache, labels, settings, progress, holdout
+            )
+        else:
+            # Trained with and without them; the holdout keeps the better (never worse).
+            report = train_with_unlabeled(
+                student, data.x_train, cache, labels, settings, unlabeled, progress, holdout
+            )
     reporter.note(
         f"'{rung.name}': trained in {report.seconds:.1f} s: {report.epochs_run} epochs "
         f"({report.steps} steps, {report.loss} on views), best validation "

@@ -28,7 +28,10 @@ The optimiser is Adam with a cosine schedule over the maximum number of mini-bat
 stopping judges a :class:`Holdout`: ``edgec compile`` passes the validation split with the
 teacher's logits, so the score is agreement with the teacher and no label chooses the epoch
 (the labels judge accuracy afterwards); without one, :data:`HOLDOUT_SHARE` of the training
-part is carved out (accuracy with labels, else agreement). The best epoch's weights are kept.
+part is carved out (accuracy with labels, else agreement). Training stops once neither that
+score nor the holdout loss has improved for ``patience`` epochs (:class:`EarlyStop`); the best
+epoch's weights (score, then loss) are kept. :func:`train_with_unlabeled` trains a student with
+unlabelled inputs and without, and keeps the one the holdout prefers.
 With a fixed seed the student is the same bit for bit: :func:`deterministic` fixes the seed,
 the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards, and
 the views come from their own seeded stream.

@@ -214,13 +214,22 @@ def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple
 
 
 def run_seed(
-    seed: int, data: Dataset, extra: np.ndarray | None, args: argparse.Namespace, work: Path
+    seed: int,
+    data: Dataset,
+    extra: np.ndarray | None,
+    args: argparse.Namespace,
+    work: Path,
+    ratios: list[float] | None = None,
 ) -> dict:
-    """Teacher and the arms at each ratio for one seed; accuracies and wall times."""
+    """Teacher and the arms at each ratio (``ratios``, else ``--ratios``) for one seed;
+    accuracies and wall times."""
+    ratios = args.ratios if ratios is None else ratios
     started = time.perf_counter()
     teacher, teacher_s = trained_teacher(seed, data, args)
     row: dict = {"seed": seed, "teacher": accuracy(teacher, data), "teacher_s": teacher_s}
-    canonical = canonicalize(load_model(export_teacher(teacher, work / f"t{seed}.onnx"), {}).proto)
+    canonical = canonicalize(
+        load_model(export_teacher(teacher, work / f"t{seed}-{ratios[0]:g}.onnx"), {}).proto
+    )
     converted = onnx_to_torch(canonical)
     cache = TeacherCache(canonical)  # one session per seed; views repeat across arms
     # Every arm stops early on agreement with the teacher on the validation split (edgec's rule;
@@ -236,7 +245,7 @@ def run_seed(
         augment=args.augment,
     )
     arms = tuple(args.arms) + ((UNLABELED_ARM,) if extra is not None else ())
-    for ratio in args.ratios:
+    for ratio in ratios:
         with deterministic(seed):
             pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
         row[ratio] = {"mac_ratio": pruned.mac_ratio, "params": pruned.params_after}
@@ -284,23 +293,36 @@ def run_seed(
     print(f"seed {seed}: teacher {100 * row['teacher']:.2f}%, {row['seconds']:.0f} s", flush=True)
     if args.rows is not None:
         Path(args.rows).mkdir(parents=True, exist_ok=True)
-        (Path(args.rows) / f"seed{seed}.json").write_text(json.dumps(_jsonable(row), indent=1))
+        name = f"seed{seed}-" + "-".join(f"{r:g}" for r in ratios) + ".json"
+        (Path(args.rows) / name).write_text(json.dumps(_jsonable(row), indent=1))
     return row
+
+
+def merge_rows(parts: list[dict]) -> list[dict]:
+    """One row per seed from rows of some of its ratios each (wall times and views added)."""
+    rows: dict[int, dict] = {}
+    for part in parts:
+        row = rows.setdefault(part["seed"], {**part, "seconds": 0.0, "teacher_views": {}})
+        row.update({k: v for k, v in part.items() if isinstance(k, float)})
+        row["seconds"] += part["seconds"]
+        for key, value in part["teacher_views"].items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                row["teacher_views"][key] = row["teacher_views"].get(key, 0) + value
+    return [rows[seed] for seed in sorted(rows)]
 
 
 def _jsonable(row: dict) -> dict:
     return {str(k): _jsonable(v) if isinstance(v, dict) else v for k, v in row.items()}
 
 
-def load_rows(folder: Path, seeds: list[int]) -> list[dict]:
-    """The rows ``--rows`` kept for ``seeds`` (those that finished), ratios as floats again."""
-    rows = []
-    for seed in seeds:
-        path = folder / f"seed{seed}.json"
-        if path.exists():
-            raw = json.loads(path.read_text())
-            rows.append({_key(k): v for k, v in raw.items()})
-    return rows
+def load_rows(folder: Path, seeds: list[int], ratios: list[float]) -> list[dict]:
+    """The rows ``--rows`` kept for ``seeds`` that finished every ratio of ``ratios``."""
+    parts = []
+    for path in sorted(folder.glob("seed*.json")):
+        raw = json.loads(path.read_text())
+        parts.append({_key(k): v for k, v in raw.items()})
+    rows = merge_rows([p for p in parts if p["seed"] in seeds])
+    return [row for row in rows if all(ratio in row for ratio in ratios)]
 
 
 def _key(key: str) -> float | str:
@@ -491,7 +513,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     if args.render_from is not None:
-        rows = load_rows(Path(args.render_from), args.seeds)
+        rows = load_rows(Path(args.render_from), args.seeds, args.ratios)
         args.seeds = [r["seed"] for r in rows]
         x, y = hard_digits(args.copies)
         data = split("hard-digits", x, y)
@@ -516,14 +538,20 @@ def main() -> None:
                 trained_teacher(*job)
         return
     with tempfile.TemporaryDirectory() as work:
-        jobs = [(seed, data, extra, args, Path(work)) for seed in args.seeds]
+        # One job per seed and ratio, the first ratio's first: with --rows, what finished
+        # is kept even if the run is stopped before the last ratio.
+        jobs = [
+            (seed, data, extra, args, Path(work), [ratio])
+            for ratio in args.ratios
+            for seed in args.seeds
+        ]
         if args.jobs > 1:
             # Each seed is independent and single-threaded: one process per seed.
             context = multiprocessing.get_context("spawn")
             with context.Pool(min(args.jobs, len(jobs))) as pool:
-                rows = pool.starmap(run_seed, jobs)
+                rows = merge_rows(pool.starmap(run_seed, jobs, chunksize=1))
         else:
-            rows = [run_seed(*job) for job in jobs]
+            rows = merge_rows([run_seed(*job) for job in jobs])
     section = render(rows, args, data, time.perf_counter() - started)
     print(section)
     if not args.no_write:

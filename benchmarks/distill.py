@@ -458,7 +458,11 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         + (f"{total_s / 60:.1f} min in all; " if total_s is not None else "")
         + "per seed "
         f"{statistics.median(r['seconds'] for r in rows):.0f} s (median) with teacher "
-        f"training {statistics.median(r['teacher_s'] for r in rows):.0f} s"
+        + (
+            f"training {teacher_s:.0f} s"
+            if (teacher_s := statistics.median(r["teacher_s"] for r in rows))
+            else "training not timed"
+        )
         + (" (trained in an earlier run, kept in `--teacher-dir`)" if args.teacher_dir else "")
         + "; median training "
         "time per student: "

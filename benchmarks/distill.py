@@ -3,8 +3,10 @@
 On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
 pixel noise, so a teacher does not saturate at ~99%), for each seed:
 
-1. train a CNN teacher from labels, export it to ONNX and canonicalise it as ``edgec compile``
-   would, then convert it back with edgec's converter;
+1. train a CNN teacher from labels on the students' views for at least their budget (so that
+   students trained from labels the same way do not catch up with it; ``--teacher-dir`` keeps
+   it for reruns), export it to ONNX and canonicalise it as ``edgec compile`` would, then
+   convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
    students of that same architecture on the same views for the same budget (``--arms``):
 
@@ -13,7 +15,8 @@ pixel noise, so a teacher does not saturate at ~99%), for each seed:
    * ``pruned``: the pruned teacher's weights, fine-tuned from labels only;
    * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does;
    * ``pruned+KD+unlabeled`` (with ``--unlabeled N``): pruned+KD that also distils on N more
-     affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does.
+     affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does (kept
+     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD).
 
 Students train by function matching, as in edgec: fresh views every batch, the teacher's logits
 (ONNX Runtime on the exported teacher, one cached session per seed) on exactly those views, and
@@ -24,7 +27,9 @@ student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~
 Usage::
 
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 40]
-        [--patience 10] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--no-write]
+        [--patience 10] [--teacher-epochs 40] [--teacher-dir DIR] [--teachers-only]
+        [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
+        [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
 ``<!-- distill:end -->``) unless ``--no-write``.
@@ -232,8 +237,8 @@ def run_seed(
     )
     converted = onnx_to_torch(canonical)
     cache = TeacherCache(canonical)  # one session per seed; views repeat across arms
-    # Every arm stops early on agreement with the teacher on the validation split (edgec's rule;
-    # no labels), and trains on the same views for at most the same epochs.
+    # Every arm stops early as edgec does (agreement with the teacher and the KD loss on the
+    # validation split; no labels), and trains on the same views for at most the same epochs.
     holdout = Holdout(data.x_val, cache(data.x_val))
     settings = DistillSettings(
         epochs=args.epochs,

@@ -4,8 +4,9 @@
 (:mod:`~edgec.compiler.students.ladder`) it prunes a copy of the converted teacher to the rung's
 MAC ratio, distils it from the teacher by function matching (the teacher, through one ONNX
 Runtime session and its cache, labels every augmented view of the training part of ``--data``
-and of the ``--unlabeled`` inputs the student sees, so labels are optional), stops on agreement
-with the teacher on the validation split, exports the student to ONNX at the teacher's input
+and of the ``--unlabeled`` inputs the student sees, so labels are optional; with them the
+student is trained with and without them and the better kept), stops early judged against the
+teacher on the validation split, exports the student to ONNX at the teacher's input
 shape, checks the export against torch and canonicalises it like the teacher. The training time
 of each student is printed (not recorded in the manifest, which stays reproducible: it records
 epochs and optimiser steps instead).

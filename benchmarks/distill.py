@@ -3,8 +3,10 @@
 On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
 pixel noise, so a teacher does not saturate at ~99%), for each seed:
 
-1. train a CNN teacher from labels, export it to ONNX and canonicalise it as ``edgec compile``
-   would, then convert it back with edgec's converter;
+1. train a CNN teacher from labels on the students' views for at least their budget (so that
+   students trained from labels the same way do not catch up with it; ``--teacher-dir`` keeps
+   it for reruns), export it to ONNX and canonicalise it as ``edgec compile`` would, then
+   convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
    students of that same architecture on the same views for the same budget (``--arms``):
 
@@ -13,7 +15,8 @@ pixel noise, so a teacher does not saturate at ~99%), for each seed:
    * ``pruned``: the pruned teacher's weights, fine-tuned from labels only;
    * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does;
    * ``pruned+KD+unlabeled`` (with ``--unlabeled N``): pruned+KD that also distils on N more
-     affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does.
+     affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does (kept
+     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD).
 
 Students train by function matching, as in edgec: fresh views every batch, the teacher's logits
 (ONNX Runtime on the exported teacher, one cached session per seed) on exactly those views, and
@@ -24,7 +27,9 @@ student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~
 Usage::
 
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 40]
-        [--patience 10] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--no-write]
+        [--patience 10] [--teacher-epochs 40] [--teacher-dir DIR] [--teachers-only]
+        [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
+        [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
 ``<!-- distill:end -->``) unless ``--no-write``.
@@ -36,6 +41,7 @@ import argparse
 import copy
 import datetime
 import io
+import json
 import multiprocessing
 import platform
 import statistics
@@ -60,6 +66,7 @@ from edgec.compiler.students.distill import (
     batchnorm_for_training,
     deterministic,
     train_student,
+    train_with_unlabeled,
 )
 from edgec.compiler.students.prune import prune_to_mac_ratio
 from edgec.compiler.students.teacher_cache import TeacherCache
@@ -157,25 +164,81 @@ def _reinitialise(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
-def run_seed(
-    seed: int, data: Dataset, extra: np.ndarray | None, args: argparse.Namespace, work: Path
-) -> dict:
-    """Teacher and the arms at each ratio for one seed; accuracies and wall times."""
-    started = time.perf_counter()
-    # The teacher is trained as before this benchmark had function matching (same seeds, same
-    # teacher): labels, no augmentation, 15 epochs, a holdout carved from the training part.
-    teacher_settings = DistillSettings(
-        epochs=args.teacher_epochs, lr=2e-3, seed=seed, augment="none"
+def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
+    """The teacher's recipe: from labels, on the students' views, for at least their budget.
+
+    A teacher trained without the views the students get is overtaken by students trained from
+    labels on them, and the gap distillation should recover disappears. So the teacher gets the
+    same views (``--augment``) and ``--teacher-epochs`` (at least the students' ``--epochs``)
+    with no early stop: the cosine schedule runs to its end and the best epoch on a holdout
+    carved from the training part is kept (the validation labels judge accuracy only).
+    """
+    epochs = max(args.teacher_epochs, args.epochs)
+    return DistillSettings(
+        epochs=epochs, lr=args.lr, seed=seed, patience=epochs, augment=args.augment
     )
+
+
+def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple[nn.Module, float]:
+    """The seed's teacher and the seconds its training took (0 when ``--teacher-dir`` had it).
+
+    With ``--teacher-dir``, teachers are kept there by seed and recipe, so a rerun (or a run
+    with other student settings) reuses them; the recipe and data are in the file's name.
+    """
+    settings = teacher_settings(seed, args)
     with deterministic(seed):
         teacher = Teacher()
-    report = train_student(teacher, data.x_train, None, data.y_train, teacher_settings)
-    row: dict = {"teacher": accuracy(teacher, data), "teacher_s": report.seconds}
-    canonical = canonicalize(load_model(export_teacher(teacher, work / f"t{seed}.onnx"), {}).proto)
+    stored = None
+    if args.teacher_dir is not None:
+        key = (
+            f"seed{seed}-e{settings.epochs}-lr{settings.lr:g}-{settings.augment}"
+            f"-copies{args.copies}-n{len(data.x_train)}"
+        )
+        stored = Path(args.teacher_dir) / f"teacher-{key}.pt"
+        if stored.exists():
+            teacher.load_state_dict(torch.load(stored))
+            teacher.eval()
+            timing = stored.with_suffix(".json")
+            seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
+            return teacher, seconds
+
+    def progress(stats) -> None:
+        if stats.epoch % 5 == 0 or stats.epoch == stats.epochs:
+            print(
+                f"seed {seed} teacher: epoch {stats.epoch}/{stats.epochs}, holdout "
+                f"{100 * stats.holdout:.2f}%",
+                flush=True,
+            )
+
+    report = train_student(teacher, data.x_train, None, data.y_train, settings, progress)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(teacher.state_dict(), stored)
+        stored.with_suffix(".json").write_text(json.dumps({"seconds": report.seconds}))
+    return teacher, report.seconds
+
+
+def run_seed(
+    seed: int,
+    data: Dataset,
+    extra: np.ndarray | None,
+    args: argparse.Namespace,
+    work: Path,
+    ratios: list[float] | None = None,
+) -> dict:
+    """Teacher and the arms at each ratio (``ratios``, else ``--ratios``) for one seed;
+    accuracies and wall times."""
+    ratios = args.ratios if ratios is None else ratios
+    started = time.perf_counter()
+    teacher, teacher_s = trained_teacher(seed, data, args)
+    row: dict = {"seed": seed, "teacher": accuracy(teacher, data), "teacher_s": teacher_s}
+    canonical = canonicalize(
+        load_model(export_teacher(teacher, work / f"t{seed}-{ratios[0]:g}.onnx"), {}).proto
+    )
     converted = onnx_to_torch(canonical)
     cache = TeacherCache(canonical)  # one session per seed; views repeat across arms
-    # Every arm stops early on agreement with the teacher on the validation split (edgec's rule;
-    # no labels), and trains on the same views for at most the same epochs.
+    # Every arm stops early as edgec does (agreement with the teacher and the KD loss on the
+    # validation split; no labels), and trains on the same views for at most the same epochs.
     holdout = Holdout(data.x_val, cache(data.x_val))
     settings = DistillSettings(
         epochs=args.epochs,
@@ -187,37 +250,91 @@ def run_seed(
         augment=args.augment,
     )
     arms = tuple(args.arms) + ((UNLABELED_ARM,) if extra is not None else ())
-    for ratio in args.ratios:
+    for ratio in ratios:
         with deterministic(seed):
             pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
         row[ratio] = {"mac_ratio": pruned.mac_ratio, "params": pruned.params_after}
+        trained_kd = None  # pruned+KD's (state, report): the unlabeled arm's fallback
         for arm in arms:
             student = copy.deepcopy(pruned.module)
             if arm.startswith("scratch"):
                 _reinitialise(student, seed + 1)
             kd = "KD" in arm
             with batchnorm_for_training(student):
-                result = train_student(
-                    student,
-                    data.x_train,
-                    cache if kd else None,
-                    data.y_train,
-                    settings,
-                    holdout=holdout,
-                    unlabeled=extra if arm == UNLABELED_ARM else None,
-                )
+                if arm == UNLABELED_ARM:
+                    # As `edgec compile --unlabeled`: trained with and without them, the
+                    # better on the holdout kept. Without them it is pruned+KD bit for bit
+                    # (same start, seed and views), so that arm's student is passed in.
+                    result = train_with_unlabeled(
+                        student, data.x_train, cache, data.y_train, settings, extra,
+                        holdout=holdout, without=trained_kd,
+                    )  # fmt: skip
+                    row[ratio][f"{arm}_decision"] = result.unlabeled
+                else:
+                    result = train_student(
+                        student,
+                        data.x_train,
+                        cache if kd else None,
+                        data.y_train,
+                        settings,
+                        holdout=holdout,
+                    )
+                if arm == "pruned+KD":
+                    trained_kd = (copy.deepcopy(student.state_dict()), result)
             row[ratio][arm] = accuracy(student, data)
             row[ratio][f"{arm}_s"] = result.seconds
             row[ratio][f"{arm}_epochs"] = result.epochs_run
+            row[ratio][f"{arm}_agreement"] = result.holdout
             print(
                 f"seed {seed} ratio {ratio}: {arm:10s} {100 * row[ratio][arm]:.2f}% "
-                f"({result.epochs_run} epochs, best {result.best_epoch}, {result.seconds:.0f} s)",
+                f"({result.epochs_run} epochs, best {result.best_epoch}, agreement "
+                f"{100 * result.holdout:.2f}%, {result.seconds:.0f} s"
+                + (f", {result.unlabeled}" if arm == UNLABELED_ARM else "")
+                + ")",
                 flush=True,
             )
     row["seconds"] = time.perf_counter() - started
     row["teacher_views"] = cache.stats()
     print(f"seed {seed}: teacher {100 * row['teacher']:.2f}%, {row['seconds']:.0f} s", flush=True)
+    if args.rows is not None:
+        Path(args.rows).mkdir(parents=True, exist_ok=True)
+        name = f"seed{seed}-" + "-".join(f"{r:g}" for r in ratios) + ".json"
+        (Path(args.rows) / name).write_text(json.dumps(_jsonable(row), indent=1))
     return row
+
+
+def merge_rows(parts: list[dict]) -> list[dict]:
+    """One row per seed from rows of some of its ratios each (wall times and views added)."""
+    rows: dict[int, dict] = {}
+    for part in parts:
+        row = rows.setdefault(part["seed"], {**part, "seconds": 0.0, "teacher_views": {}})
+        row.update({k: v for k, v in part.items() if isinstance(k, float)})
+        row["seconds"] += part["seconds"]
+        for key, value in part["teacher_views"].items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                row["teacher_views"][key] = row["teacher_views"].get(key, 0) + value
+    return [rows[seed] for seed in sorted(rows)]
+
+
+def _jsonable(row: dict) -> dict:
+    return {str(k): _jsonable(v) if isinstance(v, dict) else v for k, v in row.items()}
+
+
+def load_rows(folder: Path, seeds: list[int], ratios: list[float]) -> list[dict]:
+    """The rows ``--rows`` kept for ``seeds`` that finished every ratio of ``ratios``."""
+    parts = []
+    for path in sorted(folder.glob("seed*.json")):
+        raw = json.loads(path.read_text())
+        parts.append({_key(k): v for k, v in raw.items()})
+    rows = merge_rows([p for p in parts if p["seed"] in seeds])
+    return [row for row in rows if all(ratio in row for ratio in ratios)]
+
+
+def _key(key: str) -> float | str:
+    try:
+        return float(key)
+    except ValueError:
+        return key
 
 
 def _pct(values: list[float]) -> str:
@@ -243,7 +360,7 @@ def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     return f"{100 * statistics.fmean(values):.0f}% (mean; {listed})"
 
 
-def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float) -> str:
+def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
     """The RESULTS.md section."""
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
     arms = [a for a in (*ARMS, UNLABELED_ARM) if a in rows[0][args.ratios[0]]]
@@ -263,20 +380,27 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified)"
         + (
             f"; `{UNLABELED_ARM}` also distils on {args.unlabeled} more such views per image "
-            f"({args.unlabeled * len(digits_arrays()[1])} inputs, no labels)."
+            f"({args.unlabeled * len(digits_arrays()[1])} inputs, no labels) and, as `edgec "
+            "compile --unlabeled` does, keeps the student trained with them only if it agrees "
+            "with the teacher on the validation split at least as well as the one trained "
+            "without them (pruned+KD, the same training bit for bit), else that one."
             if args.unlabeled
             else "."
         ),
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
-        f"labels with the recipe of earlier runs ({args.teacher_epochs} epochs, no "
-        "augmentation).",
+        f"labels on the students' views (`augment={args.augment}`, the blended labels) for "
+        f"{teacher_settings(0, args).epochs} epochs (at least the students' maximum), no early "
+        "stop, Adam with the same cosine schedule, the best epoch on a 10% holdout carved from "
+        "the training part kept"
+        + (" (teachers trained once and kept with `--teacher-dir`)." if args.teacher_dir else "."),
         f"- Students (every arm alike): function matching — each batch becomes fresh views "
         f"(`augment={args.augment}`: random affine crop ±12.5% shift, ±15% zoom, ±15° "
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
         "cached) labels the very views the KD arms see, the label arms learn the blended "
         f"labels; Adam (lr {args.lr:g}, cosine over the maximum), batch 64, at most "
-        f"{args.epochs} epochs, early stopping (patience {args.patience}) on agreement with "
-        f"the teacher on the validation split (no labels); KD with T = {args.temperature:g}, "
+        f"{args.epochs} epochs, early stopping (patience {args.patience} epochs in which neither "
+        "agreement with the teacher nor the KD loss on the validation split improved; no "
+        f"labels), the best epoch by agreement (then loss) kept; KD with T = {args.temperature:g}, "
         f"alpha = {args.alpha:g}; BatchNorm after each student conv while training (folded "
         "afterwards).",
         f"- Seeds: {', '.join(map(str, args.seeds))}; accuracies are mean ± half the range "
@@ -316,12 +440,36 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         )
         for arm in arms
     }
+    if UNLABELED_ARM in arms:
+        decisions = "; ".join(
+            f"{ratio:g}: "
+            + ", ".join(
+                f"seed {r['seed']} "
+                + ("with" if (d := r[ratio][f"{UNLABELED_ARM}_decision"])["kept"] else "without")
+                + f" ({100 * d['holdout_with']:.2f}% vs {100 * d['holdout_without']:.2f}%)"
+                for r in rows
+            )
+            for ratio in args.ratios
+        )
+        lines += [
+            "",
+            f"`{UNLABELED_ARM}` kept the student trained with or without them (validation "
+            f"agreement with the teacher, with vs without): {decisions}.",
+        ]
     views = rows[0]["teacher_views"]
     lines += [
         "",
-        f"Wall time: {total_s / 60:.1f} min in all; per seed "
-        f"{statistics.median(r['seconds'] for r in rows):.0f} s (median), of which teacher "
-        f"training {statistics.median(r['teacher_s'] for r in rows):.0f} s; median training "
+        "Wall time: "
+        + (f"{total_s / 60:.1f} min in all; " if total_s is not None else "")
+        + "per seed "
+        f"{statistics.median(r['seconds'] for r in rows):.0f} s (median) with teacher "
+        + (
+            f"training {teacher_s:.0f} s"
+            if (teacher_s := statistics.median(r["teacher_s"] for r in rows))
+            else "training not timed"
+        )
+        + (" (trained in an earlier run, kept in `--teacher-dir`)" if args.teacher_dir else "")
+        + "; median training "
         "time per student: "
         + ", ".join(f"{arm} {s:.0f} s ({e:g} epochs)" for arm, (s, e) in per_arm.items())
         + f". Teacher views (seed {args.seeds[0]}): {views['views_computed']} computed, "
@@ -338,7 +486,18 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--epochs", type=int, default=40, help="most epochs per student")
     parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--teacher-epochs", type=int, default=15, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=40,
+        help="the teacher's epochs (at least --epochs; no early stop)",
+    )
+    parser.add_argument(
+        "--teacher-dir", help="keep trained teachers here and reuse them (by seed and recipe)"
+    )
+    parser.add_argument(
+        "--teachers-only", action="store_true", help="train (and keep) the teachers, then stop"
+    )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -354,24 +513,54 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run in parallel (one process each)"
     )
+    parser.add_argument("--rows", help="keep each finished seed's results here (JSON)")
+    parser.add_argument(
+        "--render-from",
+        help="write the section from the seeds kept in this --rows folder, training nothing",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
+    if args.render_from is not None:
+        rows = load_rows(Path(args.render_from), args.seeds, args.ratios)
+        args.seeds = [r["seed"] for r in rows]
+        x, y = hard_digits(args.copies)
+        data = split("hard-digits", x, y)
+        section = render(rows, args, data, None)
+        print(section)
+        if not args.no_write:
+            write_section(section, BEGIN, END, RESULTS)
+        return
     x, y = hard_digits(args.copies + args.unlabeled)
     # The first ``copies`` views are the data (same as before: the generator draws them first);
     # the rest are the views nobody labelled.
     cut = len(digits_arrays()[1]) * args.copies
     data = split("hard-digits", x[:cut], y[:cut])
     extra = x[cut:] if args.unlabeled else None
+    if args.teachers_only:
+        jobs = [(seed, data, args) for seed in args.seeds]
+        if args.jobs > 1:
+            with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
+                pool.starmap(trained_teacher, jobs)
+        else:
+            for job in jobs:
+                trained_teacher(*job)
+        return
     with tempfile.TemporaryDirectory() as work:
-        jobs = [(seed, data, extra, args, Path(work)) for seed in args.seeds]
+        # One job per seed and ratio, the first ratio's first: with --rows, what finished
+        # is kept even if the run is stopped before the last ratio.
+        jobs = [
+            (seed, data, extra, args, Path(work), [ratio])
+            for ratio in args.ratios
+            for seed in args.seeds
+        ]
         if args.jobs > 1:
             # Each seed is independent and single-threaded: one process per seed.
             context = multiprocessing.get_context("spawn")
             with context.Pool(min(args.jobs, len(jobs))) as pool:
-                rows = pool.starmap(run_seed, jobs)
+                rows = merge_rows(pool.starmap(run_seed, jobs, chunksize=1))
         else:
-            rows = [run_seed(*job) for job in jobs]
+            rows = merge_rows([run_seed(*job) for job in jobs])
     section = render(rows, args, data, time.perf_counter() - started)
     print(section)
     if not args.no_write:

@@ -5,6 +5,8 @@ stopping stops (on agreement with the teacher on the validation split when it is
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +18,12 @@ from edgec.compiler.students.convert import onnx_to_torch
 from edgec.compiler.students.derive import teacher_logits
 from edgec.compiler.students.distill import (
     DistillSettings,
+    EarlyStop,
     Holdout,
     batchnorm_for_training,
     kd_loss,
     train_student,
+    train_with_unlabeled,
 )
 from edgec.compiler.students.teacher_cache import TeacherCache
 from edgec.data import load_dataset
@@ -221,3 +225,74 @@ def test_fixed_teacher_logits_train_on_the_inputs_themselves(digits_with_teacher
     with pytest.raises(ValueError, match="function matching needs the teacher itself"):
         settings = DistillSettings(epochs=1, augment="image")
         train_student(_small_student(), data.x_train, train_logits, None, settings)
+
+
+def test_early_stopping_waits_while_the_holdout_loss_still_falls():
+    """Agreement that plateaus below its best does not stop training while the student still
+    gets closer to the teacher (lower holdout loss): the stop comes only once neither measure
+    has improved for ``patience`` epochs. (Stopping on agreement alone ended an unlabelled-data
+    student at epoch 18 of 40, best at 8.)"""
+    stop = EarlyStop(patience=3)
+    scores = [0.90, 0.92, 0.91, 0.91, 0.91, 0.91, 0.91, 0.91, 0.91]
+    losses = [1.00, 0.90, 0.80, 0.70, 0.60, 0.60, 0.61, 0.62, 0.63]
+    stopped = [stop.update(s, loss) for s, loss in zip(scores, losses, strict=True)]
+    # Agreement alone would stop after epoch 5 (best at 2); the loss improves until epoch 5.
+    assert stopped == [False] * 7 + [True, True]
+    assert EarlyStop(patience=1).update(0.5, 1.0) is False
+
+
+def _noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def test_unlabelled_inputs_that_hurt_are_dropped_for_the_student_without_them(
+    digits_teacher, digits_with_teacher_logits
+):
+    """Inputs that make the student agree less with the teacher on the holdout (here 20
+    noise images per labelled one) are not kept: the student is, bit for bit, the one trained
+    without them, and the report says so with both scores."""
+    data, _, val_logits = digits_with_teacher_logits
+    cache = TeacherCache(digits_teacher)
+    holdout = Holdout(data.x_val, val_logits)
+    settings = DistillSettings(epochs=3, lr=1e-2)
+    x, y = data.x_train[:100], data.y_train[:100]
+    plain = _small_student(seed=3)
+    alone = train_student(plain, x, cache, y, settings, holdout=holdout)
+    student = _small_student(seed=3)
+    report = train_with_unlabeled(student, x, cache, y, settings, _noise(2000), None, holdout)
+    decision = report.unlabeled
+    assert decision["kept"] is False and decision["inputs"] == 2000
+    assert decision["holdout_with"] < decision["holdout_without"] == round(alone.holdout, 6)
+    assert report.holdout == alone.holdout and report.samples == 100
+    for key, value in plain.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value), key
+    assert report.to_json()["unlabeled"] == decision
+
+
+def test_unlabelled_inputs_are_kept_unless_the_student_without_them_is_better(
+    digits_teacher, digits_with_teacher_logits
+):
+    """Judged by the criterion that picks each student's epoch (holdout score, then loss): a
+    given student trained without them (``without``, no second training) that scores worse
+    loses to the one trained with them; one that scores better is restored."""
+    data, _, val_logits = digits_with_teacher_logits
+    cache = TeacherCache(digits_teacher)
+    holdout = Holdout(data.x_val, val_logits)
+    settings = DistillSettings(epochs=1, lr=1e-2)
+    x, y, extra = data.x_train[:200], data.y_train[:200], data.x_train[200:400]
+    other = _small_student(seed=9)
+    worse = train_student(other, x, cache, y, DistillSettings(epochs=1, lr=0.0), holdout=holdout)
+    student = _small_student(seed=3)
+    kept = train_with_unlabeled(
+        student, x, cache, y, settings, extra, None, holdout, (other.state_dict(), worse)
+    )
+    assert kept.unlabeled["kept"] is True and kept.samples == 400
+    assert kept.holdout > worse.holdout
+    better = dataclasses.replace(worse, holdout=1.0)
+    student = _small_student(seed=3)
+    restored = train_with_unlabeled(
+        student, x, cache, y, settings, extra, None, holdout, (other.state_dict(), better)
+    )
+    assert restored.unlabeled["kept"] is False and restored.holdout == 1.0
+    for key, value in other.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value), key

@@ -124,7 +124,11 @@ def test_unlabelled_inputs_join_the_students_distillation(tmp_path, teacher_path
     manifest = json.loads((out / "manifest.json").read_text())
     student = manifest["stages"][0]
     assert manifest["students"]["unlabeled"] == {"inputs": 200}
-    assert student["distillation"]["samples"] == manifest["data"]["train"] + 200
+    # Trained with and without them; the kept one is recorded with both holdout scores.
+    decision = student["distillation"]["unlabeled"]
+    assert decision["inputs"] == 200 and set(decision) >= {"holdout_with", "holdout_without"}
+    extra = 200 if decision["kept"] else 0
+    assert student["distillation"]["samples"] == manifest["data"]["train"] + extra
     assert student["accuracy"] is not None
     assert manifest["students"]["teacher_views"]["batched"] is True
     assert "seconds" not in json.dumps(manifest["students"]) + json.dumps(student)

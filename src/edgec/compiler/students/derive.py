@@ -4,8 +4,9 @@
 (:mod:`~edgec.compiler.students.ladder`) it prunes a copy of the converted teacher to the rung's
 MAC ratio, distils it from the teacher by function matching (the teacher, through one ONNX
 Runtime session and its cache, labels every augmented view of the training part of ``--data``
-and of the ``--unlabeled`` inputs the student sees, so labels are optional), stops on agreement
-with the teacher on the validation split, exports the student to ONNX at the teacher's input
+and of the ``--unlabeled`` inputs the student sees, so labels are optional; with them the
+student is trained with and without them and the better kept), stops early judged against the
+teacher on the validation split, exports the student to ONNX at the teacher's input
 shape, checks the export against torch and canonicalises it like the teacher. The training time
 of each student is printed (not recorded in the manifest, which stays reproducible: it records
 epochs and optimiser steps instead).
@@ -233,7 +234,11 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
 
     ``sources`` is the teacher cache, the validation holdout and the unlabeled inputs.
     """
-    from edgec.compiler.students.distill import batchnorm_for_training, train_student
+    from edgec.compiler.students.distill import (
+        batchnorm_for_training,
+        train_student,
+        train_with_unlabeled,
+    )
     from edgec.compiler.students.export import (
         ExportMismatchError,
         export_student,
@@ -250,9 +255,15 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
     labels = data.y_train if data.has_labels else None
     bar = _progress_bar(reporter, rung.name, settings.epochs)
     with bar as progress, batchnorm_for_training(pruned.module) as student:
-        report = train_student(
-            student, data.x_train, cache, labels, settings, progress, holdout, unlabeled
-        )
+        if unlabeled is None:
+            report = train_student(
+                student, data.x_train, cache, labels, settings, progress, holdout
+            )
+        else:
+            # Trained with and without them; the holdout keeps the better (never worse).
+            report = train_with_unlabeled(
+                student, data.x_train, cache, labels, settings, unlabeled, progress, holdout
+            )
     reporter.note(
         f"'{rung.name}': trained in {report.seconds:.1f} s: {report.epochs_run} epochs "
         f"({report.steps} steps, {report.loss} on views), best validation "

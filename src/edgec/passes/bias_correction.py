@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
+from edgec.passes.layer_io import initializers, producers, tensor_batches
 
 logger = logging.getLogger(__name__)
 
@@ -57,90 +58,28 @@ class BiasCorrection:
     added_bias: bool
 
 
-def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {init.name: init for init in model.graph.initializer}
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
-def _input_name(model: onnx.ModelProto) -> str:
-    inits = _initializers(model)
-    return next(i.name for i in model.graph.input if i.name not in inits)
-
-
-def _batch(model: onnx.ModelProto) -> int:
-    inits = _initializers(model)
-    value = next(i for i in model.graph.input if i.name not in inits)
-    first = value.type.tensor_type.shape.dim[0]
-    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
-
-
 def channel_means(
     model: onnx.ModelProto, tensors: dict[str, int], samples: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-channel means of intermediate tensors over ``samples``, on ONNX Runtime with graph
-    optimisations off (a Q/DQ model runs its reference arithmetic).
+    optimisations off (a Q/DQ model runs its reference arithmetic; see
+    :func:`~edgec.passes.layer_io.tensor_batches`).
 
     Args:
         model: Any model with one input.
         tensors: Tensor name -> its channel axis (1 for a Conv output, -1 for a Gemm's).
         samples: Inputs ``[N, ...]``; a static batch size ``B`` uses the first ``N // B * B``.
     """
-    import onnxruntime as ort
-
-    exposed = _up_to(model, list(tensors))
-    # No graph optimisation: a Q/DQ model then runs its reference arithmetic (float ops on
-    # dequantized values), not this machine's integer kernels (which saturate on x86 without
-    # VNNI, and differ between machines).
-    # Not the runtime's session options (passes import no runtime, and this session is not
-    # timed or shipped): only quiet logs and no optimisation.
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names, input_name, batch = list(tensors), _input_name(model), _batch(model)
+    names = list(tensors)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    for start in range(0, len(samples) // batch * batch, batch):
-        feed = {input_name: np.ascontiguousarray(samples[start : start + batch])}
-        for name, value in zip(names, session.run(names, feed), strict=True):
+    for values in tensor_batches(model, names, samples):
+        for name, value in zip(names, values, strict=True):
             moved = np.moveaxis(value.astype(np.float64), tensors[name], 0)
             flat = moved.reshape(moved.shape[0], -1)
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
             counts[name] += flat.shape[1]
     return {name: sums[name] / counts[name] for name in names}
-
-
-def _up_to(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``tensors`` and whose nodes are only those they
-    need: measuring layer *k* then runs the graph up to layer *k*, not all of it."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph = result.graph
-    # By index: protobuf does not promise one Python object per element across iterations.
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    needed: set[int] = set()
-    stack = list(tensors)
-    while stack:
-        index = producer.get(stack.pop())
-        if index is not None and index not in needed:
-            needed.add(index)
-            stack.extend(name for name in graph.node[index].input if name)
-    kept = []
-    for index in sorted(needed):
-        kept.append(onnx.NodeProto())
-        kept[-1].CopyFrom(graph.node[index])
-    del graph.node[:]
-    graph.node.extend(kept)
-    del graph.output[:]
-    graph.output.extend(
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors
-    )
-    return result
 
 
 @dataclass
@@ -153,12 +92,12 @@ class _Layer:
 def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
     """The quantized Conv/Gemm layers of ``qdq`` that the FP32 model also has, in graph order."""
     fp32_nodes = {n.name: n for n in fp32.graph.node if n.name}
-    producers = _producers(qdq)
+    produced_by = producers(qdq)
     layers = []
     for node in qdq.graph.node:
         if node.op_type not in ("Conv", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
-        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        weight = produced_by.get(node.input[1]) if len(node.input) > 1 else None
         if weight is None or weight.op_type != "DequantizeLinear":
             continue  # kept in FP32
         twin = fp32_nodes.get(node.name)
@@ -171,8 +110,8 @@ def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
 
 def _scale_of(model: onnx.ModelProto, dq_output: str) -> np.ndarray | None:
     """The scale of the DequantizeLinear that produces ``dq_output`` (float64), else ``None``."""
-    node = _producers(model).get(dq_output)
-    init = _initializers(model).get(node.input[1]) if node is not None else None
+    node = producers(model).get(dq_output)
+    init = initializers(model).get(node.input[1]) if node is not None else None
     if node is None or node.op_type != "DequantizeLinear" or init is None:
         return None
     return numpy_helper.to_array(init).astype(np.float64)
@@ -213,8 +152,8 @@ def _add_bias(model: onnx.ModelProto, node: onnx.NodeProto, channels: int) -> st
 
 def _shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str | None:
     """Subtract ``shift`` from the layer's int32 bias; return why not, or ``None``."""
-    dq = _producers(model).get(node.input[2])
-    inits = _initializers(model)
+    dq = producers(model).get(node.input[2])
+    inits = initializers(model)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
         return "its bias is not a DequantizeLinear of an initializer"
     bias = inits[dq.input[0]]

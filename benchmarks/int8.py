@@ -78,6 +78,7 @@ from edgec.compiler.int8.precision import (
     saturates_u8s8,
 )
 from edgec.compiler.loading import load_model
+from edgec.compiler.progress import Reporter
 from edgec.data import Dataset, load_dataset
 from edgec.passes import adaround
 from edgec.passes.quantize import ArrayCalibrationReader, calibrate, preprocess, quantize_model
@@ -101,6 +102,7 @@ from results_md import write_section  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 THREADS = 2
+PROGRESS_SECONDS = 20.0
 CALIB_SAMPLES = 300
 MODERATE = 0.5
 TRAINED = ("teacher", *HARD_MODELS)
@@ -181,6 +183,19 @@ def _subset(x: np.ndarray, y: np.ndarray | None, limit: int, seed: int = 0):
         return x, y
     keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
     return x[keep], None if y is None else y[keep]
+
+
+class _Progress:
+    """Prints a product step's progress lines, at most one every PROGRESS_SECONDS."""
+
+    def __init__(self, label: str):
+        self.label, self.last = label, 0.0
+
+    def __call__(self, text: str) -> None:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            print(f"  {self.label}: {text}", flush=True)
 
 
 def _quiet_root():
@@ -271,20 +286,23 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
             base, equalize=equalize, bias_correction=bias, adaround=rounding
         )
 
-        def build(flavour=flavour):
+        def build(flavour=flavour, label=label):
             if flavour.equalize not in prepared:
                 pre = preprocess(model, equalize=flavour.equalize)
                 prepared[flavour.equalize] = (pre, calibrate(pre, calib, "minmax", data.sha256))
             needs = flavour.bias_correction or flavour.adaround
             return quantize_model(
-                *prepared[flavour.equalize], flavour, samples=calib if needs else None
+                *prepared[flavour.equalize],
+                flavour,
+                samples=calib if needs else None,
+                progress=_Progress(f"{name} {label}"),
             )
 
         timed(label, build)
         print(f"  {name}: {label} quantized ({seconds[label]:.0f} s)", flush=True)
     started = time.perf_counter()
     options = PrecisionOptions(requested="auto", compare_seconds=args.decide_seconds)
-    decision = decide_precision(model, host, "onnxruntime", data, options, stage=name)
+    decision = decide_precision(model, host, "onnxruntime", data, options, Reporter(), name)
     seconds["edgec-choice"] = time.perf_counter() - started
     models["edgec-choice"] = decision.model
     if decision.int8_model is not None:

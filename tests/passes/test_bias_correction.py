@@ -19,6 +19,7 @@ from onnx import TensorProto, numpy_helper
 from test_equalize import _mobilenet_like
 
 from edgec.errors import BadInputError
+from edgec.passes import bias_correction
 from edgec.passes.bias_correction import channel_means, correct_biases
 from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
 
@@ -138,3 +139,42 @@ def test_quantize_step_option_applies_the_correction(quantized):
         np.testing.assert_array_equal(got[name], value)
     with pytest.raises(ValueError, match="needs the calibration samples"):
         quantize_model(pre, table, flavour)
+
+
+def test_requantizing_with_a_layer_kept_fp32_measures_only_the_layers_after_it(
+    quantized, monkeypatch
+):
+    """The accuracy guard re-quantizes with layers kept FP32: a correction then measures
+    again only the layers downstream of the one kept (pw2 kept: dw2 and head, plus the FP32
+    reference run), reusing the cached means of stem, dw1 and pw1; the biases come out the
+    same as measured from scratch."""
+    pre, _, calibration = quantized
+    table = calibrate(pre, calibration)
+    flavour = Int8Flavour(per_channel=False, reduce_range=True)
+    correct_biases(pre, quantize_model(pre, table, flavour), calibration)  # fills the cache
+    kept = quantize_model(pre, table, flavour, ["pw2"])
+    measured = []
+    real = bias_correction.channel_means
+
+    def counting(model, tensors, samples):
+        measured.append(list(tensors))
+        return real(model, tensors, samples)
+
+    monkeypatch.setattr(bias_correction, "channel_means", counting)
+    cached, done = correct_biases(pre, kept, calibration)
+    assert [c.node for c in done] == ["stem", "dw1", "pw1", "dw2", "head"]
+    assert len(measured) == 3, measured  # the FP32 reference, dw2, head
+    monkeypatch.setattr(bias_correction, "_CACHE", type(bias_correction._CACHE)())
+    fresh, _ = correct_biases(pre, kept, calibration)
+    assert len(measured) == 3 + 6
+    for a, b in zip(cached.graph.initializer, fresh.graph.initializer, strict=True):
+        assert a.SerializeToString() == b.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("shape", "count"), [((300, 3, 224, 224), 32), ((300, 3, 8, 8), 128), ((20, 3, 8, 8), 20)]
+)
+def test_big_inputs_are_corrected_on_fewer_samples(shape, count):
+    """At most 128 samples, and for a 224x224 image 32 (thousands of positions per channel
+    each): bias correction of a deep ImageNet model stays bounded."""
+    assert bias_correction.sample_count(np.broadcast_to(np.float32(0), shape)) == count

@@ -11,8 +11,12 @@ QuantizeLinear clamps instead, and the Conv keeps its node name).
 The layers are corrected one at a time in graph order, each measured with every earlier
 correction in place (a correction changes what later layers read), as the paper's empirical
 variant does. The cost is one run of the calibration inputs through the Q/DQ model up to each
-layer (the FP32 means take one run for all layers); :data:`MAX_SAMPLES` bounds the inputs
-used.
+layer (the FP32 means take one run for all layers). Bounded work: at most :data:`MAX_SAMPLES`
+inputs, fewer for big inputs (:func:`sample_count`: an image of 224x224 has thousands of
+positions per channel, so 32 of them give steady channel means, and a deep model at that size
+would otherwise take minutes). A layer's measured means are cached by the part of the Q/DQ
+graph that computes them (and the inputs): the accuracy guard re-quantizes the model with a
+few layers kept in FP32, and every layer upstream of those is then measured once, not again.
 
 Which layers: every ``Conv`` and ``Gemm`` whose weight is the output of a DequantizeLinear
 (quantized; layers kept in FP32 are left alone) and whose node name is in the FP32 model. The
@@ -27,6 +31,8 @@ initializer, a layer the FP32 model does not have.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,12 +40,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
-from edgec.passes.layer_io import initializers, producers, tensor_batches
+from edgec.passes.layer_io import digest, initializers, producers, tensor_batches
 
 logger = logging.getLogger(__name__)
 
-#: Calibration inputs used for the means (the first ones).
+#: Calibration inputs used for the means (the first ones): at most MAX_SAMPLES, and for big
+#: inputs only as many as hold _SAMPLE_VALUES input values, but at least MIN_SAMPLES.
 MAX_SAMPLES = 128
+MIN_SAMPLES = 32
+_SAMPLE_VALUES = 1 << 22
+_CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
+_CACHE_SIZE = 4096
 _INT32 = np.iinfo(np.int32)
 
 
@@ -167,8 +178,31 @@ def _shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray)
     return None
 
 
+def sample_count(samples: np.ndarray) -> int:
+    """How many of ``samples`` (the first ones) the correction measures on."""
+    per_sample = max(int(np.prod(samples.shape[1:])), 1)
+    return min(len(samples), MAX_SAMPLES, max(MIN_SAMPLES, _SAMPLE_VALUES // per_sample))
+
+
+def _measured(model: onnx.ModelProto, output: str, axis: int, samples: np.ndarray) -> np.ndarray:
+    """``output``'s channel means on ``samples``, from the cache when the graph up to it was
+    measured before on the same inputs."""
+    key = f"{axis}|{digest(model, [output], samples)}"
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    means = channel_means(model, {output: axis}, samples)[output]
+    _CACHE[key] = means
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return means
+
+
 def correct_biases(
-    fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: np.ndarray
+    fp32: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    samples: np.ndarray,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[BiasCorrection]]:
     """The Q/DQ model with each quantized layer's mean output shift taken out of its bias.
 
@@ -176,8 +210,9 @@ def correct_biases(
         fp32: The FP32 model ``qdq`` was quantized from (after
             :func:`~edgec.passes.quantize.preprocess`: node names must match).
         qdq: The Q/DQ model (not changed).
-        samples: Calibration inputs for ``fp32``'s single input (at most
-            :data:`MAX_SAMPLES` are used).
+        samples: Calibration inputs for ``fp32``'s single input (the first
+            :func:`sample_count` are used).
+        progress: Called with a short line per layer, for a progress bar.
 
     Returns:
         The corrected copy and one :class:`BiasCorrection` per corrected layer.
@@ -186,7 +221,8 @@ def correct_biases(
         BadInputError: Bad samples (see
             :func:`~edgec.passes.calibration_data.check_calibration_samples`).
     """
-    samples = check_calibration_samples(fp32, samples)[:MAX_SAMPLES]
+    samples = check_calibration_samples(fp32, samples)
+    samples = samples[: sample_count(samples)]
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     layers = _layers(fp32, result)
@@ -194,10 +230,11 @@ def correct_biases(
         return result, []
     reference = channel_means(fp32, {layer.reference: layer.axis for layer in layers}, samples)
     done: list[BiasCorrection] = []
-    for layer in layers:
+    for index, layer in enumerate(layers):
         node, output = layer.node, layer.node.output[0]
-        shift = channel_means(result, {output: layer.axis}, samples)[output]
-        shift = shift - reference[layer.reference]
+        if progress is not None:
+            progress(f"bias correction: layer {index + 1}/{len(layers)} '{node.name}'")
+        shift = _measured(result, output, layer.axis, samples) - reference[layer.reference]
         added = len(node.input) < 3 or not node.input[2]
         if added and node.op_type == "Gemm":
             reason = "a Gemm without a bias"

@@ -10,6 +10,7 @@ they read need (measuring layer *k* runs the graph up to layer *k*, not all of i
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,9 +28,20 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
 
 
+def _read_by(nodes) -> set[str]:
+    """Tensor names ``nodes`` read, in their subgraphs (If, Loop) too."""
+    names = set()
+    for node in nodes:
+        names.update(node.input)
+        for attribute in node.attribute:
+            for graph in [attribute.g, *attribute.graphs]:
+                names |= _read_by(graph.node)
+    return names
+
+
 def up_to(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``names`` and whose nodes are only those they
-    need (in their original order)."""
+    """A copy of ``model`` whose outputs are ``names`` and whose nodes and initializers are
+    only those they need (nodes in their original order; no value_info)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -48,9 +60,28 @@ def up_to(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         kept[-1].CopyFrom(graph.node[index])
     del graph.node[:]
     graph.node.extend(kept)
+    # Only what those nodes read: a smaller session to build, and a copy whose bytes depend
+    # only on the part of the graph that computes ``names`` (see :func:`digest`).
+    used = _read_by(kept)
+    dropped = {init.name for init in graph.initializer if init.name not in used}
+    inits = [init for init in graph.initializer if init.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [value for value in graph.input if value.name not in dropped]  # old IR lists them
+    del graph.input[:]
+    graph.input.extend(inputs)
+    del graph.value_info[:]
     del graph.output[:]
     graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
     return result
+
+
+def digest(model: onnx.ModelProto, names: list[str], samples: np.ndarray) -> str:
+    """A key for ``names``' values on ``samples``: the same for two models whose graphs agree
+    up to those tensors, however they differ after them."""
+    h = hashlib.sha256(up_to(model, names).SerializeToString())
+    h.update(np.ascontiguousarray(samples).tobytes())
+    return h.hexdigest()
 
 
 def _input(model: onnx.ModelProto) -> tuple[str, int]:

@@ -373,16 +373,31 @@ def goals(rows: list[Row], speed: bool) -> list[str]:
     return lines
 
 
-def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
-    """The RESULTS.md section."""
+def section(
+    rows: list[Row],
+    command: str,
+    seconds: float,
+    speed: bool,
+    loads: list[float] | None = None,
+    pending: list[str] | None = None,
+) -> str:
+    """The RESULTS.md section; ``loads``: the 1-minute load averages seen during the run,
+    ``pending``: the models not measured yet (the section is rewritten after each model)."""
     vnni = not saturates_u8s8(load_target("host"))
+    load = (
+        f"; load average {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores "
+        "during the run"
+        if loads
+        else ""
+    )
     lines = [
         BEGIN,
         "## INT8: ONNX Runtime vs edgec, technique by technique (`benchmarks/int8.py`)",
         "",
         f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, {'with' if vnni else 'without'} VNNI (shared, noisy), Python "
-        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s.",
+        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time "
+        f"{seconds:.0f} s{load}.",
         f"- Command: `{command}`",
         "- Models: the benchmark models given with `--models-dir` (random weights, recalibrated "
         "BatchNorm), `examples/digits/teacher.onnx`, and two models trained by the script on "
@@ -405,6 +420,14 @@ def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
         "interleaved in one process; ms = median of the rounds' medians; **vs u8s8** = ORT "
         "u8s8 ms / path ms (>= 1: as fast or faster)."
         + ("" if speed else " **Speed pending**: this run was `--no-speed`."),
+        *(
+            [
+                f"- **Incomplete**: {len(rows)} models measured so far; not (yet) measured: "
+                f"{', '.join(pending)}."
+            ]
+            if pending
+            else []
+        ),
         "",
         "| model | n (noise) | path | agree>=0.5 | SQNR dB | accuracy | ms | vs u8s8 "
         "| quantize s |",
@@ -461,7 +484,17 @@ def main() -> None:
     adaround.DEFAULT_SECONDS = args.adaround_seconds
     started = time.perf_counter()
     photos = None
-    rows = []
+    rows: list[Row] = []
+    loads = [os.getloadavg()[0]]
+    command = recorded_command("int8.py", sys.argv[1:], args.models_dir).strip()
+
+    def write(rows: list[Row], pending: list[str]) -> str:
+        seconds = time.perf_counter() - started
+        text = section(rows, command, seconds, not args.no_speed, loads, pending)
+        if not args.no_write:
+            write_section(text, BEGIN, END, RESULTS)
+        return text
+
     paths = find_models(args.models_dir, [n for n in args.models if n not in TRAINED])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -490,14 +523,16 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
+            loads.append(os.getloadavg()[0])
+            done = args.models.index(name) + 1
+            if not args.no_write and done < len(args.models):
+                # Rewritten after each model: a run stopped early keeps what it measured.
+                write(rows, args.models[done:])
     if not rows:
         print("nothing measured: RESULTS.md left as it is")
         return
-    command = recorded_command("int8.py", sys.argv[1:], args.models_dir)
-    text = section(rows, command.strip(), time.perf_counter() - started, not args.no_speed)
+    text = write(rows, [])
     print(text)
-    if not args.no_write:
-        write_section(text, BEGIN, END, RESULTS)
 
 
 if __name__ == "__main__":

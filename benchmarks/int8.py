@@ -60,6 +60,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -380,9 +381,11 @@ def section(
     speed: bool,
     loads: list[float] | None = None,
     pending: list[str] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> str:
     """The RESULTS.md section; ``loads``: the 1-minute load averages seen during the run,
-    ``pending``: the models not measured yet (the section is rewritten after each model)."""
+    ``pending``: the models not measured yet (the section is rewritten after each model),
+    ``failed``: models whose measurement raised, and the error."""
     vnni = not saturates_u8s8(load_target("host"))
     load = (
         f"; load average {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores "
@@ -428,6 +431,7 @@ def section(
             if pending
             else []
         ),
+        *(f"- **Failed**: {name}: {error}" for name, error in (failed or {}).items()),
         "",
         "| model | n (noise) | path | agree>=0.5 | SQNR dB | accuracy | ms | vs u8s8 "
         "| quantize s |",
@@ -485,12 +489,13 @@ def main() -> None:
     started = time.perf_counter()
     photos = None
     rows: list[Row] = []
+    failed: dict[str, str] = {}
     loads = [os.getloadavg()[0]]
     command = recorded_command("int8.py", sys.argv[1:], args.models_dir).strip()
 
     def write(rows: list[Row], pending: list[str]) -> str:
         seconds = time.perf_counter() - started
-        text = section(rows, command, seconds, not args.no_speed, loads, pending)
+        text = section(rows, command, seconds, not args.no_speed, loads, pending, failed)
         if not args.no_write:
             write_section(text, BEGIN, END, RESULTS)
         return text
@@ -511,7 +516,12 @@ def main() -> None:
                 model, data = canonicalize(load_model(paths[name], {}).proto), photos
             else:  # not found: find_models has said so
                 continue
-            row = measure(name, model, data, args, work)
+            try:
+                row = measure(name, model, data, args, work)
+            except Exception as error:  # a product bug: reported, the other models still run
+                traceback.print_exc()
+                failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                continue
             print(
                 f"{name}: "
                 + ", ".join(
@@ -525,7 +535,7 @@ def main() -> None:
             rows.append(row)
             loads.append(os.getloadavg()[0])
             done = args.models.index(name) + 1
-            if not args.no_write and done < len(args.models):
+            if done < len(args.models):
                 # Rewritten after each model: a run stopped early keeps what it measured.
                 write(rows, args.models[done:])
     if not rows:
@@ -533,6 +543,8 @@ def main() -> None:
         return
     text = write(rows, [])
     print(text)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (see above)")
 
 
 if __name__ == "__main__":

@@ -504,12 +504,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         hard = None
-        if any(n in HARD_MODELS for n in args.models):
-            hard = train_hard_models(work, epochs=args.epochs)
         for name in args.models:
             if name == "teacher":
                 model, data = canonicalize(load_model(TEACHER, {}).proto), load_dataset("digits")
             elif name in HARD_MODELS:
+                hard = hard or train_hard_models(work, epochs=args.epochs)  # when first needed
                 model, data = canonicalize(load_model(hard[0][name], {}).proto), hard[1]
             elif name in paths:
                 photos = photos or photo_dataset()

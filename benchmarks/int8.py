@@ -43,8 +43,15 @@ Usage::
         [--seconds 2] [--adaround-seconds 120] [--no-speed] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- int8:begin -->`` and
-``<!-- int8:end -->``) unless ``--no-write``; with ``--no-speed`` the speed columns read
-"pending".
+``<!-- int8:end -->``) unless ``--no-write``, again after each model (a run stopped early
+keeps what it measured, marked incomplete), with the load average seen during the run; with
+``--no-speed`` the speed columns read "pending". A model whose measurement raises is listed
+as failed with its error, the others still run, and the script exits 1. Progress: a line per
+path, bias correction's and AdaRound's layer lines (at most one per 20 s), and the
+compile's steps for edgec-choice. Bounded by the product's own bounds: bias correction
+measures on at most 128 calibration inputs (32 for 224x224 images), AdaRound learns for
+``--adaround-seconds`` per model and path (the product's default, 120 s; layers left then keep
+round-to-nearest).
 """
 
 from __future__ import annotations

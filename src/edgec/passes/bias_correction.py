@@ -20,7 +20,9 @@ few layers kept in FP32, and every layer upstream of those is then measured once
 
 Which layers: every ``Conv`` and ``Gemm`` whose weight is the output of a DequantizeLinear
 (quantized; layers kept in FP32 are left alone) and whose node name is in the FP32 model. The
-bias is ORT's int32 bias behind a DequantizeLinear; the correction moves it by
+bias is ORT's int32 bias behind a DequantizeLinear (a Conv whose bias also carries a folded
+HardSigmoid's shift, :func:`~edgec.passes.qdq_hard_sigmoid.fold_hard_sigmoid`, is measured
+against the FP32 output plus that shift); the correction moves it by
 ``round(shift / bias_scale)`` steps (saturating at the int32 limits). A Conv without a bias
 gets one, in the same form ORT gives biases (int32, scale ``input_scale * weight_scale`` per
 output channel, zero point 0), so ORT still fuses it into an integer kernel. Skipped (logged at
@@ -98,6 +100,22 @@ class _Layer:
     node: onnx.NodeProto
     reference: str  # the FP32 model's output of the same node
     axis: int
+    offset: float = 0.0  # what the Q/DQ output is meant to exceed the FP32 one by
+
+
+def _folded_shift(fp32: onnx.ModelProto, twin: onnx.NodeProto, node: onnx.NodeProto) -> float:
+    """The HardSigmoid shift ``beta / alpha`` that
+    :func:`~edgec.passes.qdq_hard_sigmoid.fold_hard_sigmoid` moved into this Conv's bias
+    (its output is then ``<HardSigmoid output>_shifted``), else 0: the shift is meant, not an
+    error to correct."""
+    consumers = [n for n in fp32.graph.node if twin.output[0] in n.input]
+    if len(consumers) != 1 or consumers[0].op_type != "HardSigmoid":
+        return 0.0
+    hard_sigmoid = consumers[0]
+    if node.output[0] != f"{hard_sigmoid.output[0]}_shifted":
+        return 0.0
+    values = {a.name: a.f for a in hard_sigmoid.attribute}
+    return values.get("beta", 0.5) / values.get("alpha", 0.2)
 
 
 def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
@@ -115,7 +133,8 @@ def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
         if twin is None or twin.op_type != node.op_type:
             logger.debug("%s '%s' not corrected: not in the FP32 model", node.op_type, node.name)
             continue
-        layers.append(_Layer(node, twin.output[0], 1 if node.op_type == "Conv" else -1))
+        axis = 1 if node.op_type == "Conv" else -1
+        layers.append(_Layer(node, twin.output[0], axis, _folded_shift(fp32, twin, node)))
     return layers
 
 
@@ -235,6 +254,7 @@ def correct_biases(
         if progress is not None:
             progress(f"bias correction: layer {index + 1}/{len(layers)} '{node.name}'")
         shift = _measured(result, output, layer.axis, samples) - reference[layer.reference]
+        shift = shift - layer.offset
         added = len(node.input) < 3 or not node.input[2]
         if added and node.op_type == "Gemm":
             reason = "a Gemm without a bias"

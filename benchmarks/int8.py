@@ -142,6 +142,7 @@ class PathResult:
     accuracy: float | None
     p50_ms: float | None = None
     quantize_s: float = 0.0
+    agreement_all: float | None = None
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Row:
     name: str
     eval_samples: int
     moderate_samples: int
-    noise_agreement: float
+    noise_agreement: float | None
     paths: dict[str, PathResult] = field(default_factory=dict)
     choice: str = "fp32"
     flavour: str = "—"
@@ -326,7 +327,10 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
         name,
         len(x_val),
         int(moderate.sum()),
-        float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean()),
+        # None without moderately confident inputs (random-weight models have none).
+        float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean())
+        if moderate.any()
+        else None,
         choice="edgec-int8" if decision.precision == "int8" else "fp32",
         flavour=decision.flavour.name if decision.precision == "int8" else "—",
         fp32_layers=len(decision.fp32_layers) if decision.precision == "int8" else 0,
@@ -340,6 +344,7 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
             sqnr_db=None if key == "fp32" else sqnr_db(reference, out),
             accuracy=None if y_val is None else float((out.argmax(axis=1) == y_val).mean()),
             quantize_s=seconds.get(key, 0.0),
+            agreement_all=float(same.mean()),
         )
     if not args.no_speed:
         feeds = {runners["fp32"].input_names[0]: np.ascontiguousarray(x_val[:1])}
@@ -423,7 +428,8 @@ def section(
         "--precision auto -t host` settles on (its flavour search and guard), **edgec-choice** "
         "what it ships (FP32 when INT8 is not 1.1x faster than FP32 or misses the guard).",
         "- Accuracy: **agree>=0.5** top-1 agreement with FP32 on the inputs where FP32's top-1 "
-        "probability is >= 0.5 (n = their count); **SQNR** of the logits against FP32; "
+        "probability is >= 0.5 (n = their count; random-weight models have none); **agree all** "
+        "top-1 agreement on all evaluation inputs; **SQNR** of the logits against FP32; "
         "accuracy with labels; **noise** FP32's own agreement there under one 8-bit step of "
         "input noise (the guard's floor). Calibration: the guard's seeded 300 training inputs.",
         "- Speed: ONNX Runtime CPU, 2 threads, batch 1, level `all`, all paths of a model "
@@ -440,9 +446,9 @@ def section(
         ),
         *(f"- **Failed**: {name}: {error}" for name, error in (failed or {}).items()),
         "",
-        "| model | n (noise) | path | agree>=0.5 | SQNR dB | accuracy | ms | vs u8s8 "
-        "| quantize s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | n (noise) | path | agree>=0.5 | agree all | SQNR dB | accuracy | ms "
+        "| vs u8s8 | quantize s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         u8s8 = r.paths["ort-u8s8"].p50_ms
@@ -454,8 +460,9 @@ def section(
             ratio = u8s8 / p.p50_ms if (u8s8 and p.p50_ms) else None
             missing = "—" if speed else "pending"
             lines.append(
-                f"| {r.name} | {r.moderate_samples} ({r.noise_agreement:.3f}) | {label} "
-                f"| {_fmt(p.agreement, '.4f')} | {_fmt(p.sqnr_db, '.1f')} "
+                f"| {r.name} | {r.moderate_samples} ({_fmt(r.noise_agreement, '.3f')}) "
+                f"| {label} | {_fmt(p.agreement, '.4f')} | {_fmt(p.agreement_all, '.4f')} "
+                f"| {_fmt(p.sqnr_db, '.1f')} "
                 f"| {_fmt(p.accuracy, '.4f')} | {_fmt(p.p50_ms, '.3f', missing)} "
                 f"| {_fmt(ratio, '.2f', missing)} | {p.quantize_s:.0f} |"
             )

@@ -43,8 +43,15 @@ Usage::
         [--seconds 2] [--adaround-seconds 120] [--no-speed] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- int8:begin -->`` and
-``<!-- int8:end -->``) unless ``--no-write``; with ``--no-speed`` the speed columns read
-"pending".
+``<!-- int8:end -->``) unless ``--no-write``, again after each model (a run stopped early
+keeps what it measured, marked incomplete), with the load average seen during the run; with
+``--no-speed`` the speed columns read "pending". A model whose measurement raises is listed
+as failed with its error, the others still run, and the script exits 1. Progress: a line per
+path, bias correction's and AdaRound's layer lines (at most one per 20 s), and the
+compile's steps for edgec-choice. Bounded by the product's own bounds: bias correction
+measures on at most 128 calibration inputs (32 for 224x224 images), AdaRound learns for
+``--adaround-seconds`` per model and path (the product's default, 120 s; layers left then keep
+round-to-nearest).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +86,7 @@ from edgec.compiler.int8.precision import (
     saturates_u8s8,
 )
 from edgec.compiler.loading import load_model
+from edgec.compiler.progress import Reporter
 from edgec.data import Dataset, load_dataset
 from edgec.passes import adaround
 from edgec.passes.quantize import ArrayCalibrationReader, calibrate, preprocess, quantize_model
@@ -101,6 +110,7 @@ from results_md import write_section  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- int8:begin -->", "<!-- int8:end -->"
 THREADS = 2
+PROGRESS_SECONDS = 20.0
 CALIB_SAMPLES = 300
 MODERATE = 0.5
 TRAINED = ("teacher", *HARD_MODELS)
@@ -132,6 +142,7 @@ class PathResult:
     accuracy: float | None
     p50_ms: float | None = None
     quantize_s: float = 0.0
+    agreement_all: float | None = None
 
 
 @dataclass
@@ -141,7 +152,7 @@ class Row:
     name: str
     eval_samples: int
     moderate_samples: int
-    noise_agreement: float
+    noise_agreement: float | None
     paths: dict[str, PathResult] = field(default_factory=dict)
     choice: str = "fp32"
     flavour: str = "—"
@@ -181,6 +192,19 @@ def _subset(x: np.ndarray, y: np.ndarray | None, limit: int, seed: int = 0):
         return x, y
     keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
     return x[keep], None if y is None else y[keep]
+
+
+class _Progress:
+    """Prints a product step's progress lines, at most one every PROGRESS_SECONDS."""
+
+    def __init__(self, label: str):
+        self.label, self.last = label, 0.0
+
+    def __call__(self, text: str) -> None:
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            print(f"  {self.label}: {text}", flush=True)
 
 
 def _quiet_root():
@@ -271,20 +295,23 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
             base, equalize=equalize, bias_correction=bias, adaround=rounding
         )
 
-        def build(flavour=flavour):
+        def build(flavour=flavour, label=label):
             if flavour.equalize not in prepared:
                 pre = preprocess(model, equalize=flavour.equalize)
                 prepared[flavour.equalize] = (pre, calibrate(pre, calib, "minmax", data.sha256))
             needs = flavour.bias_correction or flavour.adaround
             return quantize_model(
-                *prepared[flavour.equalize], flavour, samples=calib if needs else None
+                *prepared[flavour.equalize],
+                flavour,
+                samples=calib if needs else None,
+                progress=_Progress(f"{name} {label}"),
             )
 
         timed(label, build)
         print(f"  {name}: {label} quantized ({seconds[label]:.0f} s)", flush=True)
     started = time.perf_counter()
     options = PrecisionOptions(requested="auto", compare_seconds=args.decide_seconds)
-    decision = decide_precision(model, host, "onnxruntime", data, options, stage=name)
+    decision = decide_precision(model, host, "onnxruntime", data, options, Reporter(), name)
     seconds["edgec-choice"] = time.perf_counter() - started
     models["edgec-choice"] = decision.model
     if decision.int8_model is not None:
@@ -300,7 +327,10 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
         name,
         len(x_val),
         int(moderate.sum()),
-        float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean()),
+        # None without moderately confident inputs (random-weight models have none).
+        float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean())
+        if moderate.any()
+        else None,
         choice="edgec-int8" if decision.precision == "int8" else "fp32",
         flavour=decision.flavour.name if decision.precision == "int8" else "—",
         fp32_layers=len(decision.fp32_layers) if decision.precision == "int8" else 0,
@@ -314,6 +344,7 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
             sqnr_db=None if key == "fp32" else sqnr_db(reference, out),
             accuracy=None if y_val is None else float((out.argmax(axis=1) == y_val).mean()),
             quantize_s=seconds.get(key, 0.0),
+            agreement_all=float(same.mean()),
         )
     if not args.no_speed:
         feeds = {runners["fp32"].input_names[0]: np.ascontiguousarray(x_val[:1])}
@@ -355,16 +386,33 @@ def goals(rows: list[Row], speed: bool) -> list[str]:
     return lines
 
 
-def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
-    """The RESULTS.md section."""
+def section(
+    rows: list[Row],
+    command: str,
+    seconds: float,
+    speed: bool,
+    loads: list[float] | None = None,
+    pending: list[str] | None = None,
+    failed: dict[str, str] | None = None,
+) -> str:
+    """The RESULTS.md section; ``loads``: the 1-minute load averages seen during the run,
+    ``pending``: the models not measured yet (the section is rewritten after each model),
+    ``failed``: models whose measurement raised, and the error."""
     vnni = not saturates_u8s8(load_target("host"))
+    load = (
+        f"; load average {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores "
+        "during the run"
+        if loads
+        else ""
+    )
     lines = [
         BEGIN,
         "## INT8: ONNX Runtime vs edgec, technique by technique (`benchmarks/int8.py`)",
         "",
         f"- Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, {'with' if vnni else 'without'} VNNI (shared, noisy), Python "
-        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time {seconds:.0f} s.",
+        f"{platform.python_version()}, onnxruntime {ort.__version__}; wall time "
+        f"{seconds:.0f} s{load}.",
         f"- Command: `{command}`",
         "- Models: the benchmark models given with `--models-dir` (random weights, recalibrated "
         "BatchNorm), `examples/digits/teacher.onnx`, and two models trained by the script on "
@@ -380,17 +428,27 @@ def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
         "--precision auto -t host` settles on (its flavour search and guard), **edgec-choice** "
         "what it ships (FP32 when INT8 is not 1.1x faster than FP32 or misses the guard).",
         "- Accuracy: **agree>=0.5** top-1 agreement with FP32 on the inputs where FP32's top-1 "
-        "probability is >= 0.5 (n = their count); **SQNR** of the logits against FP32; "
+        "probability is >= 0.5 (n = their count; random-weight models have none); **agree all** "
+        "top-1 agreement on all evaluation inputs; **SQNR** of the logits against FP32; "
         "accuracy with labels; **noise** FP32's own agreement there under one 8-bit step of "
         "input noise (the guard's floor). Calibration: the guard's seeded 300 training inputs.",
         "- Speed: ONNX Runtime CPU, 2 threads, batch 1, level `all`, all paths of a model "
         "interleaved in one process; ms = median of the rounds' medians; **vs u8s8** = ORT "
         "u8s8 ms / path ms (>= 1: as fast or faster)."
         + ("" if speed else " **Speed pending**: this run was `--no-speed`."),
+        *(
+            [
+                f"- **Incomplete**: {len(rows)} models measured so far; not (yet) measured: "
+                f"{', '.join(pending)}."
+            ]
+            if pending
+            else []
+        ),
+        *(f"- **Failed**: {name}: {error}" for name, error in (failed or {}).items()),
         "",
-        "| model | n (noise) | path | agree>=0.5 | SQNR dB | accuracy | ms | vs u8s8 "
-        "| quantize s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | n (noise) | path | agree>=0.5 | agree all | SQNR dB | accuracy | ms "
+        "| vs u8s8 | quantize s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         u8s8 = r.paths["ort-u8s8"].p50_ms
@@ -402,8 +460,9 @@ def section(rows: list[Row], command: str, seconds: float, speed: bool) -> str:
             ratio = u8s8 / p.p50_ms if (u8s8 and p.p50_ms) else None
             missing = "—" if speed else "pending"
             lines.append(
-                f"| {r.name} | {r.moderate_samples} ({r.noise_agreement:.3f}) | {label} "
-                f"| {_fmt(p.agreement, '.4f')} | {_fmt(p.sqnr_db, '.1f')} "
+                f"| {r.name} | {r.moderate_samples} ({_fmt(r.noise_agreement, '.3f')}) "
+                f"| {label} | {_fmt(p.agreement, '.4f')} | {_fmt(p.agreement_all, '.4f')} "
+                f"| {_fmt(p.sqnr_db, '.1f')} "
                 f"| {_fmt(p.accuracy, '.4f')} | {_fmt(p.p50_ms, '.3f', missing)} "
                 f"| {_fmt(ratio, '.2f', missing)} | {p.quantize_s:.0f} |"
             )
@@ -443,24 +502,39 @@ def main() -> None:
     adaround.DEFAULT_SECONDS = args.adaround_seconds
     started = time.perf_counter()
     photos = None
-    rows = []
+    rows: list[Row] = []
+    failed: dict[str, str] = {}
+    loads = [os.getloadavg()[0]]
+    command = recorded_command("int8.py", sys.argv[1:], args.models_dir).strip()
+
+    def write(rows: list[Row], pending: list[str]) -> str:
+        seconds = time.perf_counter() - started
+        text = section(rows, command, seconds, not args.no_speed, loads, pending, failed)
+        if not args.no_write:
+            write_section(text, BEGIN, END, RESULTS)
+        return text
+
     paths = find_models(args.models_dir, [n for n in args.models if n not in TRAINED])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         hard = None
-        if any(n in HARD_MODELS for n in args.models):
-            hard = train_hard_models(work, epochs=args.epochs)
         for name in args.models:
             if name == "teacher":
                 model, data = canonicalize(load_model(TEACHER, {}).proto), load_dataset("digits")
             elif name in HARD_MODELS:
+                hard = hard or train_hard_models(work, epochs=args.epochs)  # when first needed
                 model, data = canonicalize(load_model(hard[0][name], {}).proto), hard[1]
             elif name in paths:
                 photos = photos or photo_dataset()
                 model, data = canonicalize(load_model(paths[name], {}).proto), photos
             else:  # not found: find_models has said so
                 continue
-            row = measure(name, model, data, args, work)
+            try:
+                row = measure(name, model, data, args, work)
+            except Exception as error:  # a product bug: reported, the other models still run
+                traceback.print_exc()
+                failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                continue
             print(
                 f"{name}: "
                 + ", ".join(
@@ -472,14 +546,18 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
+            loads.append(os.getloadavg()[0])
+            done = args.models.index(name) + 1
+            if done < len(args.models):
+                # Rewritten after each model: a run stopped early keeps what it measured.
+                write(rows, args.models[done:])
     if not rows:
         print("nothing measured: RESULTS.md left as it is")
         return
-    command = recorded_command("int8.py", sys.argv[1:], args.models_dir)
-    text = section(rows, command.strip(), time.perf_counter() - started, not args.no_speed)
+    text = write(rows, [])
     print(text)
-    if not args.no_write:
-        write_section(text, BEGIN, END, RESULTS)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (see above)")
 
 
 if __name__ == "__main__":

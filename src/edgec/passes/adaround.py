@@ -56,6 +56,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
+from edgec.passes.layer_io import initializers, producers, tensor_batches
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +104,6 @@ def weight_range(reduce_range: bool) -> tuple[int, int]:
     return (-64, 64) if reduce_range else (-127, 127)
 
 
-def _inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {init.name: init for init in model.graph.initializer}
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -136,7 +129,7 @@ def _activation(fp32: onnx.ModelProto, twin: onnx.NodeProto):
     if act.op_type == "Relu":
         return act.output[0], ("clip", 0.0, math.inf)
     if act.op_type == "Clip":
-        inits = _inits(fp32)
+        inits = initializers(fp32)
         bounds = [-math.inf, math.inf]
         for i, name in enumerate(act.input[1:3]):
             if not name:
@@ -154,13 +147,13 @@ def _activation(fp32: onnx.ModelProto, twin: onnx.NodeProto):
 def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
     """The quantized Conv/Gemm layers AdaRound can rewrite, in graph order."""
     twins = {n.name: n for n in fp32.graph.node if n.name}
-    fp32_inits, inits, producers = _inits(fp32), _inits(qdq), _producers(qdq)
+    fp32_inits, inits, produced_by = initializers(fp32), initializers(qdq), producers(qdq)
     layers = []
     for node in qdq.graph.node:
         if node.op_type not in ("Conv", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
         why = None
-        dq = producers.get(node.input[1]) if len(node.input) > 1 else None
+        dq = produced_by.get(node.input[1]) if len(node.input) > 1 else None
         twin = twins.get(node.name)
         attrs = _attrs(node)
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
@@ -214,51 +207,12 @@ def _pair(qdq: onnx.ModelProto, fp32: onnx.ModelProto, layer: _Layer, samples: n
     return x, target
 
 
-def _up_to(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy whose outputs are ``names`` and whose nodes are only those they need."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph = result.graph
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    needed: set[int] = set()
-    stack = list(names)
-    while stack:
-        index = producer.get(stack.pop())
-        if index is not None and index not in needed:
-            needed.add(index)
-            stack.extend(name for name in graph.node[index].input if name)
-    kept = [graph.node[i] for i in sorted(needed)]
-    copies = []
-    for node in kept:
-        copies.append(onnx.NodeProto())
-        copies[-1].CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-    del graph.output[:]
-    graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
-    return result
-
-
 def _collect(model: onnx.ModelProto, names: list[str], samples: np.ndarray) -> list[np.ndarray]:
     """``names``' values on ``samples`` (stacked along the batch), graph optimisation off;
     only the part of the graph they need runs."""
-    import onnxruntime as ort
-
-    exposed = _up_to(model, names)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    inits = _inits(model)
-    value = next(i for i in model.graph.input if i.name not in inits)
-    first = value.type.tensor_type.shape.dim[0]
-    batch = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
     parts: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, len(samples) // batch * batch, batch):
-        feed = {value.name: np.ascontiguousarray(samples[start : start + batch])}
-        for part, out in zip(parts, session.run(names, feed), strict=True):
+    for values in tensor_batches(model, names, samples):
+        for part, out in zip(parts, values, strict=True):
             part.append(out.astype(np.float32))
     return [np.concatenate(p) for p in parts]
 

@@ -11,12 +11,18 @@ QuantizeLinear clamps instead, and the Conv keeps its node name).
 The layers are corrected one at a time in graph order, each measured with every earlier
 correction in place (a correction changes what later layers read), as the paper's empirical
 variant does. The cost is one run of the calibration inputs through the Q/DQ model up to each
-layer (the FP32 means take one run for all layers); :data:`MAX_SAMPLES` bounds the inputs
-used.
+layer (the FP32 means take one run for all layers). Bounded work: at most :data:`MAX_SAMPLES`
+inputs, fewer for big inputs (:func:`sample_count`: an image of 224x224 has thousands of
+positions per channel, so 32 of them give steady channel means, and a deep model at that size
+would otherwise take minutes). A layer's measured means are cached by the part of the Q/DQ
+graph that computes them (and the inputs): the accuracy guard re-quantizes the model with a
+few layers kept in FP32, and every layer upstream of those is then measured once, not again.
 
 Which layers: every ``Conv`` and ``Gemm`` whose weight is the output of a DequantizeLinear
 (quantized; layers kept in FP32 are left alone) and whose node name is in the FP32 model. The
-bias is ORT's int32 bias behind a DequantizeLinear; the correction moves it by
+bias is ORT's int32 bias behind a DequantizeLinear (a Conv whose bias also carries a folded
+HardSigmoid's shift, :func:`~edgec.passes.qdq_hard_sigmoid.fold_hard_sigmoid`, is measured
+against the FP32 output plus that shift); the correction moves it by
 ``round(shift / bias_scale)`` steps (saturating at the int32 limits). A Conv without a bias
 gets one, in the same form ORT gives biases (int32, scale ``input_scale * weight_scale`` per
 output channel, zero point 0), so ORT still fuses it into an integer kernel. Skipped (logged at
@@ -27,6 +33,8 @@ initializer, a layer the FP32 model does not have.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +42,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
+from edgec.passes.layer_io import digest, initializers, producers, tensor_batches
 
 logger = logging.getLogger(__name__)
 
-#: Calibration inputs used for the means (the first ones).
+#: Calibration inputs used for the means (the first ones): at most MAX_SAMPLES, and for big
+#: inputs only as many as hold _SAMPLE_VALUES input values, but at least MIN_SAMPLES.
 MAX_SAMPLES = 128
+MIN_SAMPLES = 32
+_SAMPLE_VALUES = 1 << 22
+_CACHE: OrderedDict[str, np.ndarray] = OrderedDict()
+_CACHE_SIZE = 4096
 _INT32 = np.iinfo(np.int32)
 
 
@@ -57,57 +71,23 @@ class BiasCorrection:
     added_bias: bool
 
 
-def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {init.name: init for init in model.graph.initializer}
-
-
-def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in model.graph.node for out in node.output}
-
-
-def _input_name(model: onnx.ModelProto) -> str:
-    inits = _initializers(model)
-    return next(i.name for i in model.graph.input if i.name not in inits)
-
-
-def _batch(model: onnx.ModelProto) -> int:
-    inits = _initializers(model)
-    value = next(i for i in model.graph.input if i.name not in inits)
-    first = value.type.tensor_type.shape.dim[0]
-    return first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else 1
-
-
 def channel_means(
     model: onnx.ModelProto, tensors: dict[str, int], samples: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per-channel means of intermediate tensors over ``samples``, on ONNX Runtime with graph
-    optimisations off (a Q/DQ model runs its reference arithmetic).
+    optimisations off (a Q/DQ model runs its reference arithmetic; see
+    :func:`~edgec.passes.layer_io.tensor_batches`).
 
     Args:
         model: Any model with one input.
         tensors: Tensor name -> its channel axis (1 for a Conv output, -1 for a Gemm's).
         samples: Inputs ``[N, ...]``; a static batch size ``B`` uses the first ``N // B * B``.
     """
-    import onnxruntime as ort
-
-    exposed = _up_to(model, list(tensors))
-    # No graph optimisation: a Q/DQ model then runs its reference arithmetic (float ops on
-    # dequantized values), not this machine's integer kernels (which saturate on x86 without
-    # VNNI, and differ between machines).
-    # Not the runtime's session options (passes import no runtime, and this session is not
-    # timed or shipped): only quiet logs and no optimisation.
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    names, input_name, batch = list(tensors), _input_name(model), _batch(model)
+    names = list(tensors)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    for start in range(0, len(samples) // batch * batch, batch):
-        feed = {input_name: np.ascontiguousarray(samples[start : start + batch])}
-        for name, value in zip(names, session.run(names, feed), strict=True):
+    for values in tensor_batches(model, names, samples):
+        for name, value in zip(names, values, strict=True):
             moved = np.moveaxis(value.astype(np.float64), tensors[name], 0)
             flat = moved.reshape(moved.shape[0], -1)
             sums[name] = sums.get(name, 0.0) + flat.sum(axis=1)
@@ -115,64 +95,53 @@ def channel_means(
     return {name: sums[name] / counts[name] for name in names}
 
 
-def _up_to(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` whose outputs are ``tensors`` and whose nodes are only those they
-    need: measuring layer *k* then runs the graph up to layer *k*, not all of it."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    graph = result.graph
-    # By index: protobuf does not promise one Python object per element across iterations.
-    producer = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    needed: set[int] = set()
-    stack = list(tensors)
-    while stack:
-        index = producer.get(stack.pop())
-        if index is not None and index not in needed:
-            needed.add(index)
-            stack.extend(name for name in graph.node[index].input if name)
-    kept = []
-    for index in sorted(needed):
-        kept.append(onnx.NodeProto())
-        kept[-1].CopyFrom(graph.node[index])
-    del graph.node[:]
-    graph.node.extend(kept)
-    del graph.output[:]
-    graph.output.extend(
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in tensors
-    )
-    return result
-
-
 @dataclass
 class _Layer:
     node: onnx.NodeProto
     reference: str  # the FP32 model's output of the same node
     axis: int
+    offset: float = 0.0  # what the Q/DQ output is meant to exceed the FP32 one by
+
+
+def _folded_shift(fp32: onnx.ModelProto, twin: onnx.NodeProto, node: onnx.NodeProto) -> float:
+    """The HardSigmoid shift ``beta / alpha`` that
+    :func:`~edgec.passes.qdq_hard_sigmoid.fold_hard_sigmoid` moved into this Conv's bias
+    (its output is then ``<HardSigmoid output>_shifted``), else 0: the shift is meant, not an
+    error to correct."""
+    consumers = [n for n in fp32.graph.node if twin.output[0] in n.input]
+    if len(consumers) != 1 or consumers[0].op_type != "HardSigmoid":
+        return 0.0
+    hard_sigmoid = consumers[0]
+    if node.output[0] != f"{hard_sigmoid.output[0]}_shifted":
+        return 0.0
+    values = {a.name: a.f for a in hard_sigmoid.attribute}
+    return values.get("beta", 0.5) / values.get("alpha", 0.2)
 
 
 def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
     """The quantized Conv/Gemm layers of ``qdq`` that the FP32 model also has, in graph order."""
     fp32_nodes = {n.name: n for n in fp32.graph.node if n.name}
-    producers = _producers(qdq)
+    produced_by = producers(qdq)
     layers = []
     for node in qdq.graph.node:
         if node.op_type not in ("Conv", "Gemm") or node.domain not in ("", "ai.onnx"):
             continue
-        weight = producers.get(node.input[1]) if len(node.input) > 1 else None
+        weight = produced_by.get(node.input[1]) if len(node.input) > 1 else None
         if weight is None or weight.op_type != "DequantizeLinear":
             continue  # kept in FP32
         twin = fp32_nodes.get(node.name)
         if twin is None or twin.op_type != node.op_type:
             logger.debug("%s '%s' not corrected: not in the FP32 model", node.op_type, node.name)
             continue
-        layers.append(_Layer(node, twin.output[0], 1 if node.op_type == "Conv" else -1))
+        axis = 1 if node.op_type == "Conv" else -1
+        layers.append(_Layer(node, twin.output[0], axis, _folded_shift(fp32, twin, node)))
     return layers
 
 
 def _scale_of(model: onnx.ModelProto, dq_output: str) -> np.ndarray | None:
     """The scale of the DequantizeLinear that produces ``dq_output`` (float64), else ``None``."""
-    node = _producers(model).get(dq_output)
-    init = _initializers(model).get(node.input[1]) if node is not None else None
+    node = producers(model).get(dq_output)
+    init = initializers(model).get(node.input[1]) if node is not None else None
     if node is None or node.op_type != "DequantizeLinear" or init is None:
         return None
     return numpy_helper.to_array(init).astype(np.float64)
@@ -213,8 +182,8 @@ def _add_bias(model: onnx.ModelProto, node: onnx.NodeProto, channels: int) -> st
 
 def _shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray) -> str | None:
     """Subtract ``shift`` from the layer's int32 bias; return why not, or ``None``."""
-    dq = _producers(model).get(node.input[2])
-    inits = _initializers(model)
+    dq = producers(model).get(node.input[2])
+    inits = initializers(model)
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
         return "its bias is not a DequantizeLinear of an initializer"
     bias = inits[dq.input[0]]
@@ -228,8 +197,31 @@ def _shift_bias(model: onnx.ModelProto, node: onnx.NodeProto, shift: np.ndarray)
     return None
 
 
+def sample_count(samples: np.ndarray) -> int:
+    """How many of ``samples`` (the first ones) the correction measures on."""
+    per_sample = max(int(np.prod(samples.shape[1:])), 1)
+    return min(len(samples), MAX_SAMPLES, max(MIN_SAMPLES, _SAMPLE_VALUES // per_sample))
+
+
+def _measured(model: onnx.ModelProto, output: str, axis: int, samples: np.ndarray) -> np.ndarray:
+    """``output``'s channel means on ``samples``, from the cache when the graph up to it was
+    measured before on the same inputs."""
+    key = f"{axis}|{digest(model, [output], samples)}"
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    means = channel_means(model, {output: axis}, samples)[output]
+    _CACHE[key] = means
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return means
+
+
 def correct_biases(
-    fp32: onnx.ModelProto, qdq: onnx.ModelProto, samples: np.ndarray
+    fp32: onnx.ModelProto,
+    qdq: onnx.ModelProto,
+    samples: np.ndarray,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, list[BiasCorrection]]:
     """The Q/DQ model with each quantized layer's mean output shift taken out of its bias.
 
@@ -237,8 +229,9 @@ def correct_biases(
         fp32: The FP32 model ``qdq`` was quantized from (after
             :func:`~edgec.passes.quantize.preprocess`: node names must match).
         qdq: The Q/DQ model (not changed).
-        samples: Calibration inputs for ``fp32``'s single input (at most
-            :data:`MAX_SAMPLES` are used).
+        samples: Calibration inputs for ``fp32``'s single input (the first
+            :func:`sample_count` are used).
+        progress: Called with a short line per layer, for a progress bar.
 
     Returns:
         The corrected copy and one :class:`BiasCorrection` per corrected layer.
@@ -247,7 +240,8 @@ def correct_biases(
         BadInputError: Bad samples (see
             :func:`~edgec.passes.calibration_data.check_calibration_samples`).
     """
-    samples = check_calibration_samples(fp32, samples)[:MAX_SAMPLES]
+    samples = check_calibration_samples(fp32, samples)
+    samples = samples[: sample_count(samples)]
     result = onnx.ModelProto()
     result.CopyFrom(qdq)
     layers = _layers(fp32, result)
@@ -255,10 +249,12 @@ def correct_biases(
         return result, []
     reference = channel_means(fp32, {layer.reference: layer.axis for layer in layers}, samples)
     done: list[BiasCorrection] = []
-    for layer in layers:
+    for index, layer in enumerate(layers):
         node, output = layer.node, layer.node.output[0]
-        shift = channel_means(result, {output: layer.axis}, samples)[output]
-        shift = shift - reference[layer.reference]
+        if progress is not None:
+            progress(f"bias correction: layer {index + 1}/{len(layers)} '{node.name}'")
+        shift = _measured(result, output, layer.axis, samples) - reference[layer.reference]
+        shift = shift - layer.offset
         added = len(node.input) < 3 or not node.input[2]
         if added and node.op_type == "Gemm":
             reason = "a Gemm without a bias"

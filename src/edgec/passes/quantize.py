@@ -450,7 +450,7 @@ def quantize_model(
     """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``.
 
     ``samples`` (calibration inputs) are needed, and only used, when ``flavour`` has
-    ``bias_correction`` or ``adaround``; ``progress`` gets AdaRound's progress lines.
+    ``bias_correction`` or ``adaround``; ``progress`` gets their progress lines.
 
     Raises:
         ValueError: ``flavour.bias_correction`` or ``adaround`` without ``samples`` (a bug in
@@ -498,7 +498,7 @@ def quantize_model(
             model, result, samples, reduce_range=flavour.reduce_range, progress=progress
         )
     if flavour.bias_correction:
-        result, _ = correct_biases(model, result, samples)
+        result, _ = correct_biases(model, result, samples, progress=progress)
     logger.info(
         "quantized (%s): %d Q/DQ nodes, %d nodes kept in FP32, %d HardSigmoid folded",
         flavour.name,

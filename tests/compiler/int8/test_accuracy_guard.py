@@ -3,6 +3,8 @@ keeps a deliberately fragile layer (a huge activation outlier) in FP32."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -22,6 +24,7 @@ from edgec.compiler.int8.accuracy_guard import (
     tensor_error_db,
 )
 from edgec.compiler.int8.precision import PrecisionOptions, decide_precision
+from edgec.compiler.report.markdown import int8_fp32_lines
 from edgec.data import load_dataset
 from edgec.errors import GateFailedError
 from edgec.passes.bias_correction import correct_biases
@@ -209,6 +212,30 @@ def test_guard_keeps_the_fragile_layer_fp32_and_meets_the_tolerance(fragile, pla
     assert {"QuantizeLinear", "DequantizeLinear"} <= quantized_ops
     kept = {n.name for n in decision.model.graph.node if n.name in decision.fp32_layers}
     assert kept == set(decision.fp32_layers)
+
+
+@pytest.mark.slow
+def test_bundle_report_names_the_layers_kept_fp32_and_the_error_each_would_add(
+    fragile, plain_host_search
+):
+    """Each guard step records the output SQNR with its nodes quantized and kept FP32 (the
+    error they would add back), and the bundle's report lists every layer kept FP32 with
+    those numbers: the steps together gain more than 10 dB."""
+    model, conv, data = fragile
+    options = PrecisionOptions(requested="int8", compare_seconds=0.2)
+    decision = decide_precision(model, load_target("host"), "onnxruntime", data, options)
+    steps = decision.repair_steps
+    first = steps[0]
+    # Each step starts from where the one before ended; all together they recover > 10 dB.
+    for before, after in itertools.pairwise(steps):
+        assert after["output_sqnr_db_quantized"] == before["output_sqnr_db_kept_fp32"]
+    assert steps[-1]["output_sqnr_db_kept_fp32"] > first["output_sqnr_db_quantized"] + 10.0
+    stage = {"name": "teacher", **decision.manifest_fields()}
+    text = "\n".join(int8_fp32_lines([stage]))
+    assert "### INT8 layers kept FP32 in `teacher`" in text and f"`{conv}`" in text
+    for node in decision.fp32_layers:
+        assert f"`{node}`" in text
+    assert f"{first['output_sqnr_db_quantized']:.1f} dB with them quantized" in text
 
 
 @pytest.mark.slow

@@ -434,7 +434,8 @@ class RepairResult:
         model: The last Q/DQ model tried.
         verdict: Its guard verdict.
         excluded: Node names kept in FP32, in graph order.
-        steps: One record per tensor kept in FP32 (tensor, its error, nodes, verdict after).
+        steps: One record per tensor kept in FP32 (tensor, its error, nodes, the output's
+            SQNR with them quantized and kept FP32, verdict after).
     """
 
     model: onnx.ModelProto
@@ -493,6 +494,7 @@ def repair(
         error, nodes = candidates[0]
         excluded |= nodes
         model = quantize_model(fp32_model, calibration, flavour, sorted(excluded), samples=samples)
+        before = result.verdict
         result.model, result.verdict = model, judge_model(model)
         result.excluded = sorted(excluded, key=order.__getitem__)
         result.steps.append(
@@ -500,6 +502,10 @@ def repair(
                 "tensor": error.tensor,
                 "tensor_sqnr_db": round(error.sqnr_db, 2),
                 "nodes": sorted(nodes, key=order.__getitem__),
+                # The error these nodes would add back if quantized: the output's SQNR with
+                # them quantized (the step before) and kept FP32 (after).
+                "output_sqnr_db_quantized": round(before.sqnr_db, 2),
+                "output_sqnr_db_kept_fp32": round(result.verdict.sqnr_db, 2),
                 "verdict_after": result.verdict.summary(),
             }
         )

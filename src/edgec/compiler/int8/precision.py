@@ -456,6 +456,21 @@ def decide_precision(
                 f"INT8 is not at least {MIN_SPEEDUP:g}x faster than FP32 "
                 f"({'measured on this machine' if measured else 'cost model'})",
             )
+
+        def settled(qdq, verdict, excluded, steps) -> _Choice:
+            """The chosen flavour with another INT8 model (repaired, or from QAT)."""
+            return _Choice(
+                choice.flavour,
+                qdq,
+                verdict,
+                # The layers kept in FP32 change the graph the cost model prices.
+                dict(choice.latency) if measured else _estimates(model, qdq, target, backend),
+                choice.source,
+                choice.candidates,
+                excluded,
+                steps,
+            )
+
         if not choice.verdict.passed:
             with reporter.step(f"Accuracy guard: finding the layers INT8 breaks in '{stage}'"):
                 repaired = repair(
@@ -471,19 +486,7 @@ def decide_precision(
                     if choice.flavour.bias_correction or choice.flavour.adaround
                     else None,
                 )
-            result = _Choice(
-                choice.flavour,
-                repaired.model,
-                repaired.verdict,
-                # The layers kept in FP32 change the graph the cost model prices.
-                dict(choice.latency)
-                if measured
-                else _estimates(model, repaired.model, target, backend),
-                choice.source,
-                choice.candidates,
-                repaired.excluded,
-                repaired.steps,
-            )
+            result = settled(repaired.model, repaired.verdict, repaired.excluded, repaired.steps)
         qat_verdict = None
         if options.qat is not None and options.qat.wanted(result.verdict.passed):
             # PTQ came first (cheaper); QAT starts again from its fully quantized model.
@@ -507,18 +510,7 @@ def decide_precision(
             attempt.record["shipped"] = attempt.better_than(result.verdict, len(result.excluded))
             if attempt.record["shipped"]:
                 pre, table = attempt.pre, attempt.calibration
-                result = _Choice(
-                    choice.flavour,
-                    attempt.model,
-                    attempt.verdict,
-                    dict(choice.latency)
-                    if measured
-                    else _estimates(model, attempt.model, target, backend),
-                    choice.source,
-                    choice.candidates,
-                    attempt.excluded,
-                    attempt.steps,
-                )
+                result = settled(attempt.model, attempt.verdict, attempt.excluded, attempt.steps)
             result.qat, qat_verdict = attempt.record, attempt.verdict
         if not result.verdict.passed:
             after_qat = f"; after QAT: {qat_verdict.summary()}" if qat_verdict else ""

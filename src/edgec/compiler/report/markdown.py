@@ -35,6 +35,7 @@ def render_report(manifest: dict) -> str:
             f"{_fmt_share(stage.get('accuracy'))} |"
         )
     lines += batching_lines(manifest["stages"])
+    lines += int8_fp32_lines(manifest["stages"])
     fallbacks = [s["backend_fallback"] for s in manifest["stages"] if s.get("backend_fallback")]
     if fallbacks:
         lines += ["", *(f"- note: {f['note']}" for f in fallbacks)]
@@ -80,6 +81,39 @@ def batching_lines(stages: list[dict]) -> list[str]:
             f"(checked against batch 1), {cost}"
         )
     return ["", *lines] if lines else []
+
+
+def int8_fp32_lines(stages: list[dict]) -> list[str]:
+    """Per INT8 stage with layers kept FP32: which, and why (the accuracy guard's steps: the
+    output SQNR with each group quantized and kept FP32; the rest is the FP32 stem)."""
+    lines = []
+    for stage in stages:
+        kept = stage.get("fp32_layers") or []
+        if stage.get("precision") != "int8" or not kept:
+            continue
+        steps = (stage.get("precision_decision") or {}).get("guard_steps") or []
+        lines += ["", f"### INT8 layers kept FP32 in `{stage['name']}`", ""]
+        guarded = set()
+        for step in steps:
+            guarded.update(step["nodes"])
+            nodes = ", ".join(f"`{n}`" for n in step["nodes"])
+            added = ""
+            if "output_sqnr_db_quantized" in step:
+                added = (
+                    f"; output SQNR {step['output_sqnr_db_quantized']:.1f} dB with them "
+                    f"quantized, {step['output_sqnr_db_kept_fp32']:.1f} dB kept FP32"
+                )
+            lines.append(
+                f"- {nodes}: accuracy guard (tensor `{step['tensor']}` quantizes to "
+                f"{step['tensor_sqnr_db']:.1f} dB{added})"
+            )
+        stem = [n for n in kept if n not in guarded]
+        if stem:
+            lines.append(
+                f"- {', '.join(f'`{n}`' for n in stem)}: the stem, kept FP32 by the flavour "
+                "(timed faster that way)"
+            )
+    return lines
 
 
 def partition_section(partition: dict) -> list[str]:

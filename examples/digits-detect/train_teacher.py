@@ -8,11 +8,13 @@ and ``scores`` ``[1, 64, 10]`` (per-class probabilities, sigmoid). BatchNorm sta
 ``BatchNormalization`` nodes, as in the classification example.
 
 It trains on the training split of ``--data digits-detect`` plus extra frames from the same
-generator with another seed (the validation split is never seen), then reports mAP@0.5 on the
-validation split after NMS (``iou=0.45, score=0.25``), computed by faster-coco-eval.
+generator with another seed (the validation split is never seen), each batch shifted as the
+student trainer shifts its views (:func:`edgec.compiler.detection.training.shifted_views`, up to
+``--shift`` pixels, boxes moved with the frame), then reports mAP@0.5 on the validation split
+after NMS (``iou=0.45, score=0.25``), computed by faster-coco-eval.
 
 Outputs, next to ``--out`` (default: ``teacher.onnx`` beside this script): ``teacher.onnx`` and
-``teacher.json`` (mAP, MACs, parameters, epochs, seed, torch version).
+``teacher.json`` (mAP, MACs, parameters, epochs, shift, seed, torch version).
 
 Usage (needs the ``train`` and ``detection`` extras)::
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -36,6 +39,7 @@ from torch import nn
 
 from edgec.compiler.detection.metrics import mean_average_precision
 from edgec.compiler.detection.reference import nms_reference
+from edgec.compiler.detection.training import SHIFT, shifted_views
 from edgec.data import digits_detect_dataset
 from edgec.digits_detect import GENERATOR_SEED, NUM_CLASSES, SIZE, generate
 
@@ -80,15 +84,44 @@ class Detector(nn.Module):
 
 
 def targets(boxes: np.ndarray, classes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cell: the class (-1: background) and the box of the digit whose centre lies in it."""
+    """Per cell: the class (-1: background) and the box of the digit whose centre lies in it.
+
+    A digit whose centre lies outside the frame (moved out by a shift) is left out.
+    """
     cls = torch.full((len(boxes), GRID * GRID), -1, dtype=torch.long)
     box = torch.zeros(len(boxes), GRID * GRID, 4)
     for n, m in zip(*np.nonzero(classes >= 0), strict=True):
         cx, cy = (boxes[n, m, 0:2] + boxes[n, m, 2:4]) / 2
+        if not (0 <= cx < SIZE and 0 <= cy < SIZE):
+            continue
         cell = int(cy // STRIDE) * GRID + int(cx // STRIDE)
         cls[n, cell] = int(classes[n, m])
-        box[n, cell] = torch.from_numpy(boxes[n, m])
+        box[n, cell] = torch.from_numpy(np.clip(boxes[n, m], 0, SIZE))
     return cls, box
+
+
+def shifted_batch(
+    x: torch.Tensor, boxes: np.ndarray, shift: int, gen: torch.Generator
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The student trainer's shifted views of ``x`` (same shifts, same edge filling) and the
+    boxes moved with them.
+
+    Each frame travels with two ramp channels holding its pixels' x and y coordinates; after
+    :func:`shifted_views` the ramps' value at the centre pixel (never in the filled border)
+    says where that pixel came from, hence the frame's offset.
+    """
+    if shift <= 0:
+        return x, boxes
+    n = len(x)
+    ramp = torch.arange(SIZE, dtype=x.dtype)
+    xs = ramp.view(1, 1, 1, SIZE).expand(n, 1, SIZE, SIZE)
+    ys = ramp.view(1, 1, SIZE, 1).expand(n, 1, SIZE, SIZE)
+    views = shifted_views(torch.cat([x, xs, ys], 1), shift, gen)
+    mid = SIZE // 2
+    dx = mid - views[:, 1, mid, mid].numpy()
+    dy = mid - views[:, 2, mid, mid].numpy()
+    moved = boxes + np.stack([dx, dy, dx, dy], 1)[:, None, :].astype(boxes.dtype)
+    return views[:, :1].contiguous(), moved
 
 
 def loss_fn(model: Detector, x: torch.Tensor, cls: torch.Tensor, box: torch.Tensor):
@@ -110,26 +143,35 @@ def loss_fn(model: Detector, x: torch.Tensor, cls: torch.Tensor, box: torch.Tens
     return (ce + l1) / n_pos
 
 
-def train(model: Detector, x: np.ndarray, cls, box, epochs: int, seed: int) -> None:
-    """AdamW + cosine schedule, batches of 64."""
+def train(
+    model: Detector, x: np.ndarray, boxes: np.ndarray, classes: np.ndarray, epochs: int,
+    seed: int, shift: int,
+) -> None:  # fmt: skip
+    """AdamW + one-cycle schedule, batches of 64, each frame shifted by up to ``shift`` px."""
     gen = torch.Generator().manual_seed(seed)
     xt = torch.from_numpy(x)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * ((len(xt) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    t0 = time.perf_counter()
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(xt), generator=gen)
         total = 0.0
         for start in range(0, len(order), 64):
             idx = order[start : start + 64]
-            loss = loss_fn(model, xt[idx], cls[idx], box[idx])
+            views, moved = shifted_batch(xt[idx], boxes[idx.numpy()], shift, gen)
+            cls, box = targets(moved, classes[idx.numpy()])
+            loss = loss_fn(model, views, cls, box)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        print(f"epoch {epoch + 1:3d}  loss {total / len(xt):.4f}", flush=True)
+        print(
+            f"epoch {epoch + 1:3d}  loss {total / len(xt):.4f}  {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
 
 
 def export(model: Detector, path: Path) -> None:
@@ -186,9 +228,10 @@ def main() -> None:
     """Train, export, check against onnxruntime and write the model and its JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("teacher.onnx"))
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--extra-frames", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shift", type=int, default=SHIFT, help="largest shift of a view (px)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -200,11 +243,11 @@ def main() -> None:
     ds = digits_detect_dataset()
     ex, eb, ec = generate(args.extra_frames, seed=GENERATOR_SEED + 1)
     x = np.concatenate([ds.x_train, ex])
-    cls, box = targets(np.concatenate([ds.boxes_train, eb]), np.concatenate([ds.classes_train, ec]))
+    boxes, classes = np.concatenate([ds.boxes_train, eb]), np.concatenate([ds.classes_train, ec])
     model = Detector()
     params = sum(p.numel() for p in model.parameters())
     print(f"train {len(x)}  val {len(ds.x_val)}  params {params:,}  MACs {macs(model):,}")
-    train(model, x, cls, box, args.epochs, args.seed)
+    train(model, x, boxes, classes, args.epochs, args.seed, args.shift)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     export(model, args.out)
@@ -216,7 +259,7 @@ def main() -> None:
         raise SystemExit(f"ONNX output differs from torch by {diff:.2e} (limit 1e-3)")
     meta = {"val_map50": round(ap, 4), "macs": macs(model), "params": params,
             "epochs": args.epochs, "extra_frames": args.extra_frames, "seed": args.seed,
-            "opset": OPSET, "torch": torch.__version__}  # fmt: skip
+            "shift": args.shift, "opset": OPSET, "torch": torch.__version__}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
 

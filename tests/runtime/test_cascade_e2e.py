@@ -133,9 +133,12 @@ def test_gateway_killed_mid_stream_loses_no_frame(cascade_bundle, start_gateway,
     assert not any(a.route == "offloaded" for a in after)
     assert any(a.route.startswith("fallback-") for a in after)
     assert all(a.stage in ("tiny", "small") for a in after)
-    # A dead gateway is noticed at once (connection refused), not after a timeout.
-    failed = [a.latency_ms for a in after if a.route.startswith("fallback-")]
-    assert float(np.median(failed)) < RTT_MS and max(failed) <= BUDGET_MS * P99_SLACK, failed
+    # A dead gateway is noticed by its refused connection, not by waiting for the deadline:
+    # the device's breaker then keeps the rest local, so this is often one frame, and on a
+    # loaded machine one frame can take a few RTTs; the deadline is what it must beat.
+    failed = [(a.route, round(a.latency_ms, 1)) for a in after if a.route.startswith("fallback-")]
+    assert all(route != "fallback-timeout" for route, _ in failed), failed
+    assert max(ms for _, ms in failed) < BUDGET_MS, failed
     accuracy = np.mean([a.prediction == y for a, y in zip(answers, data.y_val, strict=True)])
     best_device = max(s["accuracy"] for s in manifest["stages"] if s["tier"] == "device")
     assert accuracy >= best_device - ACCURACY_SLACK

@@ -66,6 +66,7 @@ from edgec.config import CompileConfig  # noqa: E402
 
 BEGIN, END = "<!-- gateway:begin -->", "<!-- gateway:end -->"
 HELD_SHARE = 0.99
+MIN_FRAMES = 300
 BISECTIONS = 2
 # The stage cost: per frame at batch 1 and COST_BATCH (the batch the issue asks about); each
 # repeat runs each size at least COST_RUNS times and for COST_SECONDS.
@@ -135,11 +136,18 @@ def stage_cost(bundle: Path, repeats: int) -> dict:
 
 
 def offer(url: str, workload, devices: int, rate: float, seconds: float) -> dict:
-    """One run at ``rate``: the report, and whether the load was held."""
-    report = run_load(url, workload, devices=devices, rate=rate, seconds=seconds).as_dict()
-    sent = max(report["sent"], 1)
-    on_time = report["ok"] - report["late"]
-    report["held"] = report["skipped"] == 0 and on_time >= HELD_SHARE * sent
+    """A run at ``rate``: the report, and whether the load was held. A miss is confirmed by a
+    second run: on a shared machine one preempted moment makes 1% of a 3 s run late, and
+    a single miss at the first rate would otherwise report nothing held at all."""
+    # At least MIN_FRAMES per run: "99% on time" of 60 frames would allow no late frame at all.
+    seconds = max(seconds, MIN_FRAMES / rate)
+    for _ in range(2):
+        report = run_load(url, workload, devices=devices, rate=rate, seconds=seconds).as_dict()
+        sent = max(report["sent"], 1)
+        on_time = report["ok"] - report["late"]
+        report["held"] = report["skipped"] == 0 and on_time >= HELD_SHARE * sent
+        if report["held"]:
+            break
     return report
 
 
@@ -248,9 +256,11 @@ def render(rows: list[dict], args, ray_note: str | None, model224: str | None, w
         f"- command: `{args.command}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs; "
         f"{datetime.date.today().isoformat()}; {wall_s / 60:.1f} min",
-        f"- loopback: {args.devices} simulated devices, open loop, {args.seconds:g} s per rate, "
+        f"- loopback: {args.devices} simulated devices, open loop, {args.seconds:g} s per rate "
+        f"(at least {MIN_FRAMES} frames), "
         f"{args.workers} gateway workers; held = at least {HELD_SHARE:.0%} of frames answered "
-        "200 within the budget (429, 504 or no answer count as over)",
+        "200 within the budget (429, 504 or no answer count as over); a miss counts once a "
+        "second run at that rate misses too",
         f"- batched: `--max-batch {args.max_batch} --batch-wait-ms {args.batch_wait_ms:g}`",
     ]
     if ray_note:

@@ -24,26 +24,37 @@ def pack(max_score: float, dets: list[tuple]) -> np.ndarray:
     return row
 
 
-def scene(n: int = 120, seed: int = 0):
-    """Half empty frames; the device is sure (0.9) on a third of the others and right, and
-    unsure (0.4) and wrong on the rest; the teacher is always right."""
+def frames(n: int, seed: int, device_on_digit, empty=lambda i: i % 2 == 0):
+    """``n`` frames, empty where ``empty(i)``, else one digit the teacher finds (0.95); the
+    device's row for a digit frame is ``device_on_digit(rng, i, box, c)``: (its top score,
+    its detections). Rows for both stages and the truth (boxes, classes)."""
     rng = np.random.default_rng(seed)
     boxes = np.zeros((n, 1, 4), np.float32)
     classes = np.full((n, 1), -1, np.int64)
     device, teacher = [], []
     for i in range(n):
-        if i % 2 == 0:
+        if empty(i):
             device.append(pack(rng.uniform(0.01, 0.1), []))
             teacher.append(pack(rng.uniform(0.01, 0.1), []))
             continue
         x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
         boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
         truth = (x, y, x + 14, y + 16)
-        sure = i % 6 == 1
-        device.append(pack(0.9 if sure else 0.4, [(*truth, 0.9 if sure else 0.4,
-                                                   c if sure else (c + 1) % 3)]))  # fmt: skip
+        device.append(pack(*device_on_digit(rng, i, truth, c)))
         teacher.append(pack(0.95, [(*truth, 0.95, c)]))
     return [np.stack(device), np.stack(teacher)], (boxes, classes)
+
+
+def scene(n: int = 120, seed: int = 0):
+    """Half empty frames; the device is sure (0.9) on a third of the others and right, and
+    unsure (0.4) and wrong on the rest; the teacher is always right."""
+
+    def device_on_digit(rng, i, truth, c):
+        sure = i % 6 == 1
+        score = 0.9 if sure else 0.4
+        return score, [(*truth, score, c if sure else (c + 1) % 3)]
+
+    return frames(n, seed, device_on_digit)
 
 
 def stats(p50: float) -> LatencyStats:
@@ -102,21 +113,13 @@ def test_the_low_threshold_finds_the_gap_between_empty_and_busy_frames_off_the_g
     low threshold at 50% of the frames and sent 4% of them, all empty, to the gateway; the
     refined thresholds answer every empty frame on the device and keep the teacher's mAP."""
     n, empty = 200, 108
-    rng = np.random.default_rng(1)
-    boxes = np.zeros((n, 1, 4), np.float32)
-    classes = np.full((n, 1), -1, np.int64)
-    device, teacher = [], []
-    for i in range(n):
-        if i < empty:
-            device.append(pack(rng.uniform(0.01, 0.1), []))
-            teacher.append(pack(rng.uniform(0.01, 0.1), []))
-            continue
-        x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
-        boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
+
+    def device_on_digit(rng, i, truth, c):
         score = rng.uniform(0.3, 0.9)
-        device.append(pack(score, [(x, y, x + 14, y + 16, score, (c + 1) % 3)]))
-        teacher.append(pack(0.95, [(x, y, x + 14, y + 16, 0.95, c)]))
-    chosen = plan(50.0, rows=[np.stack(device), np.stack(teacher)], truth=(boxes, classes))
+        return score, [(*truth, score, (c + 1) % 3)]
+
+    rows, truth = frames(n, 1, device_on_digit, empty=lambda i: i < empty)
+    chosen = plan(50.0, rows=rows, truth=truth)
     assert 0.1 <= chosen.low[0] <= 0.3
     assert chosen.empty_on_device == 1.0
     policy = chosen.to_json()
@@ -129,22 +132,14 @@ def test_a_frame_called_empty_holds_no_detection():
     put the low threshold above most of those scores (every frame "empty", detections and
     all: a verdict the runtime prints); lows now stop at the NMS score cut, and the frames
     with detections are answered as sure."""
-    n = 120
-    rng = np.random.default_rng(2)
-    boxes = np.zeros((n, 1, 4), np.float32)
-    classes = np.full((n, 1), -1, np.int64)
-    device, teacher = [], []
-    for i in range(n):
-        if i % 2 == 0:
-            device.append(pack(rng.uniform(0.01, 0.1), []))
-            teacher.append(pack(rng.uniform(0.01, 0.1), []))
-            continue
-        x, y, c = rng.uniform(0, 40), rng.uniform(0, 40), int(rng.integers(3))
-        boxes[i, 0], classes[i, 0] = (x, y, x + 14, y + 16), c
+
+    def device_on_digit(rng, i, truth, c):
         score = rng.uniform(0.3, 0.99)
-        device.append(pack(score, [(x, y, x + 14, y + 16, score, c)]))
-        teacher.append(pack(0.95, [(x, y, x + 14, y + 16, 0.95, c)]))
-    chosen = plan(50.0, rows=[np.stack(device), np.stack(teacher)], truth=(boxes, classes))
+        return score, [(*truth, score, c)]
+
+    n = 120
+    rows, truth = frames(n, 2, device_on_digit)
+    chosen = plan(50.0, rows=rows, truth=truth)
     assert chosen.low[0] <= 0.25
     policy = chosen.to_json()
     assert policy["offload_rate"] == pytest.approx(0.0, abs=0.01)

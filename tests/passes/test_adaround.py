@@ -99,7 +99,7 @@ def test_time_bound_and_cache(rounded):
     """The bound holds (20 s, plus the 20-step minimum a slow layer may overrun by), and the
     same call again reuses the rounding learned for each layer: those weights come out
     identical without learning them again (layers the first call had no time for are
-    learned now)."""
+    learned now); a call with no time returns what the calls before learned."""
     pre, nearest, model, first, data, seconds = rounded
     assert seconds < 20.0 * 2.5
     again, layers = adaround.round_weights(
@@ -113,6 +113,15 @@ def test_time_bound_and_cache(rounded):
     for init in again.graph.initializer:
         if init.name in names:
             assert init.SerializeToString() == learned[init.name]
+    # With no time (the accuracy guard's re-quantizations): nothing is learned, and every
+    # layer learned by the calls before comes back as it was.
+    reused, none = adaround.round_weights(
+        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=0
+    )
+    assert none == []
+    assert [i.SerializeToString() for i in reused.graph.initializer] == [
+        i.SerializeToString() for i in again.graph.initializer
+    ]
 
 
 def test_the_adaround_flavour_needs_samples_and_names_itself():

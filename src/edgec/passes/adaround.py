@@ -38,7 +38,9 @@ line per layer and every 50 steps, for a progress bar.
 
 Layers learned once are cached in the process (keyed by the layer's weights, scale, node name,
 the samples and the seed): the accuracy guard re-quantizes a model many times with different
-layers kept in FP32, and each such model reuses the rounding learned in the first one.
+layers kept in FP32, and each such model reuses the rounding learned in the first one (with
+``seconds=0``: nothing new is learned, so a layer the first model had no time for keeps
+round-to-nearest in all of them, and a repair step costs no learning).
 """
 
 from __future__ import annotations
@@ -404,6 +406,7 @@ def round_weights(
     digest = hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
     deadline = time.perf_counter() + seconds
     done: list[RoundedLayer] = []
+    nearest = 0
     for index, layer in enumerate(layers):
         label = f"layer {index + 1}/{len(layers)} '{layer.node.name}'"
         key = _cache_key(layer, digest, seed, qrange)
@@ -412,15 +415,12 @@ def round_weights(
             values = _CACHE[key]
             layer.weight.CopyFrom(numpy_helper.from_array(values, layer.weight.name))
             continue
-        if time.perf_counter() > deadline:
-            # The time is spent (collecting a big model's inputs counts too): the layers left
-            # keep round-to-nearest.
-            logger.info(
-                "AdaRound: time budget spent; %d of %d layers keep round-to-nearest",
-                len(layers) - index,
-                len(layers),
-            )
-            break
+        if time.perf_counter() >= deadline:
+            # The time is spent (collecting a big model's inputs counts too): the layers not
+            # learned before keep round-to-nearest; those learned before still come from the
+            # cache (``seconds=0`` reuses exactly what an earlier call learned).
+            nearest += 1
+            continue
         if progress is not None:
             progress(label)
         # The layer's input (from the Q/DQ model, earlier layers rounded) and the FP32 output
@@ -445,6 +445,12 @@ def round_weights(
             "kept" if report.kept else "round-to-nearest kept",
             report.flipped,
             report.steps,
+        )
+    if nearest:
+        logger.info(
+            "AdaRound: time budget spent; %d of %d layers keep round-to-nearest",
+            nearest,
+            len(layers),
         )
     if done:
         logger.info(

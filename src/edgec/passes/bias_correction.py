@@ -10,8 +10,11 @@ QuantizeLinear clamps instead, and the Conv keeps its node name).
 
 The layers are corrected one at a time in graph order, each measured with every earlier
 correction in place (a correction changes what later layers read), as the paper's empirical
-variant does. The cost is one run of the calibration inputs through the Q/DQ model up to each
-layer (the FP32 means take one run for all layers). Bounded work: at most :data:`MAX_SAMPLES`
+variant does. The Q/DQ model runs forward a layer at a time
+(:class:`~edgec.passes.layer_io.StepwiseRun`: each layer computed from the tensors kept from
+the part before it, and once more after its correction), so measuring all layers costs about
+two runs of the model, not one run up to each layer (EfficientNet-B0: 41 runs of the whole
+model); the FP32 means take one run for all layers. Bounded work: at most :data:`MAX_SAMPLES`
 inputs, fewer for big inputs (:func:`sample_count`: an image of 224x224 has thousands of
 positions per channel, so 32 of them give steady channel means, and a deep model at that size
 would otherwise take minutes). A layer's measured means are cached by the part of the Q/DQ
@@ -42,7 +45,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
-from edgec.passes.layer_io import digest, initializers, producers, tensor_batches
+from edgec.passes.layer_io import (
+    StepwiseRun,
+    digest,
+    initializers,
+    producers,
+    tensor_batches,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +93,15 @@ def channel_means(
         samples: Inputs ``[N, ...]``; a static batch size ``B`` uses the first ``N // B * B``.
     """
     names = list(tensors)
+    return _means(tensor_batches(model, names, samples), names, tensors)
+
+
+def _means(batches, names: list[str], tensors: dict[str, int]) -> dict[str, np.ndarray]:
+    """Per-channel means of ``names`` (channel axis in ``tensors``) over their ``batches``
+    (each a list of values in the order of ``names``)."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
-    for values in tensor_batches(model, names, samples):
+    for values in batches:
         for name, value in zip(names, values, strict=True):
             moved = np.moveaxis(value.astype(np.float64), tensors[name], 0)
             flat = moved.reshape(moved.shape[0], -1)
@@ -203,14 +218,14 @@ def sample_count(samples: np.ndarray) -> int:
     return min(len(samples), MAX_SAMPLES, max(MIN_SAMPLES, _SAMPLE_VALUES // per_sample))
 
 
-def _measured(model: onnx.ModelProto, output: str, axis: int, samples: np.ndarray) -> np.ndarray:
-    """``output``'s channel means on ``samples``, from the cache when the graph up to it was
-    measured before on the same inputs."""
-    key = f"{axis}|{digest(model, [output], samples)}"
+def _measured(run: StepwiseRun, output: str, axis: int) -> np.ndarray:
+    """``output``'s channel means on the run's samples, from the cache when the graph up to it
+    was measured before on the same inputs."""
+    key = f"{axis}|{digest(run.model, [output], run.samples)}"
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    means = channel_means(model, {output: axis}, samples)[output]
+    means = _means(run.values([output]), [output], {output: axis})[output]
     _CACHE[key] = means
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -249,11 +264,12 @@ def correct_biases(
         return result, []
     reference = channel_means(fp32, {layer.reference: layer.axis for layer in layers}, samples)
     done: list[BiasCorrection] = []
+    run = StepwiseRun(result, samples)
     for index, layer in enumerate(layers):
         node, output = layer.node, layer.node.output[0]
         if progress is not None:
             progress(f"bias correction: layer {index + 1}/{len(layers)} '{node.name}'")
-        shift = _measured(result, output, layer.axis, samples) - reference[layer.reference]
+        shift = _measured(run, output, layer.axis) - reference[layer.reference]
         shift = shift - layer.offset
         added = len(node.input) < 3 or not node.input[2]
         if added and node.op_type == "Gemm":
@@ -264,6 +280,7 @@ def correct_biases(
         if reason:
             logger.debug("%s '%s' not corrected: %s", node.op_type, node.name, reason)
             continue
+        run.recompute(node)  # its bias changed: later layers read the corrected output
         done.append(BiasCorrection(node.name, float(np.max(np.abs(shift))), added))
     if done:
         logger.info(

@@ -446,11 +446,14 @@ def quantize_model(
     op_types: Sequence[str] | None = None,
     samples: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
+    adaround_seconds: float | None = None,
 ) -> onnx.ModelProto:
     """The proto-level form of :class:`QuantizeInt8Pass`: QDQ INT8 copy of ``model``.
 
     ``samples`` (calibration inputs) are needed, and only used, when ``flavour`` has
-    ``bias_correction`` or ``adaround``; ``progress`` gets their progress lines.
+    ``bias_correction`` or ``adaround``; ``progress`` gets their progress lines;
+    ``adaround_seconds`` is AdaRound's time (``None``: its default; 0: only the rounding
+    learned by an earlier call, see :func:`~edgec.passes.adaround.round_weights`).
 
     Raises:
         ValueError: ``flavour.bias_correction`` or ``adaround`` without ``samples`` (a bug in
@@ -495,7 +498,12 @@ def quantize_model(
         logger.debug("shape inference on the quantized model failed: %s", err)
     if flavour.adaround:
         result, _ = round_weights(
-            model, result, samples, reduce_range=flavour.reduce_range, progress=progress
+            model,
+            result,
+            samples,
+            reduce_range=flavour.reduce_range,
+            seconds=adaround_seconds,
+            progress=progress,
         )
     if flavour.bias_correction:
         result, _ = correct_biases(model, result, samples, progress=progress)

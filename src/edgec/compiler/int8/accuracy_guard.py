@@ -493,7 +493,12 @@ def repair(
             break
         error, nodes = candidates[0]
         excluded |= nodes
-        model = quantize_model(fp32_model, calibration, flavour, sorted(excluded), samples=samples)
+        # AdaRound's rounding is the one learned for the first model (no time to learn more):
+        # each step costs a quantization, not a new learning run, and the layers still
+        # quantized keep the weights the first model had.
+        model = quantize_model(
+            fp32_model, calibration, flavour, sorted(excluded), samples=samples, adaround_seconds=0
+        )
         before = result.verdict
         result.model, result.verdict = model, judge_model(model)
         result.excluded = sorted(excluded, key=order.__getitem__)

@@ -327,7 +327,7 @@ def measure(name: str, model: onnx.ModelProto, data: Dataset, args, work: Path) 
         name,
         len(x_val),
         int(moderate.sum()),
-        # None without moderately confident inputs (random-weight models have none).
+        # None without moderately confident inputs (most random-weight models have none).
         float((noisy.reshape(len(x_val), -1).argmax(axis=1) == top)[moderate].mean())
         if moderate.any()
         else None,
@@ -428,10 +428,11 @@ def section(
         "--precision auto -t host` settles on (its flavour search and guard), **edgec-choice** "
         "what it ships (FP32 when INT8 is not 1.1x faster than FP32 or misses the guard).",
         "- Accuracy: **agree>=0.5** top-1 agreement with FP32 on the inputs where FP32's top-1 "
-        "probability is >= 0.5 (n = their count; random-weight models have none); **agree all** "
-        "top-1 agreement on all evaluation inputs; **SQNR** of the logits against FP32; "
-        "accuracy with labels; **noise** FP32's own agreement there under one 8-bit step of "
-        "input noise (the guard's floor). Calibration: the guard's seeded 300 training inputs.",
+        "probability is >= 0.5 (n = their count; most random-weight models have none); "
+        "**agree all** top-1 agreement on all evaluation inputs; **SQNR** of the logits against "
+        "FP32; accuracy with labels; **noise** FP32's own agreement there under one 8-bit step "
+        "of input noise (the guard's floor). Calibration: the guard's seeded 300 training "
+        "inputs.",
         "- Speed: ONNX Runtime CPU, 2 threads, batch 1, level `all`, all paths of a model "
         "interleaved in one process; ms = median of the rounds' medians; **vs u8s8** = ORT "
         "u8s8 ms / path ms (>= 1: as fast or faster)."

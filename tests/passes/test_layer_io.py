@@ -77,3 +77,24 @@ def test_a_changed_node_is_recomputed_and_its_changed_initializer_read_again():
     got = [values[0] for values in run.values(["c"])]
     for a, b in zip(got, _from_input(model, "c", samples), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_part_that_cannot_run_on_its_own_falls_back_to_running_from_the_input():
+    """A sequence kept between parts cannot be fed to a part as an input: from then on the
+    values come from runs from the input, and they are still right."""
+    nodes = [
+        helper.make_node("SplitToSequence", ["x"], ["seq"], name="split", axis=1, keepdims=1),
+        helper.make_node("SequenceAt", ["seq", "zero"], ["first"], name="at0"),
+        helper.make_node("Relu", ["first"], ["r"], name="relu"),
+        helper.make_node("SequenceAt", ["seq", "one"], ["second"], name="at1"),
+        helper.make_node("Add", ["r", "second"], ["y"], name="add"),
+    ]
+    inits = {"zero": np.array(0, np.int64), "one": np.array(1, np.int64)}
+    model = make_model(nodes, {"x": [1, 3, 4, 4]}, ["y"], inits)
+    samples = np.random.default_rng(3).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    run = StepwiseRun(model, samples)
+    for name in ("r", "y"):
+        got = [values[0] for values in run.values([name])]
+        for a, b in zip(got, _from_input(model, name, samples), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert run.from_input

@@ -11,11 +11,14 @@ they read need (measuring layer *k* runs the graph up to layer *k*, not all of i
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+
+logger = logging.getLogger(__name__)
 
 
 def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -141,13 +144,28 @@ class StepwiseRun:
         self.input_name, self.batch = _input(model)
         self.computed: set[str] = set()  # node outputs computed with the model as it is
         self.kept: dict[str, list[np.ndarray]] = {}  # tensor -> its value per batch
+        self.from_input = False  # a part could not run on its own: run from the input
 
     def recompute(self, node: onnx.NodeProto) -> None:
         """Run ``node`` again when next needed (it changed)."""
         self.computed.difference_update(node.output)
 
     def values(self, names: list[str]) -> list[list[np.ndarray]]:
-        """``names``' values per batch of samples (as :func:`tensor_batches` batches them)."""
+        """``names``' values per batch of samples (as :func:`tensor_batches` batches them).
+
+        A part that cannot run on its own (a tensor kept between parts that is not a plain
+        tensor, such as a sequence) makes this and every later call run the graph from the
+        input up to ``names`` instead: slower, the same values.
+        """
+        if not self.from_input:
+            try:
+                return self._stepwise(names)
+            except Exception as err:  # ORT's and onnx's errors have many types
+                logger.debug("running the model a part at a time failed (%s); from the input", err)
+                self.from_input = True
+        return [list(batch) for batch in tensor_batches(self.model, names, self.samples)]
+
+    def _stepwise(self, names: list[str]) -> list[list[np.ndarray]]:
         graph = self.model.graph
         inits = initializers(self.model)
         constant: set[str] = set()

@@ -57,6 +57,7 @@ def test_each_tensor_in_graph_order_equals_a_run_from_the_input(monkeypatch):
             np.testing.assert_array_equal(a, b)
     # Each node once; the constant DequantizeLinear with the Conv that reads it.
     assert segments == [["a"], ["wb_dq", "relu", "b"], ["add", "c"]]
+    assert not run.from_input
 
 
 def test_a_changed_node_is_recomputed_and_its_changed_initializer_read_again():
@@ -77,6 +78,7 @@ def test_a_changed_node_is_recomputed_and_its_changed_initializer_read_again():
     got = [values[0] for values in run.values(["c"])]
     for a, b in zip(got, _from_input(model, "c", samples), strict=True):
         np.testing.assert_array_equal(a, b)
+    assert not run.from_input
 
 
 def test_a_part_that_cannot_run_on_its_own_falls_back_to_running_from_the_input():

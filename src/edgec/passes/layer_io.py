@@ -102,21 +102,31 @@ def tensor_batches(
     """``names``' values, one batch of ``samples`` at a time (the model's static batch size;
     a dynamic batch runs one sample at a time; a last partial batch is dropped), graph
     optimisation off, only the part of the graph they need run."""
+    session = _reference_session(up_to(model, names))
+    input_name, batch = _input(model)
+    for _, chunk in _sample_batches(samples, batch):
+        yield session.run(names, {input_name: chunk})
+
+
+def _reference_session(model: onnx.ModelProto):
+    """An ONNX Runtime session that runs ``model``'s reference arithmetic: graph optimisation
+    off (a Q/DQ model's float ops on dequantized values, not this machine's integer kernels).
+    Not the runtime's session options (passes import no runtime, and this session is not timed
+    or shipped): only quiet logs and no optimisation."""
     import onnxruntime as ort
 
-    exposed = up_to(model, names)
-    # Not the runtime's session options (passes import no runtime, and this session is not
-    # timed or shipped): only quiet logs and no optimisation.
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    input_name, batch = _input(model)
-    for start in range(0, len(samples) // batch * batch, batch):
-        feed = {input_name: np.ascontiguousarray(samples[start : start + batch])}
-        yield session.run(names, feed)
+
+
+def _sample_batches(samples: np.ndarray, batch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Each full batch of ``samples`` (a last partial batch is dropped): its index and values."""
+    for index in range(len(samples) // batch):
+        yield index, np.ascontiguousarray(samples[index * batch : (index + 1) * batch])
 
 
 class StepwiseRun:
@@ -187,14 +197,13 @@ class StepwiseRun:
         if last < 0:
             return self._batches(names)
         part, later = pending[: last + 1], pending[last + 1 :]
-        produced = {out for n in part for out in n.output}
+        produced = [out for n in part for out in n.output]  # in graph order
         # Kept as well: what the nodes producing ``names`` read, for a :meth:`recompute`.
         read_later = _read_by(later) | _read_by(n for n in part if wanted & set(n.output))
-        outputs = [o for o in dict.fromkeys([*names, *produced]) if o in produced]
-        outputs = [o for o in outputs if o in wanted or o in read_later]
+        outputs = [o for o in produced if o in wanted or o in read_later]
         segment = self._segment(part, constant, inits, outputs)
         results = self._run(segment, outputs)
-        self.computed |= produced
+        self.computed.update(produced)
         for name, value in zip(outputs, results, strict=True):
             self.kept[name] = value
         return self._batches(names)
@@ -232,24 +241,13 @@ class StepwiseRun:
         return segment
 
     def _run(self, segment: onnx.ModelProto, outputs: list[str]) -> list[list[np.ndarray]]:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            segment.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        feeds = [i.name for i in session.get_inputs()]
+        session = _reference_session(segment)
+        inputs = [i.name for i in session.get_inputs()]
         results: list[list[np.ndarray]] = [[] for _ in outputs]
-        for b in range(len(self.samples) // self.batch):
-            feed = {}
-            for name in feeds:
-                if name == self.input_name:
-                    chunk = self.samples[b * self.batch : (b + 1) * self.batch]
-                    feed[name] = np.ascontiguousarray(chunk)
-                else:
-                    feed[name] = self.kept[name][b]
+        for b, chunk in _sample_batches(self.samples, self.batch):
+            feed = {name: self.kept[name][b] for name in inputs if name != self.input_name}
+            if self.input_name in inputs:
+                feed[self.input_name] = chunk
             for store, value in zip(results, session.run(outputs, feed), strict=True):
                 store.append(value)
         return results

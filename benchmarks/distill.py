@@ -337,27 +337,27 @@ def _key(key: str) -> float | str:
         return key
 
 
+def _stderr(values: list[float]) -> float:
+    """Standard error of the mean (0 for a single value)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
 def _pct(values: list[float]) -> str:
-    mean = 100 * statistics.fmean(values)
-    spread = 100 * (max(values) - min(values)) / 2
-    return f"{mean:.2f} ± {spread:.2f}"
-
-
-def _recovered(row: dict, ratio: float, arm: str) -> float | None:
-    gap = row["teacher"] - row[ratio]["scratch"]
-    if abs(gap) < 1e-9:
-        return None
-    return (row[ratio][arm] - row[ratio]["scratch"]) / gap
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * _stderr(values):.2f}"
 
 
 def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
+    """The share of the pooled gap an arm recovers: mean(arm - scratch) / mean(teacher -
+    scratch) over the seeds, with the paired difference arm - scratch (mean ± standard error).
+
+    Pooled, not a mean of per-seed shares: a seed whose teacher is barely above its scratch
+    student divides by almost nothing (shares of -600% and 320% were printed that way)."""
     if arm not in rows[0][ratio] or "scratch" not in rows[0][ratio]:
         return "—"
-    values = [v for r in rows if (v := _recovered(r, ratio, arm)) is not None]
-    if not values:
-        return "n/a (no gap)"
-    listed = ", ".join(f"{100 * v:.0f}%" for v in values)
-    return f"{100 * statistics.fmean(values):.0f}% (mean; {listed})"
+    gain = [r[ratio][arm] - r[ratio]["scratch"] for r in rows]
+    gap = statistics.fmean(r["teacher"] - r[ratio]["scratch"] for r in rows)
+    share = f"{100 * statistics.fmean(gain) / gap:.0f}%" if gap > 1e-9 else "no gap"
+    return f"{share} ({100 * statistics.fmean(gain):+.2f} ± {100 * _stderr(gain):.2f} points)"
 
 
 def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
@@ -374,7 +374,12 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"{DistillSettings().threads} thread (edgec's reproducible setting), seeds in "
         f"{args.jobs} process(es); torch {torch.__version__}; shared and noisy, so wall times "
         "are indicative.",
-        f"- Command: `{command.strip()}`",
+        f"- Command: `{command.strip()}`"
+        + (
+            " (renders the seeds kept by earlier runs with `--rows` and these settings)"
+            if args.render_from
+            else ""
+        ),
         f"- Data: digits upsampled to 32x32, {args.copies} random affine views per image "
         f"(±20° rotation, 0.8-1.2 scale, ±0.2 shear, ±4 px shift) plus N(0, 0.15) noise: "
         f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified)"
@@ -403,9 +408,12 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"labels), the best epoch by agreement (then loss) kept; KD with T = {args.temperature:g}, "
         f"alpha = {args.alpha:g}; BatchNorm after each student conv while training (folded "
         "afterwards).",
-        f"- Seeds: {', '.join(map(str, args.seeds))}; accuracies are mean ± half the range "
-        "over seeds, top-1 on the validation split (labels used only here). Gap recovered: "
-        "(student - scratch) / (teacher - scratch), per seed.",
+        f"- Seeds: {', '.join(map(str, args.seeds))} ({len(rows)}); accuracies are mean ± "
+        "standard error over seeds, top-1 on the validation split (labels used only here). "
+        "Gap recovered (pooled over seeds): mean(student - scratch) / mean(teacher - "
+        "scratch), with the paired difference student - scratch in points (mean ± standard "
+        "error; a difference within about two standard errors of 0 is not one the seeds can "
+        "tell apart).",
         "",
         f"Teacher: {_pct(teacher)} %.",
         "",

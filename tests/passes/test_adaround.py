@@ -18,6 +18,7 @@ from edgec.compiler.int8.accuracy_guard import sqnr_db
 from edgec.compiler.loading import load_model
 from edgec.data import load_dataset
 from edgec.passes import adaround
+from edgec.passes.layer_io import tensor_batches
 from edgec.passes.quantize import Int8Flavour, calibrate, preprocess, quantize_model
 
 pytest.importorskip("torch", reason="AdaRound learns the rounding with torch (train extra)")
@@ -130,3 +131,30 @@ def test_the_adaround_flavour_needs_samples_and_names_itself():
     assert flavour.to_json()["adaround"] is True
     with pytest.raises(ValueError, match="needs the calibration samples"):
         quantize_model(onnx.ModelProto(), None, flavour)
+
+
+def test_layer_inputs_come_from_the_rounded_layers_before(rounded):
+    """Layer inputs are collected a part of the model at a time; once a layer's int8 weights
+    change, the next layer's input is what a run from the model's input gives with them."""
+    pre, nearest, _, _, data, _ = rounded
+    qdq = onnx.ModelProto()
+    qdq.CopyFrom(nearest)
+    samples = data.x_train[:16]
+    layers = adaround._layers(pre, qdq)
+    collected = adaround._LayerData(qdq, pre, samples)
+    first, second = layers[0], layers[1]
+    collected.pair(first, len(samples))
+    weights = numpy_helper.to_array(first.weight)
+    flipped = np.clip(weights.astype(np.int16) + 1, -64, 64).astype(np.int8)
+    first.weight.CopyFrom(numpy_helper.from_array(flipped, first.weight.name))
+    x, target = collected.pair(second, len(samples))
+    # Runs from the input, as layer_io runs them (graph optimisation off).
+    expected = np.concatenate([v for (v,) in tensor_batches(qdq, [second.node.input[0]], samples)])
+    fp32_target = np.concatenate([v for (v,) in tensor_batches(pre, [second.target], samples)])
+    np.testing.assert_array_equal(x, expected)
+    np.testing.assert_array_equal(target, fp32_target)
+    # Not vacuous: the changed weights do change the next layer's input.
+    before = np.concatenate(
+        [v for (v,) in tensor_batches(nearest, [second.node.input[0]], samples)]
+    )
+    assert not np.array_equal(before, expected)

@@ -32,7 +32,8 @@ output would take more than ~256 MB), at most ``steps`` optimiser steps per laye
 batches of 32), and ``seconds`` in all, shared evenly by the layers still to do: the number of
 steps of a layer is fitted to its share after timing its first 10 (at least 20); once the
 time is spent (collecting a big model's layer inputs counts too) the layers left keep
-round-to-nearest. Seeded
+round-to-nearest. The layers' inputs and targets are collected a part of each model at a time
+(:class:`_LayerData`), not by runs from the input up to every layer. Seeded
 (``seed``): the same model, samples and seed give the same weights. ``progress`` gets a short
 line per layer and every 50 steps, for a progress bar.
 
@@ -58,7 +59,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgec.passes.calibration_data import check_calibration_samples
-from edgec.passes.layer_io import initializers, producers, tensor_batches
+from edgec.passes.layer_io import StepwiseRun, initializers, producers
 
 logger = logging.getLogger(__name__)
 
@@ -203,20 +204,42 @@ def _layers(fp32: onnx.ModelProto, qdq: onnx.ModelProto) -> list[_Layer]:
     return layers
 
 
-def _pair(qdq: onnx.ModelProto, fp32: onnx.ModelProto, layer: _Layer, samples: np.ndarray):
-    (x,) = _collect(qdq, [layer.node.input[0]], samples)
-    (target,) = _collect(fp32, [layer.target], samples)
-    return x, target
+class _LayerData:
+    """Each layer's input (from the Q/DQ model, the layers before it already rounded) and the
+    FP32 output it should reproduce, collected a part of the model at a time.
+
+    Running each model from its input up to every layer costs one run per layer up to it
+    (quadratic in depth: EfficientNet-B0's first 120 s went on 28 of its 82 layers); a
+    :class:`~edgec.passes.layer_io.StepwiseRun` per model and sample count goes on from the
+    tensors kept from the layer before. The layer's own weights change only after its input
+    was collected, and the Q/DQ run computes it later with the new ones. Runs exist for the
+    probe's few samples and for one other sample count at a time (a run keeps tensors for all
+    its samples, so a new count drops the old runs); the values are the same as runs from
+    the input give.
+    """
+
+    def __init__(self, qdq: onnx.ModelProto, fp32: onnx.ModelProto, samples: np.ndarray):
+        self.qdq, self.fp32, self.samples = qdq, fp32, samples
+        self.runs: dict[int, tuple[StepwiseRun, StepwiseRun]] = {}
+
+    def pair(self, layer: _Layer, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's input and FP32 target on the first ``count`` samples."""
+        runs = self.runs.get(count)
+        if runs is None:
+            if count != _PROBE:
+                self.runs = {n: r for n, r in self.runs.items() if n == _PROBE}
+            chosen = self.samples[:count]
+            runs = (StepwiseRun(self.qdq, chosen), StepwiseRun(self.fp32, chosen))
+            self.runs[count] = runs
+        qdq_run, fp32_run = runs
+        x = _stack(qdq_run.values([layer.node.input[0]]))
+        target = _stack(fp32_run.values([layer.target]))
+        return x, target
 
 
-def _collect(model: onnx.ModelProto, names: list[str], samples: np.ndarray) -> list[np.ndarray]:
-    """``names``' values on ``samples`` (stacked along the batch), graph optimisation off;
-    only the part of the graph they need runs."""
-    parts: list[list[np.ndarray]] = [[] for _ in names]
-    for values in tensor_batches(model, names, samples):
-        for part, out in zip(parts, values, strict=True):
-            part.append(out.astype(np.float32))
-    return [np.concatenate(p) for p in parts]
+def _stack(batches: list[list[np.ndarray]]) -> np.ndarray:
+    """One tensor's per-batch values, stacked along the batch, as float32."""
+    return np.concatenate([values[0].astype(np.float32) for values in batches])
 
 
 def _forward(layer: _Layer, x, weight, bias):
@@ -405,6 +428,7 @@ def round_weights(
     qrange = weight_range(reduce_range)
     digest = hashlib.sha256(np.ascontiguousarray(samples).tobytes()).hexdigest()
     deadline = time.perf_counter() + seconds
+    data = _LayerData(result, fp32, samples)
     done: list[RoundedLayer] = []
     nearest = 0
     for index, layer in enumerate(layers):
@@ -425,11 +449,11 @@ def round_weights(
             progress(label)
         # The layer's input (from the Q/DQ model, earlier layers rounded) and the FP32 output
         # it should reproduce; as many samples as fit in _BYTES (sized on a few first).
-        x, target = _pair(result, fp32, layer, samples[:_PROBE])
+        x, target = data.pair(layer, _PROBE)
         per_sample = (x[0].size + target[0].size) * 4 * 3
         keep = max(_BATCH, min(len(samples), _BYTES // max(per_sample, 1)))
         if keep > len(x):
-            x, target = _pair(result, fp32, layer, samples[:keep])
+            x, target = data.pair(layer, keep)
         share = max(0.0, deadline - time.perf_counter()) / (len(layers) - index)
         values, report = _learn(layer, x, target, qrange, steps, share, seed, progress, label)
         _CACHE[key] = values

@@ -148,13 +148,14 @@ def test_layer_inputs_come_from_the_rounded_layers_before(rounded):
     flipped = np.clip(weights.astype(np.int16) + 1, -64, 64).astype(np.int8)
     first.weight.CopyFrom(numpy_helper.from_array(flipped, first.weight.name))
     x, target = collected.pair(second, len(samples))
-    # Runs from the input, as layer_io runs them (graph optimisation off).
-    expected = np.concatenate([v for (v,) in tensor_batches(qdq, [second.node.input[0]], samples)])
-    fp32_target = np.concatenate([v for (v,) in tensor_batches(pre, [second.target], samples)])
+    expected = _from_input(qdq, second.node.input[0], samples)
     np.testing.assert_array_equal(x, expected)
-    np.testing.assert_array_equal(target, fp32_target)
+    np.testing.assert_array_equal(target, _from_input(pre, second.target, samples))
     # Not vacuous: the changed weights do change the next layer's input.
-    before = np.concatenate(
-        [v for (v,) in tensor_batches(nearest, [second.node.input[0]], samples)]
-    )
-    assert not np.array_equal(before, expected)
+    assert not np.array_equal(_from_input(nearest, second.node.input[0], samples), expected)
+
+
+def _from_input(model: onnx.ModelProto, name: str, samples: np.ndarray) -> np.ndarray:
+    """``name``'s values from a run from the model's input, as layer_io runs it (graph
+    optimisation off), stacked along the batch."""
+    return np.concatenate([value for (value,) in tensor_batches(model, [name], samples)])

@@ -16,7 +16,11 @@ pixel noise, so a teacher does not saturate at ~99%), for each seed:
    * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does;
    * ``pruned+KD+unlabeled`` (with ``--unlabeled N``): pruned+KD that also distils on N more
      affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does (kept
-     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD).
+     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD);
+   * ``scratch-long`` and ``pruned+KD-long`` (only when asked for with ``--arms``, with
+     ``--unlabeled N``): scratch and pruned+KD with as many optimiser steps as
+     pruned+KD+unlabeled takes (its epochs hold more inputs), to tell more inputs from more
+     steps; the teacher keeps its epochs.
 
 Students train by function matching, as in edgec: fresh views every batch, the teacher's logits
 (ONNX Runtime on the exported teacher, one cached session per seed) on exactly those views, and
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import io
 import json
@@ -76,6 +81,10 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
 ARMS = ("scratch", "scratch+KD", "pruned", "pruned+KD")
 UNLABELED_ARM = "pruned+KD+unlabeled"
+# Controls for the unlabeled arm: the same students trained for as many optimiser steps as it
+# takes (it sees more inputs per epoch, so at the same epochs it also takes more steps).
+LONG_ARMS = ("scratch-long", "pruned+KD-long")
+ALL_ARMS = (*ARMS, UNLABELED_ARM, *LONG_ARMS)
 
 
 def hard_digits(copies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +258,8 @@ def run_seed(
         alpha=args.alpha,
         augment=args.augment,
     )
-    arms = tuple(args.arms) + ((UNLABELED_ARM,) if extra is not None else ())
+    arms = tuple(args.arms)
+    long_epochs = _long_epochs(args, data)
     for ratio in ratios:
         with deterministic(seed):
             pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
@@ -260,6 +270,9 @@ def run_seed(
             if arm.startswith("scratch"):
                 _reinitialise(student, seed + 1)
             kd = "KD" in arm
+            arm_settings = settings
+            if arm in LONG_ARMS:
+                arm_settings = dataclasses.replace(settings, epochs=long_epochs)
             with batchnorm_for_training(student):
                 if arm == UNLABELED_ARM:
                     # As `edgec compile --unlabeled`: trained with and without them, the
@@ -276,7 +289,7 @@ def run_seed(
                         data.x_train,
                         cache if kd else None,
                         data.y_train,
-                        settings,
+                        arm_settings,
                         holdout=holdout,
                     )
                 if arm == "pruned+KD":
@@ -303,12 +316,20 @@ def run_seed(
     return row
 
 
+def _long_epochs(args: argparse.Namespace, data: Dataset) -> int:
+    """Epochs with as many optimiser steps as the unlabeled arm's ``--epochs``: its epochs hold
+    the unlabelled inputs too."""
+    extra = args.unlabeled * len(digits_arrays()[1])
+    return round(args.epochs * (len(data.x_train) + extra) / len(data.x_train))
+
+
 def merge_rows(parts: list[dict]) -> list[dict]:
     """One row per seed from rows of some of its ratios each (wall times and views added)."""
     rows: dict[int, dict] = {}
     for part in parts:
         row = rows.setdefault(part["seed"], {**part, "seconds": 0.0, "teacher_views": {}})
-        row.update({k: v for k, v in part.items() if isinstance(k, float)})
+        for ratio in (k for k in part if isinstance(k, float)):
+            row[ratio] = {**row.get(ratio, {}), **part[ratio]}
         row["seconds"] += part["seconds"]
         for key, value in part["teacher_views"].items():
             if isinstance(value, int) and not isinstance(value, bool):
@@ -346,16 +367,23 @@ def _pct(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * _stderr(values):.2f}"
 
 
+def _baseline(arm: str) -> str:
+    """The scratch arm an arm is judged against: the one with the same training steps."""
+    return "scratch-long" if arm == "pruned+KD-long" else "scratch"
+
+
 def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     """The share of the pooled gap an arm recovers: mean(arm - scratch) / mean(teacher -
-    scratch) over the seeds, with the paired difference arm - scratch (mean ± standard error).
+    scratch) over the seeds, with the paired difference arm - scratch (mean ± standard error);
+    ``scratch`` is the arm's :func:`_baseline`.
 
     Pooled, not a mean of per-seed shares: a seed whose teacher is barely above its scratch
     student divides by almost nothing (shares of -600% and 320% were printed that way)."""
-    if arm not in rows[0][ratio] or "scratch" not in rows[0][ratio]:
+    base = _baseline(arm)
+    if arm not in rows[0][ratio] or base not in rows[0][ratio]:
         return "—"
-    gain = [r[ratio][arm] - r[ratio]["scratch"] for r in rows]
-    gap = statistics.fmean(r["teacher"] - r[ratio]["scratch"] for r in rows)
+    gain = [r[ratio][arm] - r[ratio][base] for r in rows]
+    gap = statistics.fmean(r["teacher"] - r[ratio][base] for r in rows)
     share = f"{100 * statistics.fmean(gain) / gap:.0f}%" if gap > 1e-9 else "no gap"
     return f"{share} ({100 * statistics.fmean(gain):+.2f} ± {100 * _stderr(gain):.2f} points)"
 
@@ -363,8 +391,9 @@ def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
 def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
     """The RESULTS.md section."""
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
-    arms = [a for a in (*ARMS, UNLABELED_ARM) if a in rows[0][args.ratios[0]]]
+    arms = [a for a in ALL_ARMS if a in rows[0][args.ratios[0]]]
     teacher = [r["teacher"] for r in rows]
+    n_unlabeled = args.unlabeled * len(digits_arrays()[1])
     lines = [
         BEGIN,
         "## Distillation: pruned+distilled students vs students trained from labels",
@@ -408,6 +437,17 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"labels), the best epoch by agreement (then loss) kept; KD with T = {args.temperature:g}, "
         f"alpha = {args.alpha:g}; BatchNorm after each student conv while training (folded "
         "afterwards).",
+        *(
+            [
+                f"- `scratch-long` and `pruned+KD-long`: the same students with at most "
+                f"{_long_epochs(args, data)} epochs, as many optimiser steps as `{UNLABELED_ARM}` "
+                f"takes (its epochs hold {len(data.x_train) + n_unlabeled} inputs, not "
+                f"{len(data.x_train)}); `pruned+KD-long`'s gap is the one to `scratch-long`. The "
+                "teacher keeps its epochs, so these students train for longer than it did."
+            ]
+            if set(LONG_ARMS) & set(arms)
+            else []
+        ),
         f"- Seeds: {', '.join(map(str, args.seeds))} ({len(rows)}); accuracies are mean ± "
         "standard error over seeds, top-1 on the validation split (labels used only here). "
         "Gap recovered (pooled over seeds): mean(student - scratch) / mean(teacher - "
@@ -420,13 +460,19 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         "| MAC ratio (achieved) | "
         + " | ".join(arms)
         + " | gap recovered: "
-        + " | gap recovered: ".join(a for a in arms if a != "scratch")
+        + " | gap recovered: ".join(
+            a + ("" if _baseline(a) == "scratch" else f" (vs {_baseline(a)})")
+            for a in arms
+            if a != "scratch"
+        )
         + " |",
         "|---" * (1 + len(arms) + len(arms) - ("scratch" in arms)) + "|",
     ]
     for ratio in args.ratios:
         achieved = statistics.fmean(r[ratio]["mac_ratio"] for r in rows)
-        cells = [_pct([r[ratio][arm] for r in rows]) for arm in arms]
+        cells = [
+            _pct([r[ratio][arm] for r in rows]) if arm in rows[0][ratio] else "—" for arm in arms
+        ]
         recovered = [_recovered_cell(rows, ratio, a) for a in arms if a != "scratch"]
         lines.append(f"| {ratio:g} ({achieved:.3f}) | " + " | ".join(cells + recovered) + " |")
     distances = "; ".join(
@@ -434,6 +480,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         + ", ".join(
             f"{arm} {100 * statistics.fmean(r['teacher'] - r[ratio][arm] for r in rows):+.2f}"
             for arm in arms
+            if arm in rows[0][ratio]
         )
         for ratio in args.ratios
     )
@@ -443,8 +490,12 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
     ]
     per_arm = {
         arm: (
-            statistics.median(r[ratio][f"{arm}_s"] for r in rows for ratio in args.ratios),
-            statistics.median(r[ratio][f"{arm}_epochs"] for r in rows for ratio in args.ratios),
+            statistics.median(
+                r[ratio][f"{arm}_s"] for r in rows for ratio in args.ratios if arm in r[ratio]
+            ),
+            statistics.median(
+                r[ratio][f"{arm}_epochs"] for r in rows for ratio in args.ratios if arm in r[ratio]
+            ),
         )
         for arm in arms
     }
@@ -458,6 +509,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
                 for r in rows
             )
             for ratio in args.ratios
+            if UNLABELED_ARM in rows[0][ratio]
         )
         lines += [
             "",
@@ -517,7 +569,12 @@ def main() -> None:
         default=2,
         help="extra affine views per image, unlabelled, for a pruned+KD+unlabeled arm (0: none)",
     )
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ALL_ARMS,
+        help=f"default: {', '.join(ARMS)}, and {UNLABELED_ARM} with --unlabeled N > 0",
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="seeds run in parallel (one process each)"
     )
@@ -528,6 +585,10 @@ def main() -> None:
     )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    if args.arms is None:
+        args.arms = list(ARMS) + ([UNLABELED_ARM] if args.unlabeled else [])
+    if not args.unlabeled and set(args.arms) & {UNLABELED_ARM, *LONG_ARMS}:
+        parser.error(f"{UNLABELED_ARM} and {', '.join(LONG_ARMS)} need --unlabeled N > 0")
     started = time.perf_counter()
     if args.render_from is not None:
         rows = load_rows(Path(args.render_from), args.seeds, args.ratios)

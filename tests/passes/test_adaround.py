@@ -27,6 +27,7 @@ TEACHER = Path(__file__).resolve().parents[2] / "examples" / "digits" / "teacher
 
 # 7-bit per-tensor weights: the flavour with the largest rounding error, where it matters most.
 FLAVOUR = Int8Flavour("uint8", per_channel=False, reduce_range=True)
+BOUND = 300.0
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,14 @@ def rounded():
     data = load_dataset("digits")
     pre = preprocess(canonicalize(load_model(TEACHER, {}).proto))
     nearest = quantize_model(pre, calibrate(pre, data.x_train[:200]), FLAVOUR)
-    started = time.perf_counter()
+    # A bound far above the ~9 s it takes on a quiet machine, so the layers get (nearly) all
+    # their 300 steps under heavy load too (a 20 s bound cut them short at a load average of
+    # ~20 and the error test below failed; 11x slower, conv3 still got 272). The bound itself
+    # is tested with a small one.
     model, layers = adaround.round_weights(
-        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=20.0
+        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=BOUND
     )
-    return pre, nearest, model, layers, data, time.perf_counter() - started
+    return pre, nearest, model, layers, data
 
 
 def _outputs(model: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray]:
@@ -61,7 +65,7 @@ def test_rounding_reduces_a_layers_output_error_on_held_out_inputs(rounded):
     """The teacher's second conv (after Relu, as ONNX Runtime fuses it): its output error
     against FP32 on the 450 validation inputs, which AdaRound never saw, drops by a quarter
     or more against round-to-nearest with the same scales; the model's logits improve too."""
-    pre, nearest, model, layers, data, _ = rounded
+    pre, nearest, model, layers, data = rounded
     conv = "/conv2/Conv"
     assert any(r.node == conv and r.kept and r.flipped > 0 for r in layers)
     (reference, logits_fp32) = _outputs(pre, [_node(pre, conv).output[0], "logits"], data.x_val)
@@ -80,7 +84,7 @@ def test_rounding_reduces_a_layers_output_error_on_held_out_inputs(rounded):
 
 def test_only_the_int8_weight_values_change_and_stay_in_the_7_bit_range(rounded):
     """Same nodes, same scales and zero points: the model runs as fast as before."""
-    _, nearest, model, layers, _, _ = rounded
+    _, nearest, model, layers, _ = rounded
     assert [n.SerializeToString() for n in model.graph.node] == [
         n.SerializeToString() for n in nearest.graph.node
     ]
@@ -97,14 +101,20 @@ def test_only_the_int8_weight_values_change_and_stay_in_the_7_bit_range(rounded)
 
 
 def test_time_bound_and_cache(rounded):
-    """The bound holds (20 s, plus the 20-step minimum a slow layer may overrun by), and the
-    same call again reuses the rounding learned for each layer: those weights come out
-    identical without learning them again (layers the first call had no time for are
-    learned now); a call with no time returns what the calls before learned."""
-    pre, nearest, model, first, data, seconds = rounded
-    assert seconds < 20.0 * 2.5
+    """A small bound cuts the layers' steps short (on any machine: a slower one only cuts
+    more), and the same call again reuses the rounding learned for each layer: those weights
+    come out identical without learning them again (layers the first call had no time for
+    are learned now); a call with no time returns what the calls before learned."""
+    pre, nearest, model, first, data = rounded
+    # Another seed, so nothing comes from the cache: 0.5 s for what took the fixture ~9 s.
+    started = time.perf_counter()
+    _, bounded = adaround.round_weights(
+        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=0.5, seed=1
+    )
+    assert sum(r.steps for r in bounded) < 300 * len(first) / 2, bounded
+    assert time.perf_counter() - started < BOUND
     again, layers = adaround.round_weights(
-        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=20.0
+        pre, nearest, data.x_train[:128], reduce_range=True, steps=300, seconds=BOUND
     )
     assert not {r.node for r in first} & {r.node for r in layers}
     learned = {i.name: i.SerializeToString() for i in model.graph.initializer}
@@ -136,7 +146,7 @@ def test_the_adaround_flavour_needs_samples_and_names_itself():
 def test_layer_inputs_come_from_the_rounded_layers_before(rounded):
     """Layer inputs are collected a part of the model at a time; once a layer's int8 weights
     change, the next layer's input is what a run from the model's input gives with them."""
-    pre, nearest, _, _, data, _ = rounded
+    pre, nearest, _, _, data = rounded
     qdq = onnx.ModelProto()
     qdq.CopyFrom(nearest)
     samples = data.x_train[:16]

@@ -104,6 +104,21 @@ def test_early_stopping_ends_training_when_the_holdout_stops_improving(
     settings = DistillSettings(epochs=20, lr=0.0, patience=2, augment="none")
     report = train_student(_small_student(), data.x_train, train_logits, data.y_train, settings)
     assert report.epochs_run == 3 and report.best_epoch == 1
+    assert report.stopped_early and report.cap_hint("tiny") is None
+    assert report.to_json()["stopped_early"] is True
+
+
+def test_a_student_still_improving_at_the_epoch_cap_says_so(digits_with_teacher_logits):
+    """Two epochs of a learning student: early stopping cannot fire, so the cap ended it and
+    the user is told that more epochs may help (the manifest records it too)."""
+    data, train_logits, _ = digits_with_teacher_logits
+    settings = DistillSettings(epochs=2, lr=1e-2, patience=5, augment="none")
+    report = train_student(_small_student(), data.x_train, train_logits, data.y_train, settings)
+    assert report.epochs_run == 2 and not report.stopped_early
+    assert report.to_json()["stopped_early"] is False
+    hint = report.cap_hint("tiny")
+    assert hint is not None and "'tiny'" in hint and "2-epoch cap" in hint
+    assert "--distill-epochs" in hint
 
 
 def test_training_from_labels_alone_uses_cross_entropy(digits_with_teacher_logits):

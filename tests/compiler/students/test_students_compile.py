@@ -76,6 +76,9 @@ def test_default_digits_compile_derives_students_that_keep_the_teachers_accuracy
         assert 0.9 <= student["accuracy"] <= 1.0
         assert 0.9 <= student["agreement_with_teacher"] <= 1.0
         assert student["distillation"]["loss"] == "kd+ce"
+        # A student that ran to the epoch cap still improving is pointed at --distill-epochs.
+        capped = f"'{student['name']}' was still improving" in result.output
+        assert capped == (not student["distillation"]["stopped_early"])
     assert students[0]["macs"] < students[1]["macs"] < teacher["macs"]
     assert students[1]["accuracy"] >= teacher["accuracy"] - 0.01
     assert manifest["students"]["skipped"] is None and manifest["students"]["failed"] == []

@@ -205,6 +205,8 @@ def _distil(
         f"{report.metric} {100 * report.holdout:.2f}% at epoch {report.best_epoch}, "
         f"{report.seconds:.1f} s"
     )
+    if (hint := report.cap_hint(file.name)) is not None:
+        reporter.note(hint)
     graph = teacher.graph
     shape = tuple(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim)
     opset = next((o.version for o in teacher.opset_import if o.domain in ("", "ai.onnx")), 17)

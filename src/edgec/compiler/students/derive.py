@@ -270,6 +270,8 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
         f"{report.metric} with the teacher {100 * report.holdout:.2f}% at epoch "
         f"{report.best_epoch}"
     )
+    if (hint := report.cap_hint(rung.name)) is not None:
+        reporter.note(hint)
     graph = teacher.graph
     opset = next((o.version for o in teacher.opset_import if o.domain in ("", "ai.onnx")), 17)
     with reporter.step(f"Exporting '{rung.name}' to ONNX"):

@@ -316,10 +316,15 @@ def run_seed(
     return row
 
 
+def _unlabeled_inputs(args: argparse.Namespace) -> int:
+    """How many unlabelled views ``--unlabeled N`` adds: N per digit image."""
+    return args.unlabeled * len(digits_arrays()[1])
+
+
 def _long_epochs(args: argparse.Namespace, data: Dataset) -> int:
     """Epochs with as many optimiser steps as the unlabeled arm's ``--epochs``: its epochs hold
     the unlabelled inputs too."""
-    extra = args.unlabeled * len(digits_arrays()[1])
+    extra = _unlabeled_inputs(args)
     return round(args.epochs * (len(data.x_train) + extra) / len(data.x_train))
 
 
@@ -393,7 +398,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
     arms = [a for a in ALL_ARMS if a in rows[0][args.ratios[0]]]
     teacher = [r["teacher"] for r in rows]
-    n_unlabeled = args.unlabeled * len(digits_arrays()[1])
+    n_unlabeled = _unlabeled_inputs(args)
     lines = [
         BEGIN,
         "## Distillation: pruned+distilled students vs students trained from labels",
@@ -414,7 +419,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified)"
         + (
             f"; `{UNLABELED_ARM}` also distils on {args.unlabeled} more such views per image "
-            f"({args.unlabeled * len(digits_arrays()[1])} inputs, no labels) and, as `edgec "
+            f"({n_unlabeled} inputs, no labels) and, as `edgec "
             "compile --unlabeled` does, keeps the student trained with them only if it agrees "
             "with the teacher on the validation split at least as well as the one trained "
             "without them (pruned+KD, the same training bit for bit), else that one."

@@ -3,12 +3,12 @@
 On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
 pixel noise, so a teacher does not saturate at ~99%), for each seed:
 
-1. train a CNN teacher from labels on the students' views for at least their budget (so that
+1. train a CNN teacher from labels on the students' views with their schedule (so that
    students trained from labels the same way do not catch up with it; ``--teacher-dir`` keeps
    it for reruns), export it to ONNX and canonicalise it as ``edgec compile`` would, then
    convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
-   students of that same architecture on the same views for the same budget (``--arms``):
+   students of that same architecture on the same views with the same schedule (``--arms``):
 
    * ``scratch``: random initialisation, labels only (cross-entropy) — the baseline;
    * ``scratch+KD``: random initialisation, distilled (Hinton et al.'s setting);
@@ -16,23 +16,20 @@ pixel noise, so a teacher does not saturate at ~99%), for each seed:
    * ``pruned+KD``: the pruned teacher's weights, distilled — what ``edgec compile`` does;
    * ``pruned+KD+unlabeled`` (with ``--unlabeled N``): pruned+KD that also distils on N more
      affine views per image that nobody labelled, as ``edgec compile --unlabeled`` does (kept
-     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD);
-   * ``scratch-long`` and ``pruned+KD-long`` (only when asked for with ``--arms``, with
-     ``--unlabeled N``): scratch and pruned+KD with as many optimiser steps as
-     pruned+KD+unlabeled takes (its epochs hold more inputs), to tell more inputs from more
-     steps; the teacher keeps its epochs.
+     only if it agrees with the teacher at least as well as pruned+KD, else pruned+KD).
 
 Students train by function matching, as in edgec: fresh views every batch, the teacher's logits
 (ONNX Runtime on the exported teacher, one cached session per seed) on exactly those views, and
-early stopping on agreement with the teacher on the validation split. Accuracy is top-1 on that
+edgec's plateau schedule (``--schedule``): the rate holds until agreement with the teacher on
+the validation split stalls, then cools down, and training ends. Accuracy is top-1 on that
 stratified validation split, whose labels nothing trains or stops on. The gap recovered by a
 student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~90% on MNIST.
 
 Usage::
 
-    python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 40]
-        [--patience 10] [--teacher-epochs 40] [--teacher-dir DIR] [--teachers-only]
-        [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
+    python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
+        [--patience 10] [--schedule plateau] [--teacher-epochs 40] [--teacher-dir DIR]
+        [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
         [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
@@ -43,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime
 import io
 import json
@@ -83,8 +79,7 @@ ARMS = ("scratch", "scratch+KD", "pruned", "pruned+KD")
 UNLABELED_ARM = "pruned+KD+unlabeled"
 # Controls for the unlabeled arm: the same students trained for as many optimiser steps as it
 # takes (it sees more inputs per epoch, so at the same epochs it also takes more steps).
-LONG_ARMS = ("scratch-long", "pruned+KD-long")
-ALL_ARMS = (*ARMS, UNLABELED_ARM, *LONG_ARMS)
+ALL_ARMS = (*ARMS, UNLABELED_ARM)
 
 
 def hard_digits(copies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -178,14 +173,19 @@ def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
 
     A teacher trained without the views the students get is overtaken by students trained from
     labels on them, and the gap distillation should recover disappears. So the teacher gets the
-    same views (``--augment``) and ``--teacher-epochs`` (at least the students' ``--epochs``)
-    with no early stop: the cosine schedule runs to its end and the best epoch on a holdout
-    carved from the training part is kept (the validation labels judge accuracy only).
+    same views (``--augment``) and at least the students' training: under ``--schedule
+    plateau`` the students' schedule and patience (it trains until its holdout stalls, then
+    cools down) with a cap of ``--teacher-epochs`` (at least ``--epochs``); under ``cosine``
+    ``--teacher-epochs`` (at least ``--epochs``) with no early stop, the schedule run to its
+    end. The best epoch on a holdout carved from the training part is kept (the validation
+    labels judge accuracy only).
     """
     epochs = max(args.teacher_epochs, args.epochs)
+    patience = args.patience if args.schedule == "plateau" else epochs
     return DistillSettings(
-        epochs=epochs, lr=args.lr, seed=seed, patience=epochs, augment=args.augment
-    )
+        epochs=epochs, lr=args.lr, seed=seed, patience=patience, augment=args.augment,
+        schedule=args.schedule,
+    )  # fmt: skip
 
 
 def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple[nn.Module, float]:
@@ -203,6 +203,8 @@ def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple
             f"seed{seed}-e{settings.epochs}-lr{settings.lr:g}-{settings.augment}"
             f"-copies{args.copies}-n{len(data.x_train)}"
         )
+        if settings.schedule != "cosine":  # the cosine teachers kept their earlier names
+            key += f"-{settings.schedule}-p{settings.patience}"
         stored = Path(args.teacher_dir) / f"teacher-{key}.pt"
         if stored.exists():
             teacher.load_state_dict(torch.load(stored))
@@ -257,9 +259,9 @@ def run_seed(
         temperature=args.temperature,
         alpha=args.alpha,
         augment=args.augment,
+        schedule=args.schedule,
     )
     arms = tuple(args.arms)
-    long_epochs = _long_epochs(args, data)
     for ratio in ratios:
         with deterministic(seed):
             pruned = prune_to_mac_ratio(converted, torch.zeros(1, 1, 32, 32), ratio)
@@ -270,9 +272,6 @@ def run_seed(
             if arm.startswith("scratch"):
                 _reinitialise(student, seed + 1)
             kd = "KD" in arm
-            arm_settings = settings
-            if arm in LONG_ARMS:
-                arm_settings = dataclasses.replace(settings, epochs=long_epochs)
             with batchnorm_for_training(student):
                 if arm == UNLABELED_ARM:
                     # As `edgec compile --unlabeled`: trained with and without them, the
@@ -289,7 +288,7 @@ def run_seed(
                         data.x_train,
                         cache if kd else None,
                         data.y_train,
-                        arm_settings,
+                        settings,
                         holdout=holdout,
                     )
                 if arm == "pruned+KD":
@@ -319,13 +318,6 @@ def run_seed(
 def _unlabeled_inputs(args: argparse.Namespace) -> int:
     """How many unlabelled views ``--unlabeled N`` adds: N per digit image."""
     return args.unlabeled * len(digits_arrays()[1])
-
-
-def _long_epochs(args: argparse.Namespace, data: Dataset) -> int:
-    """Epochs with as many optimiser steps as the unlabeled arm's ``--epochs``: its epochs hold
-    the unlabelled inputs too."""
-    extra = _unlabeled_inputs(args)
-    return round(args.epochs * (len(data.x_train) + extra) / len(data.x_train))
 
 
 def merge_rows(parts: list[dict]) -> list[dict]:
@@ -372,23 +364,16 @@ def _pct(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * _stderr(values):.2f}"
 
 
-def _baseline(arm: str) -> str:
-    """The scratch arm an arm is judged against: the one with the same training steps."""
-    return "scratch-long" if arm == "pruned+KD-long" else "scratch"
-
-
 def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     """The share of the pooled gap an arm recovers: mean(arm - scratch) / mean(teacher -
-    scratch) over the seeds, with the paired difference arm - scratch (mean ± standard error);
-    ``scratch`` is the arm's :func:`_baseline`.
+    scratch) over the seeds, with the paired difference arm - scratch (mean ± standard error).
 
     Pooled, not a mean of per-seed shares: a seed whose teacher is barely above its scratch
     student divides by almost nothing (shares of -600% and 320% were printed that way)."""
-    base = _baseline(arm)
-    if arm not in rows[0][ratio] or base not in rows[0][ratio]:
+    if arm not in rows[0][ratio] or "scratch" not in rows[0][ratio]:
         return "—"
-    gain = [r[ratio][arm] - r[ratio][base] for r in rows]
-    gap = statistics.fmean(r["teacher"] - r[ratio][base] for r in rows)
+    gain = [r[ratio][arm] - r[ratio]["scratch"] for r in rows]
+    gap = statistics.fmean(r["teacher"] - r[ratio]["scratch"] for r in rows)
     share = f"{100 * statistics.fmean(gain) / gap:.0f}%" if gap > 1e-9 else "no gap"
     return f"{share} ({100 * statistics.fmean(gain):+.2f} ± {100 * _stderr(gain):.2f} points)"
 
@@ -427,32 +412,34 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
             else "."
         ),
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
-        f"labels on the students' views (`augment={args.augment}`, the blended labels) for "
-        f"{teacher_settings(0, args).epochs} epochs (at least the students' maximum), no early "
-        "stop, Adam with the same cosine schedule, the best epoch on a 10% holdout carved from "
-        "the training part kept"
+        f"labels on the students' views (`augment={args.augment}`, the blended labels), "
+        + (
+            f"with the students' schedule and patience, at most "
+            f"{teacher_settings(0, args).epochs} epochs"
+            if args.schedule == "plateau"
+            else f"for {teacher_settings(0, args).epochs} epochs (at least the students' "
+            "maximum), no early stop, the same cosine schedule"
+        )
+        + ", Adam, the best epoch on a 10% holdout carved from the training part kept"
         + (" (teachers trained once and kept with `--teacher-dir`)." if args.teacher_dir else "."),
         f"- Students (every arm alike): function matching — each batch becomes fresh views "
         f"(`augment={args.augment}`: random affine crop ±12.5% shift, ±15% zoom, ±15° "
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
         "cached) labels the very views the KD arms see, the label arms learn the blended "
-        f"labels; Adam (lr {args.lr:g}, cosine over the maximum), batch 64, at most "
-        f"{args.epochs} epochs, early stopping (patience {args.patience} epochs in which neither "
-        "agreement with the teacher nor the KD loss on the validation split improved; no "
-        f"labels), the best epoch by agreement (then loss) kept; KD with T = {args.temperature:g}, "
-        f"alpha = {args.alpha:g}; BatchNorm after each student conv while training (folded "
-        "afterwards).",
-        *(
-            [
-                f"- `scratch-long` and `pruned+KD-long`: the same students with at most "
-                f"{_long_epochs(args, data)} epochs, as many optimiser steps as `{UNLABELED_ARM}` "
-                f"takes (its epochs hold {len(data.x_train) + n_unlabeled} inputs, not "
-                f"{len(data.x_train)}); `pruned+KD-long`'s gap is the one to `scratch-long`. The "
-                "teacher keeps its epochs, so these students train for longer than it did."
-            ]
-            if set(LONG_ARMS) & set(arms)
-            else []
-        ),
+        f"labels; Adam (lr {args.lr:g}), batch 64, at most {args.epochs} epochs, "
+        + (
+            f"edgec's plateau schedule: the rate holds until {args.patience} epochs pass in "
+            "which neither agreement with the teacher nor the KD loss on the validation split "
+            "improved (no labels), then falls linearly to zero over a quarter of the epochs "
+            "so far, and training ends"
+            if args.schedule == "plateau"
+            else f"cosine over the maximum, early stopping (patience {args.patience} epochs in "
+            "which neither agreement with the teacher nor the KD loss on the validation split "
+            "improved; no labels)"
+        )
+        + "; the best epoch by agreement (then loss) kept; KD with "
+        f"T = {args.temperature:g}, alpha = {args.alpha:g}; BatchNorm after each student conv "
+        "while training (folded afterwards).",
         f"- Seeds: {', '.join(map(str, args.seeds))} ({len(rows)}); accuracies are mean ± "
         "standard error over seeds, top-1 on the validation split (labels used only here). "
         "Gap recovered (pooled over seeds): mean(student - scratch) / mean(teacher - "
@@ -465,11 +452,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         "| MAC ratio (achieved) | "
         + " | ".join(arms)
         + " | gap recovered: "
-        + " | gap recovered: ".join(
-            a + ("" if _baseline(a) == "scratch" else f" (vs {_baseline(a)})")
-            for a in arms
-            if a != "scratch"
-        )
+        + " | gap recovered: ".join(a for a in arms if a != "scratch")
         + " |",
         "|---" * (1 + len(arms) + len(arms) - ("scratch" in arms)) + "|",
     ]
@@ -549,19 +532,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
-    parser.add_argument("--epochs", type=int, default=40, help="most epochs per student")
+    parser.add_argument("--epochs", type=int, default=150, help="most epochs per student")
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument(
         "--teacher-epochs",
         type=int,
         default=40,
-        help="the teacher's epochs (at least --epochs; no early stop)",
+        help="the teacher's most epochs (at least --epochs; under --schedule cosine no early stop)",
     )
     parser.add_argument(
         "--teacher-dir", help="keep trained teachers here and reuse them (by seed and recipe)"
     )
     parser.add_argument(
         "--teachers-only", action="store_true", help="train (and keep) the teachers, then stop"
+    )
+    parser.add_argument(
+        "--schedule",
+        default="plateau",
+        choices=["plateau", "cosine"],
+        help="the students' learning-rate schedule (edgec's: plateau)",
     )
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=4.0)
@@ -592,8 +581,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.arms is None:
         args.arms = list(ARMS) + ([UNLABELED_ARM] if args.unlabeled else [])
-    if not args.unlabeled and set(args.arms) & {UNLABELED_ARM, *LONG_ARMS}:
-        parser.error(f"{UNLABELED_ARM} and {', '.join(LONG_ARMS)} need --unlabeled N > 0")
+    if not args.unlabeled and UNLABELED_ARM in args.arms:
+        parser.error(f"{UNLABELED_ARM} needs --unlabeled N > 0")
     started = time.perf_counter()
     if args.render_from is not None:
         rows = load_rows(Path(args.render_from), args.seeds, args.ratios)

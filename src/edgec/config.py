@@ -168,7 +168,7 @@ class CompileConfig:
         archive: Also write ``<output>.tar.gz``.
         seed: Seed for everything random (splits, inputs, training).
         students: ``auto`` (a ladder sized from the target), ``none``, or MAC ratios.
-        distill_epochs: Most epochs each student trains for (early stopping may end sooner).
+        distill_epochs: Most epochs each student trains for (the holdout's stall ends it sooner).
         temperature: Distillation softmax temperature.
         alpha: Weight of the label loss against the distillation loss (0..1).
         unlabeled: ``--unlabeled`` inputs without labels (a capture directory, a directory of
@@ -222,7 +222,7 @@ class CompileConfig:
     archive: bool = False
     seed: int = 0
     students: str | tuple[float, ...] = "auto"
-    distill_epochs: int = 40
+    distill_epochs: int = 150
     temperature: float = 4.0
     alpha: float = 0.5
     unlabeled: str | None = None

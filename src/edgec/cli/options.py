@@ -226,9 +226,10 @@ data_and_student_options = compose(
     click.option(
         "--distill-epochs",
         type=int,
-        default=40,
+        default=150,
         show_default=True,
-        help="Most epochs each student trains for (early stopping may end sooner).",
+        help="Most epochs each student trains for: training ends when the validation split "
+        "stops improving (then a short cooldown), or at this cap.",
     ),
     click.option(
         "--temperature",

@@ -3,13 +3,19 @@ answers the very views the student sees), the best holdout epoch kept."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="students need the train extra")
 
 from edgec.compiler.detection.distill_loss import DetectionLoss  # noqa: E402
-from edgec.compiler.detection.training import shifted_views, train_detector  # noqa: E402
+from edgec.compiler.detection.training import (  # noqa: E402
+    PATIENCE,
+    shifted_views,
+    train_detector,
+)
 
 
 class TinyDetector(torch.nn.Module):
@@ -63,3 +69,19 @@ def test_the_teacher_answers_the_shifted_views_the_student_learns_from():
     assert unseen > len(asked) // 2
     assert report["views"] == {"kind": "shift", "max_pixels": 4}
     assert 1 <= report["best_epoch"] <= 2 and report["holdout_loss"] > 0
+
+
+def test_a_detection_student_trains_until_its_holdout_stalls_not_to_a_fixed_count():
+    """A student that is already the teacher (a copy) has nothing to learn: its holdout loss
+    never falls after the first epoch, so the plateau schedule finds the stall after
+    1 + PATIENCE epochs and cools down for PATIENCE // 2 more, far before the 100-epoch cap;
+    the record says the stall (not the cap) ended it."""
+    torch.manual_seed(0)
+    teacher = TinyDetector().eval()
+    student = copy.deepcopy(teacher)
+    x = np.random.default_rng(0).random((20, 1, 16, 16), dtype=np.float32)
+    loss = DetectionLoss("probabilities", match_score=0.5, box_scale=4.0)
+    report = train_detector(student, teacher, x, loss, epochs=100, seed=0, shift=0)
+    assert report["stopped_early"] is True
+    assert report["epochs_run"] < 100
+    assert report["best_epoch"] <= report["epochs_run"] - PATIENCE

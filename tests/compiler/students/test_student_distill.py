@@ -20,6 +20,7 @@ from edgec.compiler.students.distill import (
     DistillSettings,
     EarlyStop,
     Holdout,
+    PlateauSchedule,
     batchnorm_for_training,
     kd_loss,
     train_student,
@@ -96,14 +97,16 @@ def test_a_fixed_seed_gives_the_same_student_and_restores_torch_settings(
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+@pytest.mark.parametrize(("schedule", "epochs_run"), [("plateau", 4), ("cosine", 3)])
 def test_early_stopping_ends_training_when_the_holdout_stops_improving(
-    digits_with_teacher_logits,
+    digits_with_teacher_logits, schedule, epochs_run
 ):
-    """With a zero learning rate nothing improves: patience 2 stops after epoch 3."""
+    """With a zero learning rate nothing improves: patience 2 finds the stall after epoch 3;
+    the cosine schedule stops there, the plateau schedule cools down for one more epoch."""
     data, train_logits, _ = digits_with_teacher_logits
-    settings = DistillSettings(epochs=20, lr=0.0, patience=2, augment="none")
+    settings = DistillSettings(epochs=20, lr=0.0, patience=2, augment="none", schedule=schedule)
     report = train_student(_small_student(), data.x_train, train_logits, data.y_train, settings)
-    assert report.epochs_run == 3 and report.best_epoch == 1
+    assert report.epochs_run == epochs_run and report.best_epoch == 1
     assert report.stopped_early and report.cap_hint("tiny") is None
     assert report.to_json()["stopped_early"] is True
 
@@ -254,6 +257,58 @@ def test_early_stopping_waits_while_the_holdout_loss_still_falls():
     # Agreement alone would stop after epoch 5 (best at 2); the loss improves until epoch 5.
     assert stopped == [False] * 7 + [True, True]
     assert EarlyStop(patience=1).update(0.5, 1.0) is False
+
+
+def _rates(schedule: PlateauSchedule, optimizer, steps: int) -> list[float]:
+    """The learning rate of each of an epoch's ``steps`` optimiser steps."""
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_the_plateau_schedule_holds_the_rate_until_the_holdout_stalls_then_cools_to_zero():
+    """Eight improving epochs, then none: the stall is found after epoch 11 (patience 3), the
+    cooldown lasts a quarter of those 11 epochs (3) and falls linearly to zero, and training
+    ends with it; the cap (100) played no part."""
+    optimizer = _optimizer()
+    schedule = PlateauSchedule(optimizer, epochs=100, patience=3, steps_per_epoch=4)
+    rates, done, epoch = [], False, 0
+    while not done:
+        epoch += 1
+        rates += _rates(schedule, optimizer, 4)
+        score = min(epoch, 8) / 10
+        done = schedule.epoch_end(epoch, score, loss=1.0 / min(epoch, 8))
+    assert epoch == 14 and schedule.stalled
+    assert rates[: 11 * 4] == [1.0] * 44
+    cooldown = rates[44:]
+    assert cooldown == pytest.approx([1.0 - i / 12 for i in range(12)])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_the_plateau_schedule_cools_down_in_time_to_end_at_the_cap():
+    """A student that never stalls: the cooldown (at least patience // 2 = 5 epochs) starts
+    after epoch 3, so training ends at the 8-epoch cap with the rate at zero; not stalled (the
+    user is told the cap ended it). A one-epoch cap cools down from the first step."""
+    optimizer = _optimizer()
+    schedule = PlateauSchedule(optimizer, epochs=8, patience=10, steps_per_epoch=2)
+    rates, ended = [], []
+    for epoch in range(1, 9):
+        rates += _rates(schedule, optimizer, 2)
+        ended.append(schedule.epoch_end(epoch, epoch / 10, 1.0 / epoch))
+    assert ended == [False] * 7 + [True] and not schedule.stalled
+    assert rates[:6] == [1.0] * 6
+    assert rates[6:] == pytest.approx([1.0 - i / 10 for i in range(10)])
+    optimizer = _optimizer()
+    schedule = PlateauSchedule(optimizer, epochs=1, patience=10, steps_per_epoch=4)
+    assert _rates(schedule, optimizer, 4) == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert schedule.epoch_end(1, 0.5, 1.0)
 
 
 def _noise(n: int, seed: int = 0) -> np.ndarray:

@@ -10,24 +10,30 @@ every candidate learns objects at every offset, where fixed frames show each obj
 offset only. Matching the teacher's outputs on the fixed training frames alone let a pruned
 student memorise them (on digits-detect: holdout loss still falling, validation mAP@0.5 7%).
 
-AdamW with a cosine schedule; the epoch with the lowest loss on a held-out tenth of the
-training frames (unshifted, the teacher's outputs on them computed once) is kept.
+AdamW with the classifiers' plateau schedule
+(:class:`~edgec.compiler.students.distill.PlateauSchedule`): the rate holds until the loss on a
+held-out tenth of the training frames (unshifted, the teacher's outputs on them computed once)
+has not fallen for :data:`PATIENCE` epochs, then cools down to zero and training ends, at the
+latest after ``epochs``; the epoch with the lowest holdout loss is kept.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgec.compiler.detection.distill_loss import DetectionLoss, detection_kd_loss
+from edgec.compiler.students.distill import PlateauSchedule
 
 BATCH = 64
 LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 1e-4
 HOLDOUT_SHARE = 0.1
+PATIENCE = 10  # epochs without a lower holdout loss before the cooldown (the classifiers')
 SHIFT = 8  # pixels: one grid cell of a stride-8 head; a few percent of a larger frame
 
 
@@ -61,13 +67,14 @@ def train_detector(
         teacher: The teacher as a torch module (left untouched, run in eval mode).
         x: The training frames ``[N, C, H, W]`` float32.
         loss: The loss settings.
-        epochs: Epochs to run.
+        epochs: Most epochs to run (the holdout's stall may end training sooner).
         seed: Seed of the holdout split, the shuffling and the views.
         shift: Largest shift of a view, in pixels (0: the frames as they are).
         boxes_index: Which of the two outputs (the graph's order) holds the boxes.
 
     Returns:
-        The manifest record: epochs run, best epoch, its holdout loss, the views.
+        The manifest record: epochs run, whether the stall (not the cap) ended them, best
+        epoch, its holdout loss, the views.
     """
 
     def run(module: torch.nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,9 +91,10 @@ def train_detector(
     with torch.no_grad():
         held_targets = run(teacher, held_x)
     opt = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    sched = PlateauSchedule(opt, epochs, PATIENCE, math.ceil(len(train) / BATCH))
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state = float("inf"), 0, None
+    epoch = 0
     for epoch in range(1, epochs + 1):
         student.train()
         perm = torch.from_numpy(train)[torch.randperm(len(train), generator=gen)]
@@ -98,17 +106,20 @@ def train_detector(
             opt.zero_grad()
             value.backward()
             opt.step()
-        sched.step()
+            sched.step()
         student.eval()
         with torch.no_grad():
             held = float(detection_kd_loss(run(student, held_x), held_targets, loss))
         if held < best:
             best, best_epoch = held, epoch
             best_state = copy.deepcopy(student.state_dict())
+        if sched.epoch_end(epoch, -held, held):
+            break
     if best_state is not None:
         student.load_state_dict(best_state)
     return {
-        "epochs_run": epochs,
+        "epochs_run": epoch,
+        "stopped_early": sched.stalled,
         "best_epoch": best_epoch,
         "holdout_loss": round(best, 6) if best_epoch else None,
         "views": {"kind": "shift", "max_pixels": shift},

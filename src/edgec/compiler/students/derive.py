@@ -185,7 +185,10 @@ def _derive(
         settings={
             **settings.to_json(),
             "views": policy.to_json(),
-            "early_stopping": "agreement with the teacher on the validation split",
+            "early_stopping": (
+                "agreement with the teacher and the distillation loss on the validation "
+                "split: the cooldown starts when neither improved for `patience` epochs"
+            ),
             "converter": "edgec.compiler.students.convert",
         },
         unlabeled=None if unlabeled is None else {"inputs": len(unlabeled)},

@@ -24,17 +24,18 @@ Function matching (Beyer et al., 2022): every batch becomes fresh views
 with the teacher *on those views*; labels, where the student has them, are blended like the
 views (mixup). Unlabelled inputs join the pool for the distillation term only.
 
-The optimiser is Adam with a cosine schedule over the maximum number of mini-batches. Early
-stopping judges a :class:`Holdout`: ``edgec compile`` passes the validation split with the
-teacher's logits, so the score is agreement with the teacher and no label chooses the epoch
-(the labels judge accuracy afterwards); without one, :data:`HOLDOUT_SHARE` of the training
-part is carved out (accuracy with labels, else agreement). Training stops once neither that
-score nor the holdout loss has improved for ``patience`` epochs (:class:`EarlyStop`); the best
-epoch's weights (score, then loss) are kept. :func:`train_with_unlabeled` trains a student with
-unlabelled inputs and without, and keeps the one the holdout prefers.
-With a fixed seed the student is the same bit for bit: :func:`deterministic` fixes the seed,
-the thread count and ``torch.use_deterministic_algorithms`` and restores them afterwards, and
-the views come from their own seeded stream.
+The optimiser is Adam. The holdout is a :class:`Holdout`: ``edgec compile`` passes the
+validation split with the teacher's logits, so the score is agreement with the teacher and no
+label chooses the epoch (the labels judge accuracy afterwards); without one,
+:data:`HOLDOUT_SHARE` of the training part is carved out (accuracy with labels, else
+agreement). The training length follows the holdout, not a fixed epoch count
+(:class:`PlateauSchedule`): the learning rate holds until neither that score nor the holdout
+loss has improved for ``patience`` epochs (:class:`EarlyStop`), then cools down to zero and
+training ends; ``epochs`` is only the cap. The best epoch's weights (score, then loss) are
+kept. :func:`train_with_unlabeled` trains a student with unlabelled inputs and without, and
+keeps the one the holdout prefers. With a fixed seed the student is the same bit for bit:
+:func:`deterministic` fixes the seed, the thread count and ``torch.use_deterministic_algorithms``
+and restores them afterwards, and the views come from their own seeded stream.
 """
 
 from __future__ import annotations
@@ -66,22 +67,25 @@ class DistillSettings:
     """How a student is trained.
 
     Attributes:
-        epochs: Maximum epochs.
+        epochs: Maximum epochs (the cap; the holdout decides when training ends).
         temperature: Softmax temperature ``T`` of the soft term.
         alpha: Weight of the hard (label) term; the soft term gets ``1 - alpha``.
-        lr: Adam learning rate (cosine-annealed to zero over ``epochs``).
+        lr: Adam learning rate (before the cooldown, or the cosine's start).
         weight_decay: Adam weight decay.
         batch_size: Mini-batch size.
-        patience: Stop after this many epochs in which neither the holdout score nor the
-            holdout loss improved (:class:`EarlyStop`).
+        patience: Epochs in which neither the holdout score nor the holdout loss improved
+            before the cooldown starts (``cosine``: training stops; :class:`EarlyStop`).
         seed: Seed for initialisation order, shuffling and the holdout.
         threads: torch threads while training (fixed, for reproducibility).
         augment: Views for function matching: ``auto`` (by the input's kind), ``image``,
             ``tensor`` or ``none`` (the inputs as they are; see
             :mod:`~edgec.compiler.students.augment`).
+        schedule: ``plateau``: the learning rate stays at ``lr`` until the holdout stalls,
+            then cools down to zero (:class:`PlateauSchedule`); ``cosine``: cosine-annealed
+            over ``epochs``, early stopping on ``patience``.
     """
 
-    epochs: int = 40
+    epochs: int = 150
     temperature: float = 4.0
     alpha: float = 0.5
     lr: float = 1e-3
@@ -91,6 +95,7 @@ class DistillSettings:
     seed: int = 0
     threads: int = TRAIN_THREADS
     augment: str = "auto"
+    schedule: str = "plateau"
 
     def to_json(self) -> dict:
         """The manifest form."""
@@ -157,9 +162,10 @@ class TrainReport:
     def cap_hint(self, name: str) -> str | None:
         """A line for the user when training ran to the epoch cap while still improving.
 
-        The cap binds small students most: on ``benchmarks/distill.py``'s digits a student at
-        10% of the teacher's MACs ran all 40 epochs on 9 of 10 seeds and gained 0.87 points
-        with 67, so the user is told rather than left with the capped student silently.
+        With a fixed-length schedule the cap bound small students most: on
+        ``benchmarks/distill.py``'s digits a student at 10% of the teacher's MACs ran all of a
+        40-epoch cosine schedule on 9 of 10 seeds and gained 0.87 points with 67. The plateau
+        schedule ends training when the holdout stalls, so this says the cap came first.
         """
         if self.stopped_early:
             return None
@@ -296,6 +302,72 @@ class EarlyStop:
         return self.waited >= self.patience
 
 
+class PlateauSchedule:
+    """Constant learning rate until the student stalls, then a linear cooldown to zero.
+
+    A cosine schedule fixes the training length in advance: the rate is annealed over the cap
+    whether the student needed it or not, and on ``benchmarks/distill.py``'s digits the small
+    students were still improving when a 40-epoch cap ended them (9 of 10 seeds), while with a
+    120-epoch cap early stopping cut them off mid-schedule at a high rate. Here the length
+    follows the student (the warmup-stable-decay recipe of Hägele et al., 2024, with the decay
+    started by a plateau instead of a step count): the rate stays at ``lr`` until neither the
+    holdout score nor the holdout loss has improved for ``patience`` epochs (:class:`EarlyStop`),
+    then falls linearly to zero over a cooldown of ``COOLDOWN_SHARE`` of the epochs so far (at
+    least ``patience // 2``, at least one), and training ends with the cooldown. The cooldown
+    also starts when it would otherwise not end by ``epochs``, which stays the cap.
+    """
+
+    COOLDOWN_SHARE = 0.25
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, epochs: int, patience: int, steps_per_epoch: int
+    ):
+        self.optimizer = optimizer
+        self.epochs = epochs
+        self.patience = patience
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.base = [group["lr"] for group in optimizer.param_groups]
+        self.stopper = EarlyStop(patience)
+        self.stalled = False
+        self.last_epoch: int | None = None  # the cooldown's last epoch, once it has started
+        self._steps = 0
+        self._cooldown: tuple[int, int] | None = None  # (first step, steps long)
+        self._start_if_cap(0)
+
+    def _length(self, done: int) -> int:
+        return max(1, self.patience // 2, math.ceil(self.COOLDOWN_SHARE * done))
+
+    def _start(self, done: int, length: int) -> None:
+        self._cooldown = (self._steps, length * self.steps_per_epoch)
+        self.last_epoch = done + length
+
+    def _start_if_cap(self, done: int) -> None:
+        """Start the cooldown after ``done`` epochs if the cap leaves no room to wait."""
+        if done + self._length(done) >= self.epochs:
+            self._start(done, max(1, self.epochs - done))
+
+    def step(self) -> None:
+        """After each optimiser step: set the rate for the next one."""
+        self._steps += 1
+        if self._cooldown is None:
+            return
+        first, length = self._cooldown
+        factor = max(0.0, 1.0 - (self._steps - first) / length)
+        for group, base in zip(self.optimizer.param_groups, self.base, strict=True):
+            group["lr"] = base * factor
+
+    def epoch_end(self, epoch: int, score: float, loss: float) -> bool:
+        """Record epoch ``epoch``'s holdout score and loss; ``True`` when training is over."""
+        if self.last_epoch is not None:
+            return epoch >= self.last_epoch
+        if self.stopper.update(score, loss):
+            self.stalled = True
+            self._start(epoch, min(self._length(epoch), self.epochs - epoch))
+        else:
+            self._start_if_cap(epoch)
+        return False
+
+
 def holdout_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (fit, holdout) index arrays over ``n`` training samples."""
     order = np.random.default_rng(seed).permutation(n)
@@ -409,8 +481,12 @@ def train_student(
     with deterministic(settings.seed, settings.threads):
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        steps = settings.epochs * math.ceil(len(fit) / settings.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        per_epoch = math.ceil(len(fit) / settings.batch_size)
+        if settings.schedule == "plateau":
+            schedule = PlateauSchedule(optimizer, settings.epochs, settings.patience, per_epoch)
+        else:
+            steps = settings.epochs * per_epoch
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
         generator = torch.Generator().manual_seed(settings.seed)
         # Views draw from their own stream: the same seed gives the same views for every
         # student, so the teacher cache answers the next student's views.
@@ -454,7 +530,11 @@ def train_student(
             if (score, -hold_loss) > best_score:
                 best_score, best_epoch = (score, -hold_loss), epoch
                 best_state = copy.deepcopy(student.state_dict())
-            if stopper.update(score, hold_loss):
+            if isinstance(schedule, PlateauSchedule):
+                if schedule.epoch_end(epoch, score, hold_loss):
+                    stopped_early = schedule.stalled
+                    break
+            elif stopper.update(score, hold_loss):
                 stopped_early = True
                 break
         if best_state is not None:

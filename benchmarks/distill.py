@@ -77,8 +77,6 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
 ARMS = ("scratch", "scratch+KD", "pruned", "pruned+KD")
 UNLABELED_ARM = "pruned+KD+unlabeled"
-# Controls for the unlabeled arm: the same students trained for as many optimiser steps as it
-# takes (it sees more inputs per epoch, so at the same epochs it also takes more steps).
 ALL_ARMS = (*ARMS, UNLABELED_ARM)
 
 

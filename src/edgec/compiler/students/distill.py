@@ -482,17 +482,18 @@ def train_student(
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
         per_epoch = math.ceil(len(fit) / settings.batch_size)
+        stopper = None  # the plateau schedule has its own (its stall starts the cooldown)
         if settings.schedule == "plateau":
             schedule = PlateauSchedule(optimizer, settings.epochs, settings.patience, per_epoch)
         else:
             steps = settings.epochs * per_epoch
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+            stopper = EarlyStop(settings.patience)
         generator = torch.Generator().manual_seed(settings.seed)
         # Views draw from their own stream: the same seed gives the same views for every
         # student, so the teacher cache answers the next student's views.
         view_generator = torch.Generator().manual_seed(settings.seed + VIEW_SEED_OFFSET)
         best_score, best_state, best_epoch = (-1.0, 0.0), None, 0
-        stopper = EarlyStop(settings.patience)
         history: list[EpochStats] = []
         step_count = 0
         stopped_early = False
@@ -530,7 +531,7 @@ def train_student(
             if (score, -hold_loss) > best_score:
                 best_score, best_epoch = (score, -hold_loss), epoch
                 best_state = copy.deepcopy(student.state_dict())
-            if isinstance(schedule, PlateauSchedule):
+            if stopper is None:
                 if schedule.epoch_end(epoch, score, hold_loss):
                     stopped_early = schedule.stalled
                     break

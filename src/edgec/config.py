@@ -169,6 +169,8 @@ class CompileConfig:
         seed: Seed for everything random (splits, inputs, training).
         students: ``auto`` (a ladder sized from the target), ``none``, or MAC ratios.
         distill_epochs: Most epochs each student trains for (the holdout's stall ends it sooner).
+        distill_patience: Epochs without improvement on the validation split before a
+            student's cooldown starts (raise it when that split is small and noisy).
         temperature: Distillation softmax temperature.
         alpha: Weight of the label loss against the distillation loss (0..1).
         unlabeled: ``--unlabeled`` inputs without labels (a capture directory, a directory of
@@ -223,6 +225,7 @@ class CompileConfig:
     seed: int = 0
     students: str | tuple[float, ...] = "auto"
     distill_epochs: int = 150
+    distill_patience: int = 10
     temperature: float = 4.0
     alpha: float = 0.5
     unlabeled: str | None = None
@@ -285,6 +288,10 @@ class CompileConfig:
             _check_student_ratios(tuple(self.students))
         if self.distill_epochs < 1:
             raise BadInputError(f"--distill-epochs must be at least 1, got {self.distill_epochs}.")
+        if self.distill_patience < 1:
+            raise BadInputError(
+                f"--distill-patience must be at least 1, got {self.distill_patience}."
+            )
         if self.temperature <= 0:
             raise BadInputError(f"--temperature must be positive, got {self.temperature}.")
         if not 0 <= self.alpha <= 1:

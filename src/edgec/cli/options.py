@@ -232,6 +232,15 @@ data_and_student_options = compose(
         "stops improving (then a short cooldown), or at this cap.",
     ),
     click.option(
+        "--distill-patience",
+        type=int,
+        default=10,
+        show_default=True,
+        help="Epochs in which a student gets no closer to the teacher on the validation split "
+        "before its cooldown starts. Raise it when that split is small (a few hundred inputs): "
+        "its noise can end training early.",
+    ),
+    click.option(
         "--temperature",
         type=float,
         default=4.0,

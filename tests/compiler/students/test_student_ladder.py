@@ -50,7 +50,8 @@ def test_bad_students_flag_is_one_sentence(text, fragment):
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("distill_epochs", 0), ("temperature", 0.0), ("alpha", 1.5)]
+    ("field", "value"),
+    [("distill_epochs", 0), ("distill_patience", 0), ("temperature", 0.0), ("alpha", 1.5)],
 )
 def test_bad_distillation_settings_are_refused(tmp_path, field, value):
     with pytest.raises(BadInputError, match=field.replace("_", "-")):

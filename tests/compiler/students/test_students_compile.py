@@ -99,8 +99,10 @@ def test_kd_on_unlabelled_data_gives_a_student_with_agreement_only(tmp_path, tea
         data=str(data),
         students=(0.3,),
         distill_epochs=3,
+        distill_patience=2,
     )
     manifest = compile_model(config).manifest
+    assert manifest["students"]["settings"]["patience"] == 2  # --distill-patience reaches training
     student, teacher = manifest["stages"]
     assert student["name"] == "tiny" and student["accuracy"] is None
     assert student["distillation"]["loss"] == "kd"

@@ -176,7 +176,7 @@ def _distil(name, module, teacher_module, teacher, data, contract, config, repor
 
     loss = distillation_loss(contract, data)
     with (
-        reporter.step(f"Distilling '{name}' ({config.distill_epochs} epochs)"),
+        reporter.step(f"Distilling '{name}' (at most {config.distill_epochs} epochs)"),
         deterministic(config.seed),
     ):
         made = distil_and_export(module, teacher_module, teacher, data, contract, loss, config)

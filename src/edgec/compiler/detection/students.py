@@ -113,7 +113,14 @@ def _derive(teacher, data, contract, rungs, config, reporter, record):
             reporter.note(f"no students: {record['skipped']}")
             return (), record
     loss = distillation_loss(contract, data)
-    record.update(settings={"epochs": config.distill_epochs, "loss": loss.to_json()}, failed=[])
+    record.update(
+        settings={
+            "epochs": config.distill_epochs,
+            "patience": config.distill_patience,
+            "loss": loss.to_json(),
+        },
+        failed=[],
+    )
     shape = tuple(d.dim_value for d in teacher.graph.input[0].type.tensor_type.shape.dim)
     example = torch.zeros(shape)
     teacher_macs = total_macs(teacher)
@@ -189,7 +196,7 @@ def _one(rung, module, example, data, contract, loss, config, teacher, reporter)
             )
         except PruningError as err:
             return str(err)
-    with reporter.step(f"Distilling '{rung.name}' ({config.distill_epochs} epochs)"):
+    with reporter.step(f"Distilling '{rung.name}' (at most {config.distill_epochs} epochs)"):
         made = distil_and_export(pruned.module.inner, module, teacher, data, contract, loss, config)
     if isinstance(made, str):
         return made
@@ -222,7 +229,7 @@ def distil_and_export(student, teacher_module, teacher, data, contract, loss, co
     with batchnorm_for_training(student) as trained:
         report = train_detector(
             trained, teacher_module, data.x_train, loss, config.distill_epochs, config.seed,
-            boxes_index=names.index(contract.boxes),
+            boxes_index=names.index(contract.boxes), patience=config.distill_patience,
         )  # fmt: skip
     report["seconds"] = round(time.perf_counter() - started, 1)
     shape = tuple(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim)

@@ -59,6 +59,7 @@ def train_detector(
     seed: int,
     shift: int = SHIFT,
     boxes_index: int = 0,
+    patience: int = PATIENCE,
 ) -> dict:
     """Train ``student`` to match ``teacher`` on views of ``x``; keep the best holdout epoch.
 
@@ -71,6 +72,7 @@ def train_detector(
         seed: Seed of the holdout split, the shuffling and the views.
         shift: Largest shift of a view, in pixels (0: the frames as they are).
         boxes_index: Which of the two outputs (the graph's order) holds the boxes.
+        patience: Epochs without a lower holdout loss before the cooldown starts.
 
     Returns:
         The manifest record: epochs run, whether the stall (not the cap) ended them, best
@@ -91,7 +93,7 @@ def train_detector(
     with torch.no_grad():
         held_targets = run(teacher, held_x)
     opt = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    sched = PlateauSchedule(opt, epochs, PATIENCE, math.ceil(len(train) / BATCH))
+    sched = PlateauSchedule(opt, epochs, patience, math.ceil(len(train) / BATCH))
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state = float("inf"), 0, None
     epoch = 0

@@ -173,6 +173,7 @@ def _distil(
 
     settings = DistillSettings(
         epochs=config.distill_epochs,
+        patience=config.distill_patience,
         temperature=config.temperature,
         alpha=config.alpha,
         seed=config.seed,

@@ -175,6 +175,7 @@ def _derive(
 
     settings = DistillSettings(
         epochs=config.distill_epochs,
+        patience=config.distill_patience,
         temperature=config.temperature,
         alpha=config.alpha,
         seed=config.seed,

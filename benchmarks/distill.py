@@ -28,7 +28,8 @@ student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~
 Usage::
 
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
-        [--patience 10] [--schedule plateau] [--teacher-epochs 40] [--teacher-dir DIR]
+        [--patience 10] [--schedule plateau] [--teacher-epochs N] [--teacher-patience N]
+        [--teacher-dir DIR]
         [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
         [--render-from DIR] [--no-write]
 
@@ -64,6 +65,7 @@ from edgec.compiler.students.convert import onnx_to_torch
 from edgec.compiler.students.distill import (
     DistillSettings,
     Holdout,
+    PlateauSchedule,
     batchnorm_for_training,
     deterministic,
     train_student,
@@ -167,19 +169,19 @@ def _reinitialise(module: nn.Module, seed: int) -> nn.Module:
 
 
 def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
-    """The teacher's recipe: from labels, on the students' views, for at least their budget.
+    """The teacher's recipe: from labels, on the students' views, with their schedule.
 
     A teacher trained without the views the students get is overtaken by students trained from
     labels on them, and the gap distillation should recover disappears. So the teacher gets the
-    same views (``--augment``) and at least the students' training: under ``--schedule
-    plateau`` the students' schedule and patience (it trains until its holdout stalls, then
-    cools down) with a cap of ``--teacher-epochs`` (at least ``--epochs``); under ``cosine``
-    ``--teacher-epochs`` (at least ``--epochs``) with no early stop, the schedule run to its
-    end. The best epoch on a holdout carved from the training part is kept (the validation
-    labels judge accuracy only).
+    same views (``--augment``) and schedule: under ``--schedule plateau`` it trains until its
+    holdout stalls for ``--teacher-patience`` epochs (default: the students' ``--patience``),
+    then cools down, with a cap of ``--teacher-epochs`` (default: the students' ``--epochs``);
+    under ``cosine`` it runs ``--teacher-epochs`` with no early stop. The best epoch on a
+    holdout carved from the training part is kept (the validation labels judge accuracy only).
     """
-    epochs = max(args.teacher_epochs, args.epochs)
-    patience = args.patience if args.schedule == "plateau" else epochs
+    epochs = args.teacher_epochs or args.epochs
+    plateau = args.schedule == "plateau"
+    patience = (args.teacher_patience or args.patience) if plateau else epochs
     return DistillSettings(
         epochs=epochs, lr=args.lr, seed=seed, patience=patience, augment=args.augment,
         schedule=args.schedule,
@@ -376,6 +378,28 @@ def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     return f"{share} ({100 * statistics.fmean(gain):+.2f} ± {100 * _stderr(gain):.2f} points)"
 
 
+def _plateau_recipe(epochs: int, patience: int) -> str:
+    """The students' plateau schedule in words; a patience that leaves no room for a stall
+    before the cap makes it a fixed-length schedule (hold, then a linear decay by the cap)."""
+    schedule = PlateauSchedule(torch.optim.SGD([torch.zeros(1)], lr=1.0), epochs, patience, 1)
+    held = 0  # epochs before the cooldown, for a holdout that never improves after epoch 1
+    while schedule.last_epoch is None:
+        held += 1
+        schedule.epoch_end(held, 0.0, 0.0)
+    if not schedule.stalled:  # the cap, not a stall, started the cooldown
+        return (
+            f"edgec's plateau schedule with a patience ({patience} epochs) no stall can reach "
+            f"before the cap (`--distill-patience {patience}`): the rate holds for {held} "
+            f"epochs, then falls linearly to zero by epoch {epochs}"
+        )
+    return (
+        f"edgec's plateau schedule: the rate holds until {patience} epochs pass in which "
+        "neither agreement with the teacher nor the KD loss on the validation split improved "
+        "(no labels), then falls linearly to zero over a quarter of the epochs so far, and "
+        "training ends"
+    )
+
+
 def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
     """The RESULTS.md section."""
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
@@ -412,11 +436,11 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
         f"labels on the students' views (`augment={args.augment}`, the blended labels), "
         + (
-            f"with the students' schedule and patience, at most "
-            f"{teacher_settings(0, args).epochs} epochs"
+            f"with the students' schedule, patience {teacher_settings(0, args).patience} "
+            f"epochs, at most {teacher_settings(0, args).epochs} epochs"
             if args.schedule == "plateau"
-            else f"for {teacher_settings(0, args).epochs} epochs (at least the students' "
-            "maximum), no early stop, the same cosine schedule"
+            else f"for {teacher_settings(0, args).epochs} epochs, no early stop, the same "
+            "cosine schedule"
         )
         + ", Adam, the best epoch on a 10% holdout carved from the training part kept"
         + (" (teachers trained once and kept with `--teacher-dir`)." if args.teacher_dir else "."),
@@ -426,10 +450,7 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         "cached) labels the very views the KD arms see, the label arms learn the blended "
         f"labels; Adam (lr {args.lr:g}), batch 64, at most {args.epochs} epochs, "
         + (
-            f"edgec's plateau schedule: the rate holds until {args.patience} epochs pass in "
-            "which neither agreement with the teacher nor the KD loss on the validation split "
-            "improved (no labels), then falls linearly to zero over a quarter of the epochs "
-            "so far, and training ends"
+            _plateau_recipe(args.epochs, args.patience)
             if args.schedule == "plateau"
             else f"cosine over the maximum, early stopping (patience {args.patience} epochs in "
             "which neither agreement with the teacher nor the KD loss on the validation split "
@@ -535,8 +556,12 @@ def main() -> None:
     parser.add_argument(
         "--teacher-epochs",
         type=int,
-        default=40,
-        help="the teacher's most epochs (at least --epochs; under --schedule cosine no early stop)",
+        help="the teacher's most epochs (default: --epochs; under --schedule cosine no early stop)",
+    )
+    parser.add_argument(
+        "--teacher-patience",
+        type=int,
+        help="the teacher's patience under --schedule plateau (default: --patience)",
     )
     parser.add_argument(
         "--teacher-dir", help="keep trained teachers here and reuse them (by seed and recipe)"

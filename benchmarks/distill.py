@@ -3,10 +3,10 @@
 On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
 pixel noise, so a teacher does not saturate at ~99%), for each seed:
 
-1. train a CNN teacher from labels on the students' views with their schedule (so that
-   students trained from labels the same way do not catch up with it; ``--teacher-dir`` keeps
-   it for reruns), export it to ONNX and canonicalise it as ``edgec compile`` would, then
-   convert it back with edgec's converter;
+1. train a CNN teacher from labels on the students' views with their schedule (the same
+   footing as the students; trained long, its 10% students catch up with it all the same, see
+   RESULTS.md; ``--teacher-dir`` keeps it for reruns), export it to ONNX and canonicalise it
+   as ``edgec compile`` would, then convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
    students of that same architecture on the same views with the same schedule (``--arms``):
 

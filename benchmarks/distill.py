@@ -29,9 +29,8 @@ Usage::
 
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
         [--patience 10] [--schedule plateau] [--teacher-epochs N] [--teacher-patience N]
-        [--teacher-dir DIR]
-        [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3] [--copies 2] [--rows DIR]
-        [--render-from DIR] [--no-write]
+        [--teacher-dir DIR] [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3]
+        [--copies 2] [--rows DIR] [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
 ``<!-- distill:end -->``) unless ``--no-write``.

@@ -13,8 +13,8 @@ student memorise them (on digits-detect: holdout loss still falling, validation 
 AdamW with the classifiers' plateau schedule
 (:class:`~edgec.compiler.students.distill.PlateauSchedule`): the rate holds until the loss on a
 held-out tenth of the training frames (unshifted, the teacher's outputs on them computed once)
-has not fallen for :data:`PATIENCE` epochs, then cools down to zero and training ends, at the
-latest after ``epochs``; the epoch with the lowest holdout loss is kept.
+has not fallen for ``patience`` epochs (``--distill-patience``), then cools down to zero and
+training ends, at the latest after ``epochs``; the epoch with the lowest holdout loss is kept.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from edgec.compiler.detection.distill_loss import DetectionLoss, detection_kd_loss
-from edgec.compiler.students.distill import PlateauSchedule
+from edgec.compiler.students.distill import DistillSettings, PlateauSchedule
 
 BATCH = 64
 LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 1e-4
 HOLDOUT_SHARE = 0.1
-PATIENCE = 10  # epochs without a lower holdout loss before the cooldown (the classifiers')
+PATIENCE = DistillSettings.patience  # epochs without a lower holdout loss (the classifiers')
 SHIFT = 8  # pixels: one grid cell of a stride-8 head; a few percent of a larger frame
 
 

@@ -6,6 +6,7 @@ stopping stops (on agreement with the teacher on the validation split when it is
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -182,7 +183,9 @@ def test_function_matching_asks_the_teacher_about_the_views_the_student_sees(
         student, data.x_train, teacher, None, settings, holdout=Holdout(data.x_val, val_logits)
     )
     asked = np.concatenate(teacher.asked)
-    assert len(asked) == report.epochs_run * len(data.x_train)  # no holdout carved out
+    # No holdout carved out; 1,347 inputs are passed over twice per epoch (2,048 at least).
+    assert report.passes == 2
+    assert len(asked) == report.epochs_run * 2 * len(data.x_train)
     train_rows = {row.tobytes() for row in data.x_train}
     assert sum(row.tobytes() in train_rows for row in asked) < len(asked) // 100
     assert report.metric == "agreement" and report.holdout > 0.65  # untrained: < 0.3
@@ -203,10 +206,14 @@ def test_the_same_seed_gives_the_same_views_so_the_next_student_costs_no_teacher
         student = _small_student(seed=1)
         settings = DistillSettings(epochs=2, seed=5)
         holdout = Holdout(data.x_val, val_logits)
-        train_student(student, data.x_train, cache, data.y_train, settings, holdout=holdout)
+        report = train_student(
+            student, data.x_train, cache, data.y_train, settings, holdout=holdout
+        )
         states.append(student.state_dict())
         computed = cache.computed
-    assert computed == 2 * len(data.x_train) and cache.reused == computed
+    # 2 epochs of 2 passes (1,347 inputs; an epoch is at least 2,048).
+    assert report.passes == 2
+    assert computed == 2 * 2 * len(data.x_train) and cache.reused == computed
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
 
@@ -223,7 +230,8 @@ def test_unlabelled_inputs_join_the_distillation_term(digits_teacher, digits_wit
         holdout=Holdout(data.x_val, val_logits), unlabeled=extra,
     )  # fmt: skip
     assert report.samples == len(data.x_train) + 100 and report.loss == "kd+ce"
-    assert sum(len(x) for x in teacher.asked) == len(data.x_train) + 100
+    assert report.passes == 2  # 1,447 inputs; an epoch is at least 2,048
+    assert sum(len(x) for x in teacher.asked) == 2 * (len(data.x_train) + 100)
     with pytest.raises(ValueError, match="need a teacher"):
         train_student(_small_student(), data.x_train, None, data.y_train, unlabeled=extra)
     with pytest.raises(ValueError, match="function matching needs the teacher itself"):
@@ -366,3 +374,30 @@ def test_unlabelled_inputs_are_kept_unless_the_student_without_them_is_better(
     assert restored.unlabeled["kept"] is False and restored.holdout == 1.0
     for key, value in other.state_dict().items():
         assert torch.equal(student.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(("epoch_inputs", "passes"), [(2048, 23), (1000, 12), (1, 1)])
+def test_small_data_is_passed_over_several_times_per_epoch(epoch_inputs, passes):
+    """An epoch trains on at least ``epoch_inputs`` inputs: 100 inputs are passed over
+    ``ceil(epoch_inputs / 100)`` times, each pass a full shuffle (every input as often)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 1, 8, 8)).astype(np.float32)
+    y = np.arange(100) % 10
+    seen: list[np.ndarray] = []
+
+    def teacher(views: np.ndarray) -> np.ndarray:
+        seen.append(views)
+        return np.zeros((len(views), 10), dtype=np.float32)
+
+    settings = DistillSettings(epochs=2, augment="none", epoch_inputs=epoch_inputs)
+    report = train_student(_small_student(), x, teacher, y, settings)
+    fit = 90  # a tenth carved out for the holdout
+    assert report.passes == passes and report.samples == fit
+    assert report.steps == 2 * math.ceil(passes * fit / 64)
+    assert report.to_json()["passes_per_epoch"] == passes
+    assert report.epochs_text() == ("2 epochs" if passes == 1 else f"2 epochs of {passes} passes")
+    asked = np.concatenate(seen[1 : 1 + report.steps // 2])  # [0]: the holdout; epoch 1
+    counts = {}
+    for row in asked:
+        counts[row.tobytes()] = counts.get(row.tobytes(), 0) + 1
+    assert len(counts) == fit and set(counts.values()) == {passes}

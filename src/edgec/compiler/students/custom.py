@@ -202,7 +202,7 @@ def _distil(
                 holdout=Holdout(data.x_val, cache(data.x_val)),
             )
     reporter.note(
-        f"'{file.name}': {report.epochs_run} epochs ({report.loss}), best holdout "
+        f"'{file.name}': {report.epochs_text()} ({report.loss}), best holdout "
         f"{report.metric} {100 * report.holdout:.2f}% at epoch {report.best_epoch}, "
         f"{report.seconds:.1f} s"
     )

@@ -269,7 +269,7 @@ def _derive_one(rung, module, example, data, sources, settings, teacher, teacher
                 student, data.x_train, cache, labels, settings, unlabeled, progress, holdout
             )
     reporter.note(
-        f"'{rung.name}': trained in {report.seconds:.1f} s: {report.epochs_run} epochs "
+        f"'{rung.name}': trained in {report.seconds:.1f} s: {report.epochs_text()} "
         f"({report.steps} steps, {report.loss} on views), best validation "
         f"{report.metric} with the teacher {100 * report.holdout:.2f}% at epoch "
         f"{report.best_epoch}"

@@ -83,6 +83,14 @@ class DistillSettings:
         schedule: ``plateau``: the learning rate stays at ``lr`` until the holdout stalls,
             then cools down to zero (:class:`PlateauSchedule`); ``cosine``: cosine-annealed
             over ``epochs``, early stopping on ``patience``.
+        epoch_inputs: The fewest inputs an epoch trains on: a smaller training set is passed
+            over ``ceil(epoch_inputs / n)`` times per epoch, each pass in a fresh order with
+            fresh views, so ``patience`` and ``epochs`` stand for about as many optimiser
+            steps on a few hundred inputs as on a few thousand. One pass per epoch let a
+            student with 674 training inputs stall after a few hundred steps: on
+            ``benchmarks/distill.py``'s digits with a quarter of the images, a 10% student
+            trained from labels ended at 94.22% with patience 10; with four times the steps
+            per epoch it reached 97.44% (its teacher: 97.56%). ``1``: one pass.
     """
 
     epochs: int = 150
@@ -96,6 +104,7 @@ class DistillSettings:
     threads: int = TRAIN_THREADS
     augment: str = "auto"
     schedule: str = "plateau"
+    epoch_inputs: int = 2048
 
     def to_json(self) -> dict:
         """The manifest form."""
@@ -134,7 +143,8 @@ class TrainReport:
         seconds: Wall time.
         history: Per-epoch stats.
         steps: Optimiser steps taken.
-        samples: Inputs trained on per epoch (labelled and unlabelled).
+        samples: Inputs trained on (labelled and unlabelled; each epoch passes over them
+            ``passes`` times).
         holdout_loss: The kept epoch's holdout loss.
         unlabeled: With unlabelled inputs, which training was kept (:func:`train_with_unlabeled`).
         stopped_early: Early stopping ended training; ``False``: it ran to ``epochs`` while
@@ -153,11 +163,18 @@ class TrainReport:
     holdout_loss: float = 0.0
     unlabeled: dict | None = None
     stopped_early: bool = False
+    passes: int = 1
 
     def beats(self, other: TrainReport) -> bool:
         """Whether this student is better than ``other`` by the criterion that chose their
         epochs: holdout score first, then holdout loss (lower is better)."""
         return (self.holdout, -self.holdout_loss) > (other.holdout, -other.holdout_loss)
+
+    def epochs_text(self) -> str:
+        """``23 epochs``, or ``23 epochs of 2 passes`` when each epoch passed over the inputs
+        more than once (small data, :attr:`DistillSettings.epoch_inputs`)."""
+        passes = f" of {self.passes} passes" if self.passes > 1 else ""
+        return f"{self.epochs_run} epochs{passes}"
 
     def cap_hint(self, name: str) -> str | None:
         """A line for the user when training ran to the epoch cap while still improving.
@@ -182,6 +199,7 @@ class TrainReport:
             "stopped_early": self.stopped_early,
             "steps": self.steps,
             "samples": self.samples,
+            "passes_per_epoch": self.passes,
             "best_epoch": self.best_epoch,
             "holdout_metric": self.metric,
             "holdout": round(self.holdout, 6),
@@ -481,7 +499,9 @@ def train_student(
     with deterministic(settings.seed, settings.threads):
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        per_epoch = math.ceil(len(fit) / settings.batch_size)
+        # Small data: several passes per epoch (DistillSettings.epoch_inputs).
+        passes = max(1, math.ceil(settings.epoch_inputs / max(len(fit), 1)))
+        per_epoch = math.ceil(passes * len(fit) / settings.batch_size)
         stopper = None  # the plateau schedule has its own (its stall starts the cooldown)
         if settings.schedule == "plateau":
             schedule = PlateauSchedule(optimizer, settings.epochs, settings.patience, per_epoch)
@@ -499,7 +519,12 @@ def train_student(
         stopped_early = False
         for epoch in range(1, settings.epochs + 1):
             student.train()
-            order = torch.from_numpy(fit)[torch.randperm(len(fit), generator=generator)]
+            order = torch.cat(
+                [
+                    torch.from_numpy(fit)[torch.randperm(len(fit), generator=generator)]
+                    for _ in range(passes)
+                ]
+            )
             total, seen = 0.0, 0
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start : start + settings.batch_size]
@@ -553,6 +578,7 @@ def train_student(
         steps=step_count,
         samples=len(fit),
         stopped_early=stopped_early,
+        passes=passes,
     )
 
 

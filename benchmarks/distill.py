@@ -1,14 +1,17 @@
 """Does distillation recover the teacher's accuracy? Pruned+distilled students vs scratch.
 
 On a harder variant of scikit-learn's digits (upsampled to 32x32, random affine transforms and
-pixel noise, so a teacher does not saturate at ~99%), for each seed:
+pixel noise, so a teacher does not saturate at ~99%), split by digit image (every view of a
+digit on one side: accuracy is measured on digits nothing trained on), for each seed:
 
-1. train a CNN teacher from labels on the students' views with their schedule (the same
-   footing as the students; trained long, its 10% students catch up with it all the same, see
-   RESULTS.md; ``--teacher-dir`` keeps it for reruns), export it to ONNX and canonicalise it
-   as ``edgec compile`` would, then convert it back with edgec's converter;
+1. train a CNN teacher from labels on the training views with the students' schedule (trained
+   long, its 10% students catch up with it all the same, see RESULTS.md; ``--teacher-dir``
+   keeps it for reruns), export it to ONNX and canonicalise it as ``edgec compile`` would,
+   then convert it back with edgec's converter;
 2. for each MAC ratio, prune the converted teacher with edgec (``prune_to_mac_ratio``) and train
-   students of that same architecture on the same views with the same schedule (``--arms``):
+   students of that same architecture on the same views with the same schedule (``--arms``),
+   or, with ``--student-share S``, on the views of a share S of the training images only (the
+   teacher knows more than the user's ``--data``, as when it was trained elsewhere):
 
    * ``scratch``: random initialisation, labels only (cross-entropy) — the baseline;
    * ``scratch+KD``: random initialisation, distilled (Hinton et al.'s setting);
@@ -30,7 +33,8 @@ Usage::
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
         [--patience 10] [--schedule plateau] [--teacher-epochs N] [--teacher-patience N]
         [--teacher-dir DIR] [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3]
-        [--copies 2] [--rows DIR] [--render-from DIR] [--no-write]
+        [--copies 2] [--split images] [--student-share 1] [--epoch-inputs 2048] [--rows DIR]
+        [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
 ``<!-- distill:end -->``) unless ``--no-write``.
@@ -43,6 +47,7 @@ import copy
 import datetime
 import io
 import json
+import math
 import multiprocessing
 import platform
 import statistics
@@ -51,6 +56,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -72,7 +78,7 @@ from edgec.compiler.students.distill import (
 )
 from edgec.compiler.students.prune import prune_to_mac_ratio
 from edgec.compiler.students.teacher_cache import TeacherCache
-from edgec.data import Dataset, digits_arrays, split
+from edgec.data import SPLIT_SEED, VALIDATION_SHARE, Dataset, digits_arrays, split
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
@@ -129,6 +135,73 @@ class Teacher(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def pick_images(labels: np.ndarray, share: float, among: np.ndarray | None = None) -> np.ndarray:
+    """A mask over the digit images: ``share`` of each class (of those in ``among``), seeded
+    by edgec's split seed (the same for every run and seed)."""
+    rng = np.random.default_rng(SPLIT_SEED)
+    among = np.ones(len(labels), dtype=bool) if among is None else among
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels[among]):
+        members = np.flatnonzero(among & (labels == label))
+        mask[rng.choice(members, max(1, round(share * len(members))), replace=False)] = True
+    return mask
+
+
+class ViewMasks(NamedTuple):
+    """Which views (boolean masks over them) each part gets under ``--split images``."""
+
+    teacher_train: np.ndarray
+    student_train: np.ndarray
+    validation: np.ndarray
+    unlabelled: np.ndarray
+
+
+def view_masks(y: np.ndarray, images: int, args: argparse.Namespace) -> ViewMasks:
+    """Split ``hard_digits(copies + unlabeled)``'s views (copy-major: view ``k`` is of digit
+    image ``k % images``, the first ``copies * images`` labelled) by digit image.
+
+    Every view of an image falls on one side, so accuracy is measured on digits no model
+    trained on. Under ``--student-share`` the students get the labelled views of that share of
+    the training images, the teacher all of them, and the labelled views held back from the
+    students join the unlabelled ones; unlabelled views of validation images are left out.
+    """
+    image_of = np.arange(len(y)) % images
+    val_images = pick_images(y[:images], VALIDATION_SHARE)[image_of]
+    student_images = pick_images(y[:images], args.student_share, among=~val_images[:images])
+    labelled = np.arange(len(y)) < images * args.copies
+    teacher_train = labelled & ~val_images
+    student_train = labelled & student_images[image_of]
+    unlabelled = ~labelled & ~val_images
+    if args.student_share < 1:
+        unlabelled |= teacher_train & ~student_train
+    return ViewMasks(teacher_train, student_train, labelled & val_images, unlabelled)
+
+
+def benchmark_data(
+    x: np.ndarray, y: np.ndarray, args: argparse.Namespace
+) -> tuple[Dataset, Dataset, np.ndarray | None]:
+    """The teacher's data, the students' data and the unlabelled inputs (``None`` without
+    ``--unlabeled``), from ``hard_digits(copies + unlabeled)``'s views.
+
+    ``--split images`` (the default): by digit image (:func:`view_masks`); ``views``: the views
+    split as ``edgec.data.split`` does (the earlier runs: a view's sibling of the same digit
+    could be in training), the same data for teacher and students.
+    """
+    images = len(digits_arrays()[1])
+    if args.split == "views":
+        cut = images * args.copies
+        teacher_data = split("hard-digits", x[:cut], y[:cut])
+        return teacher_data, teacher_data, x[cut:] if args.unlabeled else None
+    masks = view_masks(y, images, args)
+
+    def dataset(train: np.ndarray) -> Dataset:
+        val = masks.validation
+        return Dataset("hard-digits", x[train], y[train], x[val], y[val], sha256="")
+
+    extra = x[masks.unlabelled] if args.unlabeled else None
+    return dataset(masks.teacher_train), dataset(masks.student_train), extra
 
 
 def export_teacher(model: nn.Module, path: Path) -> Path:
@@ -204,6 +277,8 @@ def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple
         )
         if settings.schedule != "cosine":  # the cosine teachers kept their earlier names
             key += f"-{settings.schedule}-p{settings.patience}"
+        if args.split == "images":  # the same number of training views as the views split
+            key += "-images"
         stored = Path(args.teacher_dir) / f"teacher-{key}.pt"
         if stored.exists():
             teacher.load_state_dict(torch.load(stored))
@@ -230,17 +305,18 @@ def trained_teacher(seed: int, data: Dataset, args: argparse.Namespace) -> tuple
 
 def run_seed(
     seed: int,
+    teacher_data: Dataset,
     data: Dataset,
     extra: np.ndarray | None,
     args: argparse.Namespace,
     work: Path,
     ratios: list[float] | None = None,
 ) -> dict:
-    """Teacher and the arms at each ratio (``ratios``, else ``--ratios``) for one seed;
-    accuracies and wall times."""
+    """Teacher (trained on ``teacher_data``) and the arms (on ``data``) at each ratio
+    (``ratios``, else ``--ratios``) for one seed; accuracies and wall times."""
     ratios = args.ratios if ratios is None else ratios
     started = time.perf_counter()
-    teacher, teacher_s = trained_teacher(seed, data, args)
+    teacher, teacher_s = trained_teacher(seed, teacher_data, args)
     row: dict = {"seed": seed, "teacher": accuracy(teacher, data), "teacher_s": teacher_s}
     canonical = canonicalize(
         load_model(export_teacher(teacher, work / f"t{seed}-{ratios[0]:g}.onnx"), {}).proto
@@ -259,6 +335,7 @@ def run_seed(
         alpha=args.alpha,
         augment=args.augment,
         schedule=args.schedule,
+        epoch_inputs=args.epoch_inputs,
     )
     arms = tuple(args.arms)
     for ratio in ratios:
@@ -295,6 +372,7 @@ def run_seed(
             row[ratio][arm] = accuracy(student, data)
             row[ratio][f"{arm}_s"] = result.seconds
             row[ratio][f"{arm}_epochs"] = result.epochs_run
+            row[ratio][f"{arm}_passes"] = result.passes
             row[ratio][f"{arm}_agreement"] = result.holdout
             print(
                 f"seed {seed} ratio {ratio}: {arm:10s} {100 * row[ratio][arm]:.2f}% "
@@ -312,11 +390,6 @@ def run_seed(
         name = f"seed{seed}-" + "-".join(f"{r:g}" for r in ratios) + ".json"
         (Path(args.rows) / name).write_text(json.dumps(_jsonable(row), indent=1))
     return row
-
-
-def _unlabeled_inputs(args: argparse.Namespace) -> int:
-    """How many unlabelled views ``--unlabeled N`` adds: N per digit image."""
-    return args.unlabeled * len(digits_arrays()[1])
 
 
 def merge_rows(parts: list[dict]) -> list[dict]:
@@ -399,12 +472,21 @@ def _plateau_recipe(epochs: int, patience: int) -> str:
     )
 
 
-def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: float | None) -> str:
-    """The RESULTS.md section."""
+def render(
+    rows: list[dict],
+    args: argparse.Namespace,
+    teacher_data: Dataset,
+    data: Dataset,
+    extra: np.ndarray | None,
+    total_s: float | None,
+) -> str:
+    """The RESULTS.md section (``teacher_data``: the teacher's; ``data``: the students';
+    ``extra``: the unlabelled inputs)."""
     command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
     arms = [a for a in ALL_ARMS if a in rows[0][args.ratios[0]]]
     teacher = [r["teacher"] for r in rows]
-    n_unlabeled = _unlabeled_inputs(args)
+    held_back = len(teacher_data.x_train) - len(data.x_train)
+    n_unlabeled = 0 if extra is None else len(extra)
     lines = [
         BEGIN,
         "## Distillation: pruned+distilled students vs students trained from labels",
@@ -422,10 +504,26 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         ),
         f"- Data: digits upsampled to 32x32, {args.copies} random affine views per image "
         f"(±20° rotation, 0.8-1.2 scale, ±0.2 shear, ±4 px shift) plus N(0, 0.15) noise: "
-        f"{len(data.x_train)} train / {len(data.x_val)} validation images (stratified)"
+        f"{len(teacher_data.x_train)} train / {len(data.x_val)} validation images (stratified, "
         + (
-            f"; `{UNLABELED_ARM}` also distils on {args.unlabeled} more such views per image "
-            f"({n_unlabeled} inputs, no labels) and, as `edgec "
+            "split by digit image: every view of a digit on one side"
+            if args.split == "images"
+            else "split by view: a view's sibling of the same digit may be in training"
+        )
+        + ")"
+        + (
+            f"; the students get {len(data.x_train)} of the training views "
+            f"(`--student-share {args.student_share:g}`, stratified, the same for every seed) "
+            "with labels, the teacher all of them (as when a teacher trained elsewhere, on "
+            "more data than the user has, is compiled with the user's data)"
+            if held_back
+            else ""
+        )
+        + (
+            f"; `{UNLABELED_ARM}` also distils on {args.unlabeled} more such views per "
+            + ("training image" if args.split == "images" else "image")
+            + (f" and the {held_back} training views held back" if held_back else "")
+            + f" ({n_unlabeled} inputs, no labels) and, as `edgec "
             "compile --unlabeled` does, keeps the student trained with them only if it agrees "
             "with the teacher on the validation split at least as well as the one trained "
             "without them (pruned+KD, the same training bit for bit), else that one."
@@ -433,7 +531,8 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
             else "."
         ),
         "- Teacher: 4 conv-BN-ReLU layers (16-32-64-64, ~3 M MACs), GAP, Linear; trained from "
-        f"labels on the students' views (`augment={args.augment}`, the blended labels), "
+        f"labels on {'all the training' if held_back else 'the students'} views "
+        f"(`augment={args.augment}`, the blended labels), "
         + (
             f"with the students' schedule, patience {teacher_settings(0, args).patience} "
             f"epochs, at most {teacher_settings(0, args).epochs} epochs"
@@ -447,7 +546,9 @@ def render(rows: list[dict], args: argparse.Namespace, data: Dataset, total_s: f
         f"(`augment={args.augment}`: random affine crop ±12.5% shift, ±15% zoom, ±15° "
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
         "cached) labels the very views the KD arms see, the label arms learn the blended "
-        f"labels; Adam (lr {args.lr:g}), batch 64, at most {args.epochs} epochs, "
+        f"labels; Adam (lr {args.lr:g}), batch 64, at most {args.epochs} epochs of at least "
+        f"{args.epoch_inputs} inputs ({math.ceil(args.epoch_inputs / len(data.x_train))} "
+        f"pass(es) over the {len(data.x_train)} labelled views), "
         + (
             _plateau_recipe(args.epochs, args.patience)
             if args.schedule == "plateau"
@@ -575,10 +676,31 @@ def main() -> None:
         help="the students' learning-rate schedule (edgec's: plateau)",
     )
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--epoch-inputs",
+        type=int,
+        default=DistillSettings().epoch_inputs,
+        help="the fewest inputs a student's epoch trains on (edgec's default; 1: one pass)",
+    )
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--augment", default="auto", choices=["auto", "none", "image"])
     parser.add_argument("--copies", type=int, default=2)
+    parser.add_argument(
+        "--student-share",
+        type=float,
+        default=1.0,
+        help="the share of the training images whose views the students get with labels (the "
+        "user's --data), stratified; the teacher trains on all of them, and the rest join the "
+        "unlabelled views (default 1: the same data for teacher and students)",
+    )
+    parser.add_argument(
+        "--split",
+        default="images",
+        choices=["images", "views"],
+        help="validation split by digit image (every view of an image on one side) or by view "
+        "(the earlier runs)",
+    )
     parser.add_argument(
         "--unlabeled",
         type=int,
@@ -605,25 +727,27 @@ def main() -> None:
         args.arms = list(ARMS) + ([UNLABELED_ARM] if args.unlabeled else [])
     if not args.unlabeled and UNLABELED_ARM in args.arms:
         parser.error(f"{UNLABELED_ARM} needs --unlabeled N > 0")
+    if not 0 < args.student_share <= 1:
+        parser.error("--student-share must be in (0, 1]")
+    if args.student_share < 1 and args.split == "views":
+        parser.error("--student-share needs --split images")
     started = time.perf_counter()
     if args.render_from is not None:
         rows = load_rows(Path(args.render_from), args.seeds, args.ratios)
         args.seeds = [r["seed"] for r in rows]
-        x, y = hard_digits(args.copies)
-        data = split("hard-digits", x, y)
-        section = render(rows, args, data, None)
+        x, y = hard_digits(args.copies + args.unlabeled)
+        teacher_data, data, extra = benchmark_data(x, y, args)
+        section = render(rows, args, teacher_data, data, extra, None)
         print(section)
         if not args.no_write:
             write_section(section, BEGIN, END, RESULTS)
         return
+    # The first ``copies`` views are the data (the generator draws them first, so they are the
+    # same whatever --unlabeled is); the rest are the views nobody labelled.
     x, y = hard_digits(args.copies + args.unlabeled)
-    # The first ``copies`` views are the data (same as before: the generator draws them first);
-    # the rest are the views nobody labelled.
-    cut = len(digits_arrays()[1]) * args.copies
-    data = split("hard-digits", x[:cut], y[:cut])
-    extra = x[cut:] if args.unlabeled else None
+    teacher_data, data, extra = benchmark_data(x, y, args)
     if args.teachers_only:
-        jobs = [(seed, data, args) for seed in args.seeds]
+        jobs = [(seed, teacher_data, args) for seed in args.seeds]
         if args.jobs > 1:
             with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(jobs))) as pool:
                 pool.starmap(trained_teacher, jobs)
@@ -635,7 +759,7 @@ def main() -> None:
         # One job per seed and ratio, the first ratio's first: with --rows, what finished
         # is kept even if the run is stopped before the last ratio.
         jobs = [
-            (seed, data, extra, args, Path(work), [ratio])
+            (seed, teacher_data, data, extra, args, Path(work), [ratio])
             for ratio in args.ratios
             for seed in args.seeds
         ]
@@ -646,7 +770,7 @@ def main() -> None:
                 rows = merge_rows(pool.starmap(run_seed, jobs, chunksize=1))
         else:
             rows = merge_rows([run_seed(*job) for job in jobs])
-    section = render(rows, args, data, time.perf_counter() - started)
+    section = render(rows, args, teacher_data, data, extra, time.perf_counter() - started)
     print(section)
     if not args.no_write:
         write_section(section, BEGIN, END, RESULTS)

@@ -153,3 +153,47 @@ def test_the_unlabeled_distill_arm_is_a_usage_error_without_unlabeled_views():
     result = _run("distill.py", "--arms", "pruned+KD+unlabeled", "--unlabeled", "0", "--no-write")
     assert result.returncode == 2
     assert "needs --unlabeled N > 0" in result.stderr.splitlines()[-1]
+
+
+def _load_distill():
+    """``benchmarks/distill.py`` as a module (its ``results_md`` import loaded from its file,
+    not through the path)."""
+    pytest.importorskip("torch")
+    for name in ("results_md", "distill"):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(name, module)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules["distill"]
+
+
+@pytest.mark.parametrize("share", [1.0, 0.25])
+def test_the_distill_benchmark_splits_by_digit_image(share):
+    """No digit image has a view on both sides of the split (labelled or not); the students'
+    images are a stratified share of the teacher's, and what they get no labels for is
+    unlabelled."""
+    import numpy as np
+
+    distill = _load_distill()
+    images, copies, unlabeled = 200, 2, 2
+    y = np.tile(np.arange(images) % 10, copies + unlabeled)
+    args = argparse.Namespace(copies=copies, student_share=share)
+    masks = distill.view_masks(y, images, args)
+    image_of = np.arange(len(y)) % images
+    seen = set(image_of[masks.teacher_train | masks.unlabelled])
+    assert not seen & set(image_of[masks.validation])
+    assert len(set(image_of[masks.validation])) == 50  # a quarter of the images
+    assert not (masks.student_train & ~masks.teacher_train).any()
+    assert set(image_of[masks.teacher_train]) == seen  # the unlabelled: training images only
+    held_back = masks.teacher_train & ~masks.student_train
+    assert (masks.unlabelled[held_back]).all()
+    students = image_of[masks.student_train]
+    assert len(set(students)) == 10 * round(share * 15)  # of each class's 15 training images
+    assert np.bincount(y[masks.student_train]).std() == 0  # stratified: every class alike
+
+
+def test_a_student_share_with_the_views_split_is_a_usage_error():
+    """``--student-share`` needs the image split: said before anything is trained."""
+    result = _run("distill.py", "--student-share", "0.5", "--split", "views", "--no-write")
+    assert result.returncode == 2
+    assert "--student-share needs --split images" in result.stderr.splitlines()[-1]

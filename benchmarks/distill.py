@@ -47,7 +47,6 @@ import copy
 import datetime
 import io
 import json
-import math
 import multiprocessing
 import platform
 import statistics
@@ -547,7 +546,8 @@ def render(
         "rotation, ±0.15 shear, then mixup of half the samples), the teacher (ONNX Runtime, "
         "cached) labels the very views the KD arms see, the label arms learn the blended "
         f"labels; Adam (lr {args.lr:g}), batch 64, at most {args.epochs} epochs of at least "
-        f"{args.epoch_inputs} inputs ({math.ceil(args.epoch_inputs / len(data.x_train))} "
+        f"{args.epoch_inputs} inputs "
+        f"({DistillSettings(epoch_inputs=args.epoch_inputs).passes(len(data.x_train))} "
         f"pass(es) over the {len(data.x_train)} labelled views), "
         + (
             _plateau_recipe(args.epochs, args.patience)

@@ -106,6 +106,10 @@ class DistillSettings:
     schedule: str = "plateau"
     epoch_inputs: int = 2048
 
+    def passes(self, inputs: int) -> int:
+        """Passes per epoch over ``inputs`` training inputs (:attr:`epoch_inputs`)."""
+        return max(1, math.ceil(self.epoch_inputs / max(inputs, 1)))
+
     def to_json(self) -> dict:
         """The manifest form."""
         return dict(self.__dict__)
@@ -499,8 +503,7 @@ def train_student(
     with deterministic(settings.seed, settings.threads):
         params = [p for p in student.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-        # Small data: several passes per epoch (DistillSettings.epoch_inputs).
-        passes = max(1, math.ceil(settings.epoch_inputs / max(len(fit), 1)))
+        passes = settings.passes(len(fit))  # small data: several per epoch
         per_epoch = math.ceil(passes * len(fit) / settings.batch_size)
         stopper = None  # the plateau schedule has its own (its stall starts the cooldown)
         if settings.schedule == "plateau":
@@ -517,13 +520,11 @@ def train_student(
         history: list[EpochStats] = []
         step_count = 0
         stopped_early = False
+        fit_t = torch.from_numpy(fit)
         for epoch in range(1, settings.epochs + 1):
             student.train()
             order = torch.cat(
-                [
-                    torch.from_numpy(fit)[torch.randperm(len(fit), generator=generator)]
-                    for _ in range(passes)
-                ]
+                [fit_t[torch.randperm(len(fit), generator=generator)] for _ in range(passes)]
             )
             total, seen = 0.0, 0
             for start in range(0, len(order), settings.batch_size):

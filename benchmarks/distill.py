@@ -33,7 +33,8 @@ Usage::
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
         [--patience 10] [--schedule plateau] [--teacher-epochs N] [--teacher-patience N]
         [--teacher-dir DIR] [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3]
-        [--copies 2] [--split images] [--student-share 1] [--epoch-inputs 2048] [--rows DIR]
+        [--copies 2] [--split images] [--student-share 1] [--epoch-inputs 2048]
+        [--stall-window 5] [--rows DIR]
         [--render-from DIR] [--no-write]
 
 Writes its section of ``benchmarks/RESULTS.md`` (between ``<!-- distill:begin -->`` and
@@ -253,9 +254,11 @@ def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
     epochs = args.teacher_epochs or args.epochs
     plateau = args.schedule == "plateau"
     patience = (args.teacher_patience or args.patience) if plateau else epochs
+    # Each epoch's own holdout (stall_window=1), as the kept teachers were trained before
+    # edgec judged stalls on a mean of epochs: the teachers are the benchmark's fixed input.
     return DistillSettings(
         epochs=epochs, lr=args.lr, seed=seed, patience=patience, augment=args.augment,
-        schedule=args.schedule,
+        schedule=args.schedule, stall_window=1,
     )  # fmt: skip
 
 
@@ -335,6 +338,7 @@ def run_seed(
         augment=args.augment,
         schedule=args.schedule,
         epoch_inputs=args.epoch_inputs,
+        stall_window=args.stall_window,
     )
     arms = tuple(args.arms)
     for ratio in ratios:
@@ -556,6 +560,11 @@ def render(
             "which neither agreement with the teacher nor the KD loss on the validation split "
             "improved; no labels)"
         )
+        + (
+            f" (each measure the mean of the last {args.stall_window} epochs)"
+            if args.stall_window > 1
+            else ""
+        )
         + "; the best epoch by agreement (then loss) kept; KD with "
         f"T = {args.temperature:g}, alpha = {args.alpha:g}; BatchNorm after each student conv "
         "while training (folded afterwards).",
@@ -681,6 +690,13 @@ def main() -> None:
         type=int,
         default=DistillSettings().epoch_inputs,
         help="the fewest inputs a student's epoch trains on (edgec's default; 1: one pass)",
+    )
+    parser.add_argument(
+        "--stall-window",
+        type=int,
+        default=DistillSettings().stall_window,
+        help="epochs whose mean holdout judges a student's stall (edgec's default; 1: each "
+        "epoch's own, as before)",
     )
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5)

@@ -98,12 +98,13 @@ def test_a_fixed_seed_gives_the_same_student_and_restores_torch_settings(
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-@pytest.mark.parametrize(("schedule", "epochs_run"), [("plateau", 4), ("cosine", 3)])
+@pytest.mark.parametrize(("schedule", "epochs_run"), [("plateau", 9), ("cosine", 7)])
 def test_early_stopping_ends_training_when_the_holdout_stops_improving(
     digits_with_teacher_logits, schedule, epochs_run
 ):
-    """With a zero learning rate nothing improves: patience 2 finds the stall after epoch 3;
-    the cosine schedule stops there, the plateau schedule cools down for one more epoch."""
+    """With a zero learning rate nothing improves: the first full five-epoch window sets the
+    record at epoch 5, and patience 2 finds the stall after epoch 7; the cosine schedule stops
+    there, the plateau schedule cools down for two more epochs (a quarter of seven)."""
     data, train_logits, _ = digits_with_teacher_logits
     settings = DistillSettings(epochs=20, lr=0.0, patience=2, augment="none", schedule=schedule)
     report = train_student(_small_student(), data.x_train, train_logits, data.y_train, settings)
@@ -265,6 +266,26 @@ def test_early_stopping_waits_while_the_holdout_loss_still_falls():
     # Agreement alone would stop after epoch 5 (best at 2); the loss improves until epoch 5.
     assert stopped == [False] * 7 + [True, True]
     assert EarlyStop(patience=1).update(0.5, 1.0) is False
+
+
+def test_a_mean_of_epochs_keeps_one_lucky_epoch_from_ending_a_falling_trend():
+    """The holdout loss of a student still improving falls by 0.03 an epoch under noise of
+    0.1, and epoch 3 is a lucky low no later epoch beats: judged epoch by epoch it stalls after
+    epoch 6 (patience 3); judged on the mean of the last five epochs it does not. A holdout
+    that stops moving still ends training, windowed or not."""
+    noise = [0.0, 0.1, -0.3, 0.1, 0.0, 0.1, 0.0, 0.1, 0.0, 0.1, 0.0, 0.1]
+    losses = [1.0 - 0.03 * epoch + n for epoch, n in enumerate(noise)]
+
+    def stall_epoch(stop: EarlyStop, values: list[float]) -> int | None:
+        return next((i + 1 for i, v in enumerate(values) if stop.update(0.9, v)), None)
+
+    assert stall_epoch(EarlyStop(patience=3), losses) == 6
+    assert stall_epoch(EarlyStop(patience=3, window=5), losses) is None
+    flat = [1.0, 0.8, 0.7] + [0.7] * 10
+    # The first full window (epoch 5) sets the record; its mean reaches 0.7 at epoch 7 and
+    # stays there: three epochs without a record.
+    assert stall_epoch(EarlyStop(patience=3, window=5), flat) == 10
+    assert stall_epoch(EarlyStop(patience=3), flat) == 6
 
 
 def _rates(schedule: PlateauSchedule, optimizer, steps: int) -> list[float]:

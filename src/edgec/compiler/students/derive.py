@@ -188,7 +188,8 @@ def _derive(
             "views": policy.to_json(),
             "early_stopping": (
                 "agreement with the teacher and the distillation loss on the validation "
-                "split: the cooldown starts when neither improved for `patience` epochs"
+                "split, each the mean of the last `stall_window` epochs: the cooldown "
+                "starts when neither improved for `patience` epochs"
             ),
             "converter": "edgec.compiler.students.convert",
         },

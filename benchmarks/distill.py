@@ -453,11 +453,12 @@ def _recovered_cell(rows: list[dict], ratio: float, arm: str) -> str:
     return f"{share} ({100 * statistics.fmean(gain):+.2f} ± {100 * _stderr(gain):.2f} points)"
 
 
-def _plateau_recipe(epochs: int, patience: int) -> str:
+def _plateau_recipe(epochs: int, patience: int, window: int) -> str:
     """The students' plateau schedule in words; a patience that leaves no room for a stall
     before the cap makes it a fixed-length schedule (hold, then a linear decay by the cap)."""
-    schedule = PlateauSchedule(torch.optim.SGD([torch.zeros(1)], lr=1.0), epochs, patience, 1)
-    held = 0  # epochs before the cooldown, for a holdout that never improves after epoch 1
+    optimizer = torch.optim.SGD([torch.zeros(1)], lr=1.0)
+    schedule = PlateauSchedule(optimizer, epochs, patience, 1, window)
+    held = 0  # epochs before the cooldown, for a holdout that never improves after its first record
     while schedule.last_epoch is None:
         held += 1
         schedule.epoch_end(held, 0.0, 0.0)
@@ -554,7 +555,7 @@ def render(
         f"({DistillSettings(epoch_inputs=args.epoch_inputs).passes(len(data.x_train))} "
         f"pass(es) over the {len(data.x_train)} labelled views), "
         + (
-            _plateau_recipe(args.epochs, args.patience)
+            _plateau_recipe(args.epochs, args.patience, args.stall_window)
             if args.schedule == "plateau"
             else f"cosine over the maximum, early stopping (patience {args.patience} epochs in "
             "which neither agreement with the teacher nor the KD loss on the validation split "
@@ -747,6 +748,8 @@ def main() -> None:
         parser.error("--student-share must be in (0, 1]")
     if args.student_share < 1 and args.split == "views":
         parser.error("--student-share needs --split images")
+    if args.stall_window < 1:
+        parser.error("--stall-window must be at least 1")
     started = time.perf_counter()
     if args.render_from is not None:
         rows = load_rows(Path(args.render_from), args.seeds, args.ratios)

@@ -197,3 +197,19 @@ def test_a_student_share_with_the_views_split_is_a_usage_error():
     result = _run("distill.py", "--student-share", "0.5", "--split", "views", "--no-write")
     assert result.returncode == 2
     assert "--student-share needs --split images" in result.stderr.splitlines()[-1]
+
+
+def test_a_stall_window_below_one_is_a_usage_error():
+    """``--stall-window`` counts epochs: 0 is said before anything is trained."""
+    result = _run("distill.py", "--stall-window", "0", "--no-write")
+    assert result.returncode == 2
+    assert "--stall-window must be at least 1" in result.stderr.splitlines()[-1]
+
+
+def test_the_described_schedule_counts_the_stall_window():
+    """With a 16-epoch cap and patience 10 a stall judged epoch by epoch can come before the
+    cap; judged on five-epoch means (the first record at epoch 5) it cannot, and the
+    section says the schedule is a fixed length."""
+    distill = _load_distill()
+    assert distill._plateau_recipe(16, 10, 1).startswith("edgec's plateau schedule: the rate")
+    assert "no stall can reach before the cap" in distill._plateau_recipe(16, 10, 5)

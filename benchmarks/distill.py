@@ -31,8 +31,9 @@ student is ``(student - scratch) / (teacher - scratch)``; Hinton et al. report ~
 Usage::
 
     python benchmarks/distill.py [--seeds 0 1 2] [--ratios 0.1 0.3] [--epochs 150]
-        [--patience 10] [--schedule plateau] [--teacher-epochs N] [--teacher-patience N]
-        [--teacher-dir DIR] [--teachers-only] [--arms ...] [--unlabeled 2] [--jobs 3]
+        [--patience 20] [--lr 0.002] [--schedule plateau] [--teacher-epochs N]
+        [--teacher-patience 10] [--teacher-lr 0.002] [--teacher-dir DIR] [--teachers-only]
+        [--arms ...] [--unlabeled 2] [--jobs 3]
         [--copies 2] [--split images] [--student-share 1] [--epoch-inputs 2048]
         [--stall-window 5] [--rows DIR]
         [--render-from DIR] [--no-write]
@@ -85,6 +86,9 @@ BEGIN, END = "<!-- distill:begin -->", "<!-- distill:end -->"
 ARMS = ("scratch", "scratch+KD", "pruned", "pruned+KD")
 UNLABELED_ARM = "pruned+KD+unlabeled"
 ALL_ARMS = (*ARMS, UNLABELED_ARM)
+# The kept teachers' recipe (teacher_settings), apart from the students' (edgec's defaults).
+TEACHER_LR = 2e-3
+TEACHER_PATIENCE = 10
 
 
 def hard_digits(copies: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -246,18 +250,20 @@ def teacher_settings(seed: int, args: argparse.Namespace) -> DistillSettings:
     A teacher trained without the views the students get is overtaken by students trained from
     labels on them, and the gap distillation should recover disappears. So the teacher gets the
     same views (``--augment``) and schedule: under ``--schedule plateau`` it trains until its
-    holdout stalls for ``--teacher-patience`` epochs (default: the students' ``--patience``),
-    then cools down, with a cap of ``--teacher-epochs`` (default: the students' ``--epochs``);
-    under ``cosine`` it runs ``--teacher-epochs`` with no early stop. The best epoch on a
-    holdout carved from the training part is kept (the validation labels judge accuracy only).
+    holdout stalls for ``--teacher-patience`` epochs, then cools down, with a cap of
+    ``--teacher-epochs`` (default: the students' ``--epochs``); under ``cosine`` it runs
+    ``--teacher-epochs`` with no early stop. The best epoch on a holdout carved from the
+    training part is kept (the validation labels judge accuracy only).
+
+    The teachers are the benchmark's fixed input: their rate, patience and stall (each epoch's
+    own holdout) stay the recipe they were first trained with while edgec's student defaults
+    move (:data:`TEACHER_LR`, :data:`TEACHER_PATIENCE`).
     """
     epochs = args.teacher_epochs or args.epochs
     plateau = args.schedule == "plateau"
-    patience = (args.teacher_patience or args.patience) if plateau else epochs
-    # Each epoch's own holdout (stall_window=1), as the kept teachers were trained before
-    # edgec judged stalls on a mean of epochs: the teachers are the benchmark's fixed input.
+    patience = args.teacher_patience if plateau else epochs
     return DistillSettings(
-        epochs=epochs, lr=args.lr, seed=seed, patience=patience, augment=args.augment,
+        epochs=epochs, lr=args.teacher_lr, seed=seed, patience=patience, augment=args.augment,
         schedule=args.schedule, stall_window=1,
     )  # fmt: skip
 
@@ -662,7 +668,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--epochs", type=int, default=150, help="most epochs per student")
-    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument(
+        "--patience", type=int, default=DistillSettings().patience, help="edgec's default"
+    )
     parser.add_argument(
         "--teacher-epochs",
         type=int,
@@ -671,7 +679,15 @@ def main() -> None:
     parser.add_argument(
         "--teacher-patience",
         type=int,
-        help="the teacher's patience under --schedule plateau (default: --patience)",
+        default=TEACHER_PATIENCE,
+        help="the teacher's patience under --schedule plateau (the kept teachers': "
+        f"{TEACHER_PATIENCE})",
+    )
+    parser.add_argument(
+        "--teacher-lr",
+        type=float,
+        default=TEACHER_LR,
+        help=f"the teacher's learning rate (the kept teachers': {TEACHER_LR:g})",
     )
     parser.add_argument(
         "--teacher-dir", help="keep trained teachers here and reuse them (by seed and recipe)"
@@ -685,7 +701,7 @@ def main() -> None:
         choices=["plateau", "cosine"],
         help="the students' learning-rate schedule (edgec's: plateau)",
     )
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=DistillSettings().lr, help="edgec's default")
     parser.add_argument(
         "--epoch-inputs",
         type=int,

@@ -170,7 +170,8 @@ class CompileConfig:
         students: ``auto`` (a ladder sized from the target), ``none``, or MAC ratios.
         distill_epochs: Most epochs each student trains for (the holdout's stall ends it sooner).
         distill_patience: Epochs without improvement on the validation split before a
-            student's cooldown starts (raise it when that split is small and noisy).
+            student's cooldown starts (raise it when that split is small and noisy);
+            ``None``: the students' own default (classifiers 20, detectors 10).
         temperature: Distillation softmax temperature.
         alpha: Weight of the label loss against the distillation loss (0..1).
         unlabeled: ``--unlabeled`` inputs without labels (a capture directory, a directory of
@@ -225,7 +226,7 @@ class CompileConfig:
     seed: int = 0
     students: str | tuple[float, ...] = "auto"
     distill_epochs: int = 150
-    distill_patience: int = 10
+    distill_patience: int | None = None
     temperature: float = 4.0
     alpha: float = 0.5
     unlabeled: str | None = None
@@ -288,7 +289,7 @@ class CompileConfig:
             _check_student_ratios(tuple(self.students))
         if self.distill_epochs < 1:
             raise BadInputError(f"--distill-epochs must be at least 1, got {self.distill_epochs}.")
-        if self.distill_patience < 1:
+        if self.distill_patience is not None and self.distill_patience < 1:
             raise BadInputError(
                 f"--distill-patience must be at least 1, got {self.distill_patience}."
             )

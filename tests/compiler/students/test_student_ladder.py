@@ -58,6 +58,22 @@ def test_bad_distillation_settings_are_refused(tmp_path, field, value):
         CompileConfig(model=tmp_path / "m.onnx", target="host", output=tmp_path, **{field: value})
 
 
+@pytest.mark.parametrize(("given", "classifier", "detector"), [(None, 20, 10), (4, 4, 4)])
+def test_distill_patience_defaults_per_kind_of_student(tmp_path, given, classifier, detector):
+    """Without ``--distill-patience`` classifier students wait 20 epochs (measured on
+    benchmarks/distill.py) and detection students the 10 their benchmark was measured with;
+    a given value reaches both."""
+    pytest.importorskip("torch")
+    from edgec.compiler.detection.students import detection_patience
+    from edgec.compiler.students.derive import distill_settings
+
+    config = CompileConfig(
+        model=tmp_path / "m.onnx", target="host", output=tmp_path, distill_patience=given
+    )
+    assert distill_settings(config).patience == classifier
+    assert detection_patience(config) == detector
+
+
 def test_explicit_ratios_become_named_rungs_smallest_first(teacher):
     ladder = plan_ladder(
         (0.05, 0.2, 0.5), teacher, load_target("jetson-nano"), "onnxruntime", "fp32", None

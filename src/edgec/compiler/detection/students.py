@@ -116,7 +116,7 @@ def _derive(teacher, data, contract, rungs, config, reporter, record):
     record.update(
         settings={
             "epochs": config.distill_epochs,
-            "patience": config.distill_patience,
+            "patience": detection_patience(config),
             "loss": loss.to_json(),
         },
         failed=[],
@@ -229,7 +229,7 @@ def distil_and_export(student, teacher_module, teacher, data, contract, loss, co
     with batchnorm_for_training(student) as trained:
         report = train_detector(
             trained, teacher_module, data.x_train, loss, config.distill_epochs, config.seed,
-            boxes_index=names.index(contract.boxes), patience=config.distill_patience,
+            boxes_index=names.index(contract.boxes), patience=detection_patience(config),
         )  # fmt: skip
     report["seconds"] = round(time.perf_counter() - started, 1)
     shape = tuple(d.dim_value for d in graph.input[0].type.tensor_type.shape.dim)
@@ -240,6 +240,15 @@ def distil_and_export(student, teacher_module, teacher, data, contract, loss, co
         return f"the exported student differs from torch by {error:.2e} (relative)"
     model = canonicalize(onnx.shape_inference.infer_shapes(proto, strict_mode=True))
     return model, {**report, "export_error": float(f"{error:.3g}")}
+
+
+def detection_patience(config: CompileConfig) -> int:
+    """``--distill-patience``, or the detection students' own default."""
+    if config.distill_patience is not None:
+        return config.distill_patience
+    from edgec.compiler.detection.training import PATIENCE
+
+    return PATIENCE
 
 
 def _export(module, input_name, input_shape, output_names, opset) -> onnx.ModelProto:

@@ -27,13 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from edgec.compiler.detection.distill_loss import DetectionLoss, detection_kd_loss
-from edgec.compiler.students.distill import DistillSettings, PlateauSchedule
+from edgec.compiler.students.distill import PlateauSchedule
 
 BATCH = 64
 LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 1e-4
 HOLDOUT_SHARE = 0.1
-PATIENCE = DistillSettings.patience  # epochs without a lower holdout loss (the classifiers')
+# Epochs without a lower holdout loss. The classifiers' students wait 20 (measured on
+# benchmarks/distill.py); detection students keep the 10 their benchmark was measured with.
+PATIENCE = 10
 SHIFT = 8  # pixels: one grid cell of a stride-8 head; a few percent of a larger frame
 
 

@@ -35,7 +35,7 @@ from edgec.compiler.canonicalize import canonicalize
 from edgec.compiler.loading import load_model
 from edgec.compiler.planning.cost_model import total_macs
 from edgec.compiler.progress import Reporter
-from edgec.compiler.students.derive import Student, StudentsResult
+from edgec.compiler.students.derive import Student, StudentsResult, distill_settings
 from edgec.compiler.students.ladder import stage_names
 from edgec.config import CompileConfig, StudentFile
 from edgec.data import Dataset
@@ -163,7 +163,6 @@ def _distil(
     )
     from edgec.compiler.students.derive import _progress_bar
     from edgec.compiler.students.distill import (
-        DistillSettings,
         Holdout,
         batchnorm_for_training,
         deterministic,
@@ -171,13 +170,7 @@ def _distil(
     )
     from edgec.compiler.students.export import ExportMismatchError, export_student, verify_export
 
-    settings = DistillSettings(
-        epochs=config.distill_epochs,
-        patience=config.distill_patience,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        seed=config.seed,
-    )
+    settings = distill_settings(config)
     with reporter.step(f"Converting student '{file.name}' to torch for training"):
         try:
             module = onnx_to_torch(model)

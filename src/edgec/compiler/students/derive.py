@@ -127,6 +127,22 @@ def derive_students(
     return _derive(teacher, data, unlabeled, ladder, config, reporter, record)
 
 
+def distill_settings(config: CompileConfig):
+    """The students' training settings from the compile options (``--distill-epochs``,
+    ``--distill-patience``, ``--temperature``, ``--alpha``, ``--seed``); the rest are
+    :class:`~edgec.compiler.students.distill.DistillSettings`' defaults."""
+    from edgec.compiler.students.distill import DistillSettings
+
+    patience = config.distill_patience
+    return DistillSettings(
+        epochs=config.distill_epochs,
+        patience=DistillSettings.patience if patience is None else patience,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        seed=config.seed,
+    )
+
+
 def _unlabeled(teacher: onnx.ModelProto, data: Dataset | None, config: CompileConfig):
     """The ``--unlabeled`` inputs (checked against the teacher's input), or ``None``.
 
@@ -170,16 +186,10 @@ def _derive(
         check_against_onnxruntime,
         onnx_to_torch,
     )
-    from edgec.compiler.students.distill import DistillSettings, Holdout, deterministic
+    from edgec.compiler.students.distill import Holdout, deterministic
     from edgec.compiler.students.teacher_cache import TeacherCache
 
-    settings = DistillSettings(
-        epochs=config.distill_epochs,
-        patience=config.distill_patience,
-        temperature=config.temperature,
-        alpha=config.alpha,
-        seed=config.seed,
-    )
+    settings = distill_settings(config)
     policy = policy_for(tuple(data.x_train.shape[1:]), settings.augment)
     record.update(
         ladder=ladder.to_json(),

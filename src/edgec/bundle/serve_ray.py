@@ -219,16 +219,23 @@ def serve_bundle_ray(
         raise BadInputError(f"Cannot {where}: {str(err).splitlines()[0]}.") from None
     stop = threading.Event()
     try:
-        serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+        try:
+            serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
+        except ray.exceptions.RayError as err:
+            # Seen on a machine whose cores were busy: Serve killed its HTTP proxy actor
+            # before it started (ActorDiedError). Not a bug in the bundle; Ray's to retry.
+            raise BadInputError(
+                f"Ray Serve's HTTP proxy did not start: {_first_line(err)} (a busy machine can "
+                "make it time out: try again, and see Ray's logs)."
+            ) from None
         if _proxy_address(host, port) != (host, port):
             host, port = _proxy_address(host, port)
             app = app_module.build({**args, "proxy": f"{host}:{port}"})
         try:
             serve.run(app, name=APP_NAME, route_prefix="/")
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else "it failed"
+        except (RuntimeError, ray.exceptions.RayError) as err:
             raise BadInputError(
-                f"The Ray Serve application did not start: {first.rstrip('.')} (see Ray's logs)."
+                f"The Ray Serve application did not start: {_first_line(err)} (see Ray's logs)."
             ) from None
         _on_signals(stop)
         announce(f"edgec gateway (Ray Serve) listening on http://{host}:{port}")
@@ -243,6 +250,12 @@ def serve_bundle_ray(
             deleting.join(DELETE_TIMEOUT_S)
         # A local instance goes with everything on it (Serve included).
         ray.shutdown()
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an error's message, without its full stop (its type when empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(err).__name__
 
 
 def _delete(serve) -> None:

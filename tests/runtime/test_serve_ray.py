@@ -183,17 +183,22 @@ def test_healthz_is_503_when_no_stages_replica_answers(tmp_path):
     assert result.stdout.strip() == "503 1 {'error': 'no stages replica answers'}"
 
 
+def _serve_with_ray_after(prelude: str, bundle: Path, timeout: int):
+    """``edgec serve BUNDLE --engine ray --port 0`` in a fresh Python that runs ``prelude``
+    first (to take Ray away, or to make a part of it fail)."""
+    code = (
+        prelude + "from edgec.cli import main\n"
+        f"main(['serve', {str(bundle)!r}, '--engine', 'ray', '--port', '0'])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_engine_ray_without_ray_is_one_sentence_and_exit_2(cascade_bundle):
     """Without Ray Serve installed, --engine ray says so in one sentence and exits 2."""
-    code = (
-        "import sys\n"
-        "sys.modules['ray'] = None  # as if Ray were not installed\n"
-        "from edgec.cli import main\n"
-        f"main(['serve', {str(cascade_bundle)!r}, '--engine', 'ray', '--port', '0'])"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    prelude = "import sys\nsys.modules['ray'] = None  # as if Ray were not installed\n"
+    result = _serve_with_ray_after(prelude, cascade_bundle, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "pip install 'edgec[serve]'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -206,18 +211,14 @@ def test_a_proxy_that_ray_kills_before_it_starts_is_one_sentence_not_a_bug(casca
     seen on a 2-core machine running a benchmark beside the tests): that is Ray's to retry,
     not a bug in edgec, so it is one sentence and exit 2. Ray itself starts for real; only
     ``serve.start`` is made to fail the way it did."""
-    code = (
+    prelude = (
         "import ray.exceptions\n"
         "from ray import serve\n"
         "def start(**kwargs):\n"
         "    raise ray.exceptions.ActorDiedError()\n"
         "serve.start = start\n"
-        "from edgec.cli import main\n"
-        f"main(['serve', {str(cascade_bundle)!r}, '--engine', 'ray', '--port', '0'])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    )
+    result = _serve_with_ray_after(prelude, cascade_bundle, timeout=300)
     assert result.returncode == 2, result.stderr
     assert "Ray Serve's HTTP proxy did not start: The actor died unexpectedly" in result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr

@@ -216,7 +216,7 @@ def serve_bundle_ray(
         )
     except (ConnectionError, ValueError, RuntimeError) as err:
         where = "start a local Ray instance" if local else f"reach the Ray cluster at {address}"
-        raise BadInputError(f"Cannot {where}: {str(err).splitlines()[0]}.") from None
+        raise BadInputError(f"Cannot {where}: {_first_line(err)}.") from None
     stop = threading.Event()
     try:
         try:

@@ -765,6 +765,12 @@ def main() -> None:
         parser.error("--student-share needs --split images")
     if args.stall_window < 1:
         parser.error("--stall-window must be at least 1")
+    for flag in ("patience", "teacher_patience"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("lr", "teacher_lr"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive")
     started = time.perf_counter()
     if args.render_from is not None:
         rows = load_rows(Path(args.render_from), args.seeds, args.ratios)

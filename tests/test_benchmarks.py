@@ -206,6 +206,23 @@ def test_a_stall_window_below_one_is_a_usage_error():
     assert "--stall-window must be at least 1" in result.stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--patience", "0"), "--patience must be at least 1"),
+        (("--teacher-patience", "0"), "--teacher-patience must be at least 1"),
+        (("--lr", "0"), "--lr must be positive"),
+        (("--teacher-lr", "-1"), "--teacher-lr must be positive"),
+    ],
+)
+def test_a_bad_rate_or_patience_is_a_usage_error(args, message):
+    """The students' and the teachers' rate and patience are checked before anything is
+    trained."""
+    result = _run("distill.py", *args, "--no-write")
+    assert result.returncode == 2
+    assert message in result.stderr.splitlines()[-1]
+
+
 def test_the_described_schedule_counts_the_stall_window():
     """With a 16-epoch cap and patience 10 a stall judged epoch by epoch can come before the
     cap; judged on five-epoch means (the first record at epoch 5) it cannot, and the
